@@ -1,0 +1,3 @@
+"""metarun: a config-driven meta-learning experiment runner."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,6 @@
+"""Meta-learners: each wraps a backbone and turns a :class:`~metarun.data.TaskBatch` into a loss."""
+
+from metarun.algorithms.base import MetaLearner
+from metarun.algorithms.maml import MAML
+
+__all__ = ["MetaLearner", "MAML"]

@@ -1,0 +1,55 @@
+"""The interface every meta-learning algorithm implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from metarun.data.batch import TaskBatch
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., Any]
+
+
+class MetaLearner(nn.Module, ABC):
+    """A backbone plus the rule that meta-learns it.
+
+    ``optimizer`` and ``scheduler`` are partials built from config (``_partial_: true``); the
+    learner binds them to its own parameters in :meth:`configure_optimizers`, so algorithms with
+    extra meta-parameters (learned inner learning rates, say) get them optimised too.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self._optimizer_factory = optimizer
+        self._scheduler_factory = scheduler
+
+    @classmethod
+    def output_size(cls, dataset: Any, way: int) -> int | None:
+        """Size of the backbone's output layer this algorithm needs (``None``: no head)."""
+        return dataset.output_size(way)
+
+    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, Any | None]:
+        optimizer = self._optimizer_factory(self.parameters())
+        scheduler = self._scheduler_factory(optimizer) if self._scheduler_factory else None
+        return optimizer, scheduler
+
+    @abstractmethod
+    def meta_loss(self, batch: TaskBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Meta-training objective of a task batch and detached scalar metrics (``loss``, ...)."""
+
+    @abstractmethod
+    def evaluate(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
+        """Adapt to each task's support set and score its query set, without an outer update.
+
+        Returns per-task values, each of shape ``[B]``, so callers can form confidence intervals.
+        """

@@ -1,0 +1,153 @@
+"""Structured-config schemas: a misspelt key or a wrong type fails at compose time.
+
+The schemas are registered in Hydra's ConfigStore; the YAML files under ``configs/`` extend them
+(``defaults: [/schema/<group>/<name>@_here_, _self_]``), so the YAML holds values and these classes hold types.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class DeviceName(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class WandbMode(str, Enum):
+    auto = "auto"  # online when W&B credentials exist, else offline
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
+class TaskBatching(str, Enum):
+    auto = "auto"
+    loop = "loop"
+    vmap = "vmap"
+
+
+@dataclass
+class TaskConfig:
+    """Episode shape shared by every dataset. ``train_*: null`` means "same as evaluation"."""
+
+    way: int = 5
+    shot: int = 10
+    query: int = 10
+    meta_batch: int = 25
+    train_way: Optional[int] = None
+    train_shot: Optional[int] = None
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 8000
+    log_every: int = 50
+
+
+@dataclass
+class ValConfig:
+    every: int = 1000
+    episodes: int = 100
+    batch_size: int = 100  # tasks evaluated at once
+    seed: int = 1001  # fixed, so every run validates on the same tasks
+
+
+@dataclass
+class TestConfig:
+    episodes: int = 600
+    batch_size: int = 100
+    seed: int = 2002
+
+
+@dataclass
+class CheckpointConfig:
+    save: bool = True
+    every: int = 0  # 0: only best (by validation) and last
+
+
+@dataclass
+class DeviceConfig:
+    name: DeviceName = DeviceName.auto
+
+
+@dataclass
+class WandbConfig:
+    project: str = "metarun"
+    entity: Optional[str] = None
+    mode: WandbMode = WandbMode.auto
+    group: Optional[str] = None  # default: the sweep's name in multirun, none otherwise
+    name: Optional[str] = None  # default: the job's overrides
+    tags: List[str] = field(default_factory=list)
+    notes: Optional[str] = None
+
+
+@dataclass
+class OptimizerConfig:
+    _target_: str = "torch.optim.Adam"
+    _partial_: bool = True
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+
+
+@dataclass
+class MAMLConfig:
+    _target_: str = "metarun.algorithms.MAML"
+    inner_lr: float = 0.01
+    inner_steps: int = 1
+    eval_inner_steps: int = 10
+    eval_report_steps: List[int] = field(default_factory=list)
+    first_order: bool = False
+    task_batching: TaskBatching = TaskBatching.auto
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: Optional[Any] = None
+
+
+@dataclass
+class SinusoidConfig:
+    _target_: str = "metarun.data.Sinusoid"
+    amplitude: List[float] = field(default_factory=lambda: [0.1, 5.0])
+    phase: List[float] = field(default_factory=lambda: [0.0, math.pi])
+    x_range: List[float] = field(default_factory=lambda: [-5.0, 5.0])
+
+
+@dataclass
+class MLPConfig:
+    _target_: str = "metarun.backbones.MLP"
+    hidden: List[int] = field(default_factory=lambda: [40, 40])
+    activation: str = "relu"
+
+
+@dataclass
+class MetarunConfig:
+    """The root config. ``algo``, ``dataset`` and ``backbone`` get their schema from the group."""
+
+    algo: Any = MISSING
+    dataset: Any = MISSING
+    backbone: Any = MISSING
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    logger: Optional[WandbConfig] = None
+    task: TaskConfig = field(default_factory=TaskConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    val: ValConfig = field(default_factory=ValConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    seed: int = 0
+
+
+def register_configs() -> None:
+    """Put the schemas where the YAML defaults lists look for them."""
+    cs = ConfigStore.instance()
+    cs.store(group="schema", name="metarun", node=MetarunConfig)
+    cs.store(group="schema/algo", name="maml", node=MAMLConfig)
+    cs.store(group="schema/dataset", name="sinusoid", node=SinusoidConfig)
+    cs.store(group="schema/backbone", name="mlp", node=MLPConfig)
+    cs.store(group="schema/logger", name="wandb", node=WandbConfig)

@@ -1,0 +1,43 @@
+"""The one task-batch type every algorithm consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+
+class TaskBatch(NamedTuple):
+    """A meta-batch of B tasks, each with a support and a query set.
+
+    Shapes: ``support_x [B, N*K, ...]``, ``support_y [B, N*K]``, ``query_x [B, N*Q, ...]``,
+    ``query_y [B, N*Q]``. Classification targets are int64 labels in ``[0, N)``; regression
+    targets are floats with the same trailing shape as the model output (``[B, K, 1]`` for
+    sinusoid). A NamedTuple so that ``torch.func.vmap`` can map over it directly.
+    """
+
+    support_x: torch.Tensor
+    support_y: torch.Tensor
+    query_x: torch.Tensor
+    query_y: torch.Tensor
+
+    @property
+    def num_tasks(self) -> int:
+        return self.support_x.shape[0]
+
+    @property
+    def is_regression(self) -> bool:
+        return self.query_y.is_floating_point()
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "TaskBatch":
+        return TaskBatch(*(t.to(device, non_blocking=non_blocking) for t in self))
+
+
+@dataclass(frozen=True)
+class TaskShape:
+    """The shape of an episode: N-way (ignored by regression), K-shot, Q-query."""
+
+    way: int
+    shot: int
+    query: int

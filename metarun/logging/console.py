@@ -1,0 +1,90 @@
+"""Console output: a rich progress bar with the latest metrics, then a summary table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from metarun.logging.logger import Sink
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.1f} it/s" if speed else "-- it/s", style="progress.data.speed")
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+class ConsoleSink(Sink):
+    """Shows step, steps/s, elapsed, ETA and the latest ``train/*`` and ``val/*`` values."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(log_path=False)
+        self._latest: dict[str, float] = {}
+        self._progress = Progress(
+            TextColumn("[bold]meta-train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            _RateColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[metrics]}"),
+            console=self.console,
+            transient=False,
+            # Off a terminal (CI logs, sweeps) a live bar is noise; validation lines remain.
+            disable=not self.console.is_terminal,
+        )
+        self._task = None
+
+    def start(self, total_steps: int) -> None:
+        self._task = self._progress.add_task("train", total=total_steps, metrics="")
+        self._progress.start()
+
+    def advance(self, step: int) -> None:
+        self._progress.update(self._task, completed=step)
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        shown = {k: v for k, v in metrics.items() if k.count("/") == 1 and "_ci95" not in k}
+        self._latest.update(shown)
+        if self._task is not None:
+            text = "  ".join(f"{k} {_fmt(v)}" for k, v in sorted(self._latest.items()))
+            self._progress.update(self._task, metrics=text)
+        if any(k.startswith("val/") for k in metrics):
+            val = "  ".join(f"{k} {_fmt(v)}" for k, v in shown.items() if k.startswith("val/"))
+            train = "  ".join(f"{k} {_fmt(v)}" for k, v in self._latest.items()
+                              if k.startswith("train/"))
+            self.console.log(f"step {step}: {train}  {val}")
+
+    def summary(self, summary: dict[str, Any]) -> None:
+        self._progress.stop()
+        table = Table(title="metarun summary", show_header=True, header_style="bold")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key, value in summary.items():
+            if key.endswith("_ci95"):
+                continue
+            ci = summary.get(f"{key}_ci95")
+            shown = f"{_fmt(value)} ± {_fmt(ci)}" if ci is not None else _fmt(value)
+            table.add_row(key, shown)
+        self.console.print(table)
+
+    def close(self, status: str) -> None:
+        self._progress.stop()
+        if status != "finished":
+            self.console.print(f"[bold red]run {status}[/]")

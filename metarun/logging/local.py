@@ -1,0 +1,52 @@
+"""Local files every run writes: ``metrics.jsonl`` (line per logged step) and ``summary.json``."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from metarun.logging.logger import Sink
+
+
+def _jsonable(value: Any) -> Any:
+    # JSON has no NaN/inf; write them as strings so the file stays valid for any reader.
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def atomic_write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump({k: _jsonable(v) for k, v in data.items()}, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class LocalFilesSink(Sink):
+    """Appends ``{"step": s, ...metrics}`` lines, flushed as written, and writes the summary."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.summary_path = run_dir / "summary.json"
+        self._file = open(self.metrics_path, "a", buffering=1)  # line-buffered
+        self._summary: dict[str, Any] = {}
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        record = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def summary(self, summary: dict[str, Any]) -> None:
+        self._summary.update(summary)
+        atomic_write_json(self.summary_path, self._summary)
+
+    def close(self, status: str) -> None:
+        self._file.close()
+        self._summary["status"] = status
+        atomic_write_json(self.summary_path, self._summary)

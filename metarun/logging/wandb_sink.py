@@ -1,0 +1,111 @@
+"""Weights & Biases sink. A W&B failure warns once; the run and its local files go on."""
+
+from __future__ import annotations
+
+import netrc
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from rich.console import Console
+
+from metarun.logging.logger import Sink
+
+
+def wandb_credentials_present() -> bool:
+    """True when W&B would authenticate without prompting (env key or ``wandb login``'s netrc)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    path = os.environ.get("NETRC", os.path.join(os.path.expanduser("~"), ".netrc"))
+    try:
+        return netrc.netrc(path).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def resolve_mode(mode: str) -> str:
+    """``auto``: an explicit ``WANDB_MODE`` wins, else online with credentials, else offline."""
+    if mode != "auto":
+        return mode
+    env = os.environ.get("WANDB_MODE")
+    if env in ("online", "offline", "disabled"):
+        return env
+    return "online" if wandb_credentials_present() else "offline"
+
+
+class WandbSink(Sink):
+    """Logs metrics with the meta-iteration as step and puts final results in the run summary."""
+
+    def __init__(
+        self,
+        *,
+        run_dir: Path,
+        config: dict[str, Any],
+        project: str,
+        entity: str | None,
+        mode: str,
+        group: str | None,
+        name: str | None,
+        tags: list[str],
+        notes: str | None,
+        console: Console,
+    ) -> None:
+        self.console = console
+        self.mode = resolve_mode(mode)
+        self.run = None
+        if self.mode == "disabled":
+            return
+        import wandb  # imported here: `logger=none` runs never pay for it
+
+        kwargs = dict(
+            project=project, entity=entity, group=group, name=name, tags=tags or None,
+            notes=notes, config=config, dir=str(run_dir), job_type="train",
+            settings=wandb.Settings(console="off", silent=True),
+        )
+        try:
+            self.run = wandb.init(mode=self.mode, **kwargs)
+        except Exception as e:
+            if self.mode != "online":
+                self._warn(f"W&B could not start ({type(e).__name__}: {e}); logging locally only")
+                return
+            self._warn(f"W&B online init failed ({type(e).__name__}: {e}); continuing offline")
+            self.mode = "offline"
+            try:
+                self.run = wandb.init(mode="offline", **kwargs)
+            except Exception as e2:
+                self._warn(f"W&B offline init failed too ({e2}); logging locally only")
+
+    def _warn(self, message: str) -> None:
+        self.console.print(f"[yellow]warning:[/] {message}")
+
+    def _call(self, what: str, fn, *args, **kwargs) -> None:
+        if self.run is None:
+            return
+        try:
+            fn(*args, **kwargs)
+        except Exception as e:
+            self._warn(f"W&B {what} failed ({type(e).__name__}: {e}); logging locally only")
+            self.run = None
+
+    @property
+    def offline_dir(self) -> str | None:
+        return self.run.dir.rsplit("/files", 1)[0] if self.run is not None else None
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self._call("log", lambda: self.run.log(metrics, step=step))
+
+    def summary(self, summary: dict[str, Any]) -> None:
+        self._call("summary", lambda: self.run.summary.update(summary))
+
+    def close(self, status: str) -> None:
+        if self.run is None:
+            return
+        offline_dir = self.offline_dir if self.mode == "offline" else None
+        self._call("finish", lambda: self.run.finish(exit_code=0 if status == "finished" else 1))
+        self.run = None
+        if offline_dir:
+            self.console.print(
+                f"W&B offline run saved; upload it with: wandb sync {offline_dir}", soft_wrap=True
+            )
