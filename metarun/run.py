@@ -64,8 +64,8 @@ def _wandb_names(cfg: DictConfig) -> tuple[str | None, str | None]:
     group, name = cfg.logger.group, cfg.logger.name
     if group is None and hydra_cfg.mode == RunMode.MULTIRUN:
         group = "sweep-" + "_".join(Path(hydra_cfg.sweep.dir).parts[-2:])
-    if name is None:
-        name = hydra_cfg.job.override_dirname or None
+    if name is None:  # the overrides as typed, e.g. "algo=fomaml,seed=1"
+        name = ",".join(hydra_cfg.overrides.task) or None
     return group, name
 
 

@@ -55,15 +55,24 @@ class Sinusoid:
         device: torch.device | str = "cpu",
     ) -> TaskBatch:
         """Draw ``num_tasks`` tasks; ``split`` is accepted for interface parity and ignored."""
-        device = torch.device(device)
-
-        def uniform(size: tuple[int, ...], bounds: tuple[float, float]) -> torch.Tensor:
-            u = torch.rand(size, generator=generator, device=generator.device)
-            return (bounds[0] + (bounds[1] - bounds[0]) * u).to(device)
-
-        amp = uniform((num_tasks, 1, 1), self.amplitude)
-        phase = uniform((num_tasks, 1, 1), self.phase)
-        x = uniform((num_tasks, shape.shot + shape.query, 1), self.x_range)
-        y = amp * torch.sin(x - phase)
+        amp, phase = self.task_parameters(num_tasks, generator)
+        x = self._uniform((num_tasks, shape.shot + shape.query, 1), self.x_range, generator)
+        y = amp[:, None, None] * torch.sin(x - phase[:, None, None])
+        x, y = x.to(device), y.to(device)
         k = shape.shot
         return TaskBatch(x[:, :k], y[:, :k], x[:, k:], y[:, k:])
+
+    def task_parameters(
+        self, num_tasks: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Amplitudes and phases of the next ``num_tasks`` tasks (drawn before their inputs)."""
+        amp = self._uniform((num_tasks,), self.amplitude, generator)
+        phase = self._uniform((num_tasks,), self.phase, generator)
+        return amp, phase
+
+    @staticmethod
+    def _uniform(
+        size: tuple[int, ...], bounds: tuple[float, float], generator: torch.Generator
+    ) -> torch.Tensor:
+        u = torch.rand(size, generator=generator, device=generator.device)
+        return bounds[0] + (bounds[1] - bounds[0]) * u

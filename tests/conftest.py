@@ -1,0 +1,86 @@
+"""Shared fixtures: compose configs with Hydra's compose API, run jobs in-process or as the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from metarun.cli import config_dir
+
+CONFIG_DIR = Path(config_dir())
+# Settings that make a job take a second or two while exercising every phase of a run.
+TINY = ["train.steps=20", "train.log_every=5", "val.every=10", "val.episodes=8",
+        "val.batch_size=4", "test.episodes=10", "test.batch_size=4", "algo.eval_inner_steps=2"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+@pytest.fixture
+def compose_cfg():
+    """``compose_cfg(overrides)`` returns the composed config, Hydra's own node included."""
+
+    def _compose(overrides: list[str] = ()) -> DictConfig:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return compose("train", overrides=list(overrides), return_hydra_config=True)
+
+    yield _compose
+    GlobalHydra.instance().clear()
+
+
+@pytest.fixture
+def run_inprocess(compose_cfg, tmp_path):
+    """Run a job in this process, in ``tmp_path/<name>``; returns the run directory."""
+    from metarun.run import run
+
+    def _run(overrides: list[str], name: str = "run") -> tuple[Path, float]:
+        cfg = compose_cfg(overrides)
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(run_dir)
+            cfg.hydra.overrides.task = list(overrides)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]  # as @hydra.main hands it to the task function
+        objective = run(cfg)
+        return run_dir, objective
+
+    return _run
+
+
+def clean_env(home: Path) -> dict[str, str]:
+    """Environment for a CLI subprocess: no W&B credentials, so ``mode=auto`` goes offline."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(HOME=str(home), NETRC=str(home / ".netrc"), PYTHONUNBUFFERED="1",
+               HYDRA_FULL_ERROR="0")
+    return env
+
+
+@pytest.fixture
+def metarun_cli(tmp_path):
+    """``metarun_cli(*args)`` runs the installed console script in ``tmp_path``."""
+    exe = Path(sys.executable).with_name("metarun")
+
+    def _run(*args: str, cwd: Path | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+        home = tmp_path / "home"
+        home.mkdir(exist_ok=True)
+        return subprocess.run([str(exe), *args], cwd=cwd or tmp_path, env=clean_env(home),
+                              capture_output=True, text=True, timeout=timeout)
+
+    return _run
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]

@@ -1,0 +1,76 @@
+"""Every config option and preset composes, validates against its schema and instantiates."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from hydra.utils import get_class, instantiate
+
+from metarun.algorithms import MetaLearner
+from metarun.data import TaskShape
+from tests.conftest import options
+
+
+def _build(cfg):
+    dataset = instantiate(cfg.dataset)
+    algo_cls = get_class(cfg.algo._target_)
+    backbone = instantiate(cfg.backbone, input_shape=dataset.input_shape,
+                           out_features=algo_cls.output_size(dataset, cfg.task.way))
+    learner = instantiate(cfg.algo, backbone=backbone)
+    optimizer, _ = learner.configure_optimizers()
+    return dataset, learner, optimizer
+
+
+@pytest.mark.parametrize(
+    "override",
+    [f"{g}={o}" for g in ("algo", "dataset", "backbone", "device", "logger") for o in options(g)]
+    + [f"experiment={o}" for o in options("experiment")],
+)
+def test_every_option_composes_and_instantiates(compose_cfg, override):
+    cfg = compose_cfg([override])
+    dataset, learner, optimizer = _build(cfg)
+    assert isinstance(learner, MetaLearner)
+    assert len(optimizer.param_groups[0]["params"]) == len(list(learner.parameters())) > 0
+    batch = dataset.sample("train", 2, TaskShape(cfg.task.way, cfg.task.shot, cfg.task.query),
+                           __import__("torch").Generator().manual_seed(0))
+    loss, metrics = learner.meta_loss(batch)
+    assert loss.ndim == 0 and "loss" in metrics
+
+
+def test_fomaml_is_maml_with_first_order(compose_cfg):
+    maml, fomaml = compose_cfg(["algo=maml"]).algo, compose_cfg(["algo=fomaml"]).algo
+    assert fomaml._target_ == maml._target_
+    assert fomaml.first_order is True and maml.first_order is False
+    assert {k: v for k, v in fomaml.items() if k != "first_order"} == {
+        k: v for k, v in maml.items() if k != "first_order"
+    }
+
+
+def test_paper_preset_holds_the_papers_settings(compose_cfg):
+    cfg = compose_cfg(["experiment=maml_sinusoid"])
+    assert (cfg.task.shot, cfg.task.query, cfg.task.meta_batch) == (10, 10, 25)
+    assert (cfg.algo.inner_lr, cfg.algo.inner_steps, cfg.algo.optimizer.lr) == (0.01, 1, 1e-3)
+    assert cfg.train.steps == 70000 and list(cfg.algo.eval_report_steps) == [0, 1, 5, 10]
+    assert compose_cfg(["experiment=fomaml_sinusoid"]).algo.first_order is True
+
+
+def test_logger_none_disables_wandb(compose_cfg):
+    assert compose_cfg(["logger=none"]).logger is None
+    assert compose_cfg([]).logger.mode.value == "auto"
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("algo.inner_lrr=0.1", "Key 'inner_lrr' not in 'MAMLConfig'"),  # misspelt key
+        ("train.stepz=10", "Key 'stepz' not in 'TrainConfig'"),
+        ("algo.inner_lr=fast", "Value 'fast' of type 'str' could not be converted to Float"),
+        ("task.shot=1.5", "Value '1.5' of type 'float' could not be converted to Integer"),
+        ("device.name=tpu", "Invalid value 'tpu', expected one of [auto, cpu, cuda, mps]"),
+        ("algo=mamll", "Could not find 'algo/mamll'"),  # unknown option
+    ],
+)
+def test_schema_rejects_bad_overrides_at_compose_time(compose_cfg, override, named):
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_cfg([override])
+    assert named in str(info.value) + str(info.value.__cause__)
