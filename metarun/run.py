@@ -171,7 +171,7 @@ def _train_and_test(cfg, dataset, learner, optimizer, scheduler, logger, config,
             if not np.isfinite(means["train/loss"]):
                 raise MetarunError(
                     f"the training loss became {means['train/loss']} by step {step}; lower "
-                    "algo.optimizer.lr or algo.inner_lr (last good weights: checkpoints/)"
+                    "algo.optimizer.lr or algo.inner_lr"
                 )
             logger.log(means, step)
             sums, count = {}, 0
