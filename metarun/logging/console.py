@@ -14,7 +14,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from metarun.logging.logger import Sink
@@ -36,15 +36,17 @@ class ConsoleSink(Sink):
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(log_path=False)
         self._latest: dict[str, float] = {}
+        fixed = Column(no_wrap=True)
         self._progress = Progress(
-            TextColumn("[bold]meta-train"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            _RateColumn(),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[metrics]}"),
+            TextColumn("[bold]meta-train", table_column=fixed),
+            BarColumn(bar_width=24),
+            MofNCompleteColumn(table_column=Column(no_wrap=True)),
+            _RateColumn(table_column=Column(no_wrap=True)),
+            TimeElapsedColumn(table_column=Column(no_wrap=True)),
+            TextColumn("eta", table_column=Column(no_wrap=True)),
+            TimeRemainingColumn(table_column=Column(no_wrap=True)),
+            TextColumn("{task.fields[metrics]}",
+                       table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1)),
             console=self.console,
             transient=False,
             # Off a terminal (CI logs, sweeps) a live bar is noise; validation lines remain.
@@ -60,7 +62,9 @@ class ConsoleSink(Sink):
         self._progress.update(self._task, completed=step)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        shown = {k: v for k, v in metrics.items() if k.count("/") == 1 and "_ci95" not in k}
+        # The bar shows the headline values; per-step and CI keys stay in the files.
+        shown = {k: v for k, v in metrics.items()
+                 if k.split("/")[0] in ("train", "val") and "_ci95" not in k and "_step" not in k}
         self._latest.update(shown)
         if self._task is not None:
             text = "  ".join(f"{k} {_fmt(v)}" for k, v in sorted(self._latest.items()))
