@@ -112,11 +112,59 @@ class MAMLConfig:
 
 
 @dataclass
+class ProtoNetConfig:
+    _target_: str = "metarun.algorithms.ProtoNet"
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: Optional[Any] = None
+
+
+@dataclass
 class SinusoidConfig:
     _target_: str = "metarun.data.Sinusoid"
     amplitude: List[float] = field(default_factory=lambda: [0.1, 5.0])
     phase: List[float] = field(default_factory=lambda: [0.0, math.pi])
     x_range: List[float] = field(default_factory=lambda: [-5.0, 5.0])
+
+
+@dataclass
+class OmniglotConfig:
+    _target_: str = "metarun.data.Omniglot"
+    root: Optional[str] = None  # null: metarun's cache dir ($METARUN_CACHE_DIR, ~/.cache/metarun)
+    background: str = "full"  # full | small1 | small2 | small1+small2
+    split: str = "lake"  # lake | random
+    image_size: int = 28
+    rotations: bool = False
+    download: bool = True
+    split_sizes: List[int] = field(default_factory=lambda: [1100, 100, 423])
+    val_alphabets: int = 5
+    split_seed: int = 0
+
+
+@dataclass
+class GlyphsConfig:
+    _target_: str = "metarun.data.Glyphs"
+    classes: List[int] = field(default_factory=lambda: [1000, 200, 400])
+    samples_per_class: int = 20
+    image_size: int = 28
+    rotations: bool = False
+    seed: int = 0
+
+
+@dataclass
+class Conv4Config:
+    _target_: str = "metarun.backbones.Conv4"
+    hidden: int = 64
+    blocks: int = 4
+    pool: str = "max"  # max | stride
+    batch_norm: str = "transductive"  # transductive | running
+
+
+@dataclass
+class ResNet12Config:
+    _target_: str = "metarun.backbones.ResNet12"
+    channels: List[int] = field(default_factory=lambda: [64, 160, 320, 640])
+    batch_norm: str = "running"
+    dropout: float = 0.0
 
 
 @dataclass
@@ -148,6 +196,11 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(group="schema", name="metarun", node=MetarunConfig)
     cs.store(group="schema/algo", name="maml", node=MAMLConfig)
+    cs.store(group="schema/algo", name="protonet", node=ProtoNetConfig)
     cs.store(group="schema/dataset", name="sinusoid", node=SinusoidConfig)
+    cs.store(group="schema/dataset", name="omniglot", node=OmniglotConfig)
+    cs.store(group="schema/dataset", name="glyphs", node=GlyphsConfig)
     cs.store(group="schema/backbone", name="mlp", node=MLPConfig)
+    cs.store(group="schema/backbone", name="conv4", node=Conv4Config)
+    cs.store(group="schema/backbone", name="resnet12", node=ResNet12Config)
     cs.store(group="schema/logger", name="wandb", node=WandbConfig)

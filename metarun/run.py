@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
@@ -34,6 +35,16 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def build(node: DictConfig, **kwargs: Any) -> Any:
+    """``instantiate``, letting a user error raised by a constructor through unwrapped."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, MetarunError):
+            raise e.__cause__ from None
+        raise
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -92,18 +103,22 @@ def run(cfg: DictConfig) -> float:
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device.name)
 
-    dataset = instantiate(cfg.dataset)
+    dataset = build(cfg.dataset)
     metric, mode = MONITOR[dataset.problem]
     t = cfg.task
     eval_shape = TaskShape(t.way, t.shot, t.query)
     train_shape = TaskShape(t.train_way or t.way, t.train_shot or t.shot, t.query)
     algo_cls = get_class(cfg.algo._target_)
-    backbone = instantiate(
-        cfg.backbone,
-        input_shape=dataset.input_shape,
-        out_features=algo_cls.output_size(dataset, train_shape.way),
-    )
-    learner = instantiate(cfg.algo, backbone=backbone).to(device)
+    out_features = algo_cls.output_size(dataset, train_shape.way)
+    if out_features is not None and out_features != dataset.output_size(eval_shape.way):
+        raise MetarunError(
+            f"{algo_cls.__name__} has a {train_shape.way}-way output layer, so it cannot be "
+            f"tested {eval_shape.way}-way; set task.train_way=null or equal to task.way")
+    dataset.check_shape("train", train_shape, "meta-training")
+    dataset.check_shape("val", eval_shape, "validation")
+    dataset.check_shape("test", eval_shape, "meta-test")
+    backbone = build(cfg.backbone, input_shape=dataset.input_shape, out_features=out_features)
+    learner = build(cfg.algo, backbone=backbone).to(device)
     optimizer, scheduler = learner.configure_optimizers()
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
 

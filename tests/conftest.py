@@ -17,6 +17,11 @@ from omegaconf import DictConfig, open_dict
 from metarun.cli import config_dir
 
 CONFIG_DIR = Path(config_dir())
+SHARED_OMNIGLOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
+# Small, offline versions of the image datasets for tests.
+OMNIGLOT_SMALL = [f"dataset.root={SHARED_OMNIGLOT}", "dataset.background=small1+small2",
+                  "dataset.split=random", "dataset.download=false"]
+GLYPHS_SMALL = ["dataset.classes=[40,12,12]"]
 # Settings that make a job take a second or two while exercising every phase of a run.
 TINY = ["train.steps=20", "train.log_every=5", "val.every=10", "val.episodes=8",
         "val.batch_size=4", "test.episodes=10", "test.batch_size=4", "algo.eval_inner_steps=2"]
@@ -24,6 +29,12 @@ TINY = ["train.steps=20", "train.log_every=5", "val.every=10", "val.episodes=8",
 
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_cache(tmp_path_factory):
+    """metarun's cache (decoded arrays, glyph renders) in a per-session temporary folder."""
+    os.environ["METARUN_CACHE_DIR"] = str(tmp_path_factory.mktemp("metarun-cache"))
 
 
 @pytest.fixture

@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import pytest
 from hydra.errors import ConfigCompositionException
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_class
 
 from metarun.algorithms import MetaLearner
+from metarun.errors import MetarunError
+from metarun.run import build
 from metarun.data import TaskShape
-from tests.conftest import options
+from tests.conftest import GLYPHS_SMALL, OMNIGLOT_SMALL, options
+
+# Options that need an image dataset get glyphs; image datasets run in their small offline form.
+NEEDS_IMAGES = {"algo=protonet": ["dataset=glyphs"], "backbone=conv4": ["dataset=glyphs"],
+                "backbone=resnet12": ["dataset=glyphs", "algo=protonet"]}
+SMALL_DATA = {"metarun.data.Omniglot": OMNIGLOT_SMALL, "metarun.data.Glyphs": GLYPHS_SMALL}
 
 
 def _build(cfg):
-    dataset = instantiate(cfg.dataset)
+    dataset = build(cfg.dataset)
     algo_cls = get_class(cfg.algo._target_)
-    backbone = instantiate(cfg.backbone, input_shape=dataset.input_shape,
-                           out_features=algo_cls.output_size(dataset, cfg.task.way))
-    learner = instantiate(cfg.algo, backbone=backbone)
+    backbone = build(cfg.backbone, input_shape=dataset.input_shape,
+                     out_features=algo_cls.output_size(dataset, cfg.task.way))
+    learner = build(cfg.algo, backbone=backbone)
     optimizer, _ = learner.configure_optimizers()
     return dataset, learner, optimizer
 
@@ -27,7 +34,9 @@ def _build(cfg):
     + [f"experiment={o}" for o in options("experiment")],
 )
 def test_every_option_composes_and_instantiates(compose_cfg, override):
-    cfg = compose_cfg([override])
+    overrides = [override, *NEEDS_IMAGES.get(override, [])]
+    cfg = compose_cfg(overrides)
+    cfg = compose_cfg([*overrides, *SMALL_DATA.get(cfg.dataset._target_, [])])
     dataset, learner, optimizer = _build(cfg)
     assert isinstance(learner, MetaLearner)
     assert len(optimizer.param_groups[0]["params"]) == len(list(learner.parameters())) > 0
@@ -74,3 +83,9 @@ def test_schema_rejects_bad_overrides_at_compose_time(compose_cfg, override, nam
     with pytest.raises(ConfigCompositionException) as info:
         compose_cfg([override])
     assert named in str(info.value) + str(info.value.__cause__)
+
+
+def test_maml_refuses_running_batch_norm(compose_cfg):
+    cfg = compose_cfg(["dataset=glyphs", *GLYPHS_SMALL, "backbone=resnet12"])
+    with pytest.raises(MetarunError, match="backbone.batch_norm=transductive"):
+        _build(cfg)

@@ -2,5 +2,6 @@
 
 from metarun.algorithms.base import MetaLearner
 from metarun.algorithms.maml import MAML
+from metarun.algorithms.protonet import ProtoNet
 
-__all__ = ["MetaLearner", "MAML"]
+__all__ = ["MetaLearner", "MAML", "ProtoNet"]

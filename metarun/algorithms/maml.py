@@ -60,6 +60,11 @@ class MAML(MetaLearner):
             raise MetarunError(
                 "algo.inner_steps must be >= 1 and algo.eval_inner_steps / eval_report_steps >= 0"
             )
+        if any(getattr(m, "track_running_stats", False) for m in backbone.modules()):
+            raise MetarunError(
+                "MAML adapts with batch statistics and cannot update running batch-norm "
+                "statistics inside its inner loop; set backbone.batch_norm=transductive"
+            )
         self.inner_lr = inner_lr
         self.inner_steps = inner_steps
         self.eval_inner_steps = eval_inner_steps

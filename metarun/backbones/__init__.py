@@ -1,5 +1,7 @@
 """Backbones: plain ``nn.Module`` s that meta-learners adapt or embed with."""
 
+from metarun.backbones.conv4 import Conv4
 from metarun.backbones.mlp import MLP
+from metarun.backbones.resnet12 import ResNet12
 
-__all__ = ["MLP"]
+__all__ = ["Conv4", "MLP", "ResNet12"]

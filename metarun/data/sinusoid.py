@@ -46,6 +46,9 @@ class Sinusoid:
         """Size of the model output a learner needs (``way`` is meaningless for regression)."""
         return self.target_size
 
+    def check_shape(self, split: str, shape: TaskShape, what: str = "task") -> None:
+        """Any K and Q can be drawn: sinusoid tasks are endless."""
+
     def sample(
         self,
         split: str,

@@ -1,0 +1,47 @@
+"""Prototypical Networks (Snell et al. 2017)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from metarun.algorithms.base import MetaLearner
+from metarun.data.batch import TaskBatch
+from metarun.errors import MetarunError
+
+
+class ProtoNet(MetaLearner):
+    """Classify queries by squared Euclidean distance to the mean support embedding per class.
+
+    Support and query images of every task of the batch are embedded in one forward pass.
+    """
+
+    @classmethod
+    def output_size(cls, dataset, way: int) -> None:
+        if dataset.problem != "classification":
+            raise MetarunError(
+                "algo=protonet classifies; it cannot run on a regression dataset "
+                f"({type(dataset).__name__}); use algo=maml or a classification dataset")
+        return None  # embeddings, no head
+
+    def _logits(self, batch: TaskBatch) -> torch.Tensor:
+        b, nk = batch.support_y.shape
+        nq = batch.query_y.shape[1]
+        z = self.backbone(torch.cat([batch.support_x, batch.query_x], dim=1))  # [B, NK+NQ, D]
+        support, query = z[:, :nk], z[:, nk:]
+        way = int(batch.support_y.max()) + 1
+        onehot = F.one_hot(batch.support_y, way).to(z.dtype)  # [B, NK, N]
+        prototypes = onehot.transpose(1, 2) @ support / onehot.sum(1).unsqueeze(-1)  # [B, N, D]
+        return -(query.unsqueeze(2) - prototypes.unsqueeze(1)).pow(2).sum(-1)  # [B, NQ, N]
+
+    def meta_loss(self, batch: TaskBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits = self._logits(batch)
+        loss = F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten())
+        acc = (logits.argmax(-1) == batch.query_y).float().mean()
+        return loss, {"loss": loss.detach(), "acc": acc.detach()}
+
+    def evaluate(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            logits = self._logits(batch)
+            loss = F.cross_entropy(logits.transpose(1, 2), batch.query_y, reduction="none")
+            return {"loss": loss.mean(1), "acc": (logits.argmax(-1) == batch.query_y).float().mean(1)}

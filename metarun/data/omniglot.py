@@ -1,0 +1,221 @@
+"""Omniglot (Lake et al. 2015) from the official archives of the dataset's repository.
+
+Images are decoded straight from the zip archives (never extracted, so no member can land outside
+a folder), resized, inverted so that strokes are bright (255) on black (0), and cached per archive
+as one uint8 array keyed by the archive's checksum and the preprocessing. Later runs load that
+array in well under a second.
+
+Splits (deterministic, ``split_seed``):
+
+- ``lake``: the background alphabets meta-train, except ``val_alphabets`` of them (picked by
+  ``split_seed``) that validate; the 20 evaluation alphabets meta-test.
+- ``random``: the characters of the archives in use are pooled and shuffled by ``split_seed``
+  into ``split_sizes`` (default 1100/100/423, the MAML code's split of all 1623 characters); when
+  the pool has another size the same proportions are used. With ``background=full`` the pool is
+  background + evaluation (1623 characters); with the small sets it is the small sets alone.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Sequence
+
+import numpy as np
+import torch
+from filelock import FileLock
+from PIL import Image
+
+from metarun.data.download import cache_dir, fetch, writable_dir
+from metarun.data.episodes import EpisodicImages
+from metarun.errors import MetarunError
+
+URL = "https://github.com/brendenlake/omniglot/raw/master/python/{name}"
+ARCHIVES = {
+    "background": ("images_background.zip", "68d2efa1b9178cc56df9314c21c6e718"),
+    "evaluation": ("images_evaluation.zip", "6b91aef0f799c5bb55b94e3f2daec811"),
+    "small1": ("images_background_small1.zip", "e704a628b5459e08445c13499850abc4"),
+    "small2": ("images_background_small2.zip", "b75a71a51d3b13f821f212756fe481fd"),
+}
+BACKGROUNDS = {
+    "full": ("background",),
+    "small1": ("small1",),
+    "small2": ("small2",),
+    "small1+small2": ("small1", "small2"),
+}
+DRAWERS = 20
+PREPROCESS_VERSION = 1  # bump when decoding changes: old cache files are then never read
+
+
+def _safe_member(archive: Path, name: str) -> PurePosixPath:
+    path = PurePosixPath(name)
+    if path.is_absolute() or ".." in path.parts or "\\" in name:
+        raise MetarunError(
+            f"{archive.name} holds the member {name!r}, which points outside the archive's "
+            "folder; refusing it: delete the file and download the official archive again"
+        )
+    return path
+
+
+def decode_archive(archive: Path, image_size: int) -> tuple[np.ndarray, list[str]]:
+    """All characters of one archive: ``[C, 20, size, size]`` uint8 and ``alphabet/character``."""
+    groups: dict[str, list[tuple[str, zipfile.ZipInfo]]] = {}
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                path = _safe_member(archive, info.filename)
+                if info.is_dir() or path.suffix != ".png" or len(path.parts) < 3:
+                    continue
+                groups.setdefault(f"{path.parts[-3]}/{path.parts[-2]}", []).append(
+                    (path.name, info))
+            names = sorted(groups)
+            images = np.empty((len(names), DRAWERS, image_size, image_size), dtype=np.uint8)
+            for c, name in enumerate(names):
+                members = sorted(groups[name], key=lambda m: m[0])
+                if len(members) != DRAWERS:
+                    raise MetarunError(
+                        f"{archive.name}: character {name} has {len(members)} images, expected "
+                        f"{DRAWERS}; the archive is not an official Omniglot file, download it again"
+                    )
+                for d, (_, info) in enumerate(members):
+                    images[c, d] = _decode(archive, zf, info, image_size)
+    except zipfile.BadZipFile as e:
+        raise MetarunError(
+            f"{archive} is not a readable zip archive ({e}); it may be truncated: delete it and "
+            "download it again"
+        ) from e
+    if not names:
+        raise MetarunError(f"{archive} holds no Omniglot character images; download it again")
+    return images, names
+
+
+def _decode(archive: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, size: int) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(zf.read(info))) as img:
+            grey = img.convert("L").resize((size, size), Image.Resampling.BOX)
+            return 255 - np.asarray(grey, dtype=np.uint8)  # strokes bright on black
+    except (OSError, zipfile.BadZipFile, ValueError) as e:
+        raise MetarunError(
+            f"{archive.name}: {info.filename} is not a readable image ({e}); the archive is "
+            "corrupt: delete it and download it again"
+        ) from e
+
+
+def _atomic_save_npz(path: Path, **arrays) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_archive(key: str, root: Path, image_size: int, download: bool) -> tuple[np.ndarray, list[str]]:
+    """Decoded characters of archive ``key``, from the array cache when it is there."""
+    name, md5 = ARCHIVES[key]
+    folder = writable_dir(root, "omniglot-cache")
+    cache = folder / f"{Path(name).stem}-{md5[:8]}-{image_size}px-v{PREPROCESS_VERSION}.npz"
+    arrays = _read_cache(cache, image_size)
+    if arrays is not None:
+        return arrays
+    archive = fetch(name, URL.format(name=name), md5, root, download)
+    with FileLock(str(cache) + ".lock"):
+        arrays = _read_cache(cache, image_size)  # built by a concurrent job meanwhile?
+        if arrays is None:
+            images, names = decode_archive(archive, image_size)
+            _atomic_save_npz(cache, images=images, names=np.array(names),
+                             meta=np.array(json.dumps({"archive": name, "md5": md5})))
+            arrays = images, names
+    return arrays
+
+
+def _read_cache(path: Path, image_size: int) -> tuple[np.ndarray, list[str]] | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            images, names = data["images"], [str(n) for n in data["names"]]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None  # unreadable (e.g. a foreign file): rebuilt by the caller
+    if images.shape[1:] != (DRAWERS, image_size, image_size) or len(names) != len(images):
+        return None
+    return images, names
+
+
+def _sizes(total: int, wanted: Sequence[int]) -> tuple[int, int, int]:
+    if sum(wanted) == total:
+        return tuple(wanted)
+    train = round(total * wanted[0] / sum(wanted))
+    val = max(1, round(total * wanted[1] / sum(wanted)))
+    return train, val, total - train - val
+
+
+class Omniglot(EpisodicImages):
+    """Omniglot episodes; see the module docstring for archives, caching and splits."""
+
+    def __init__(
+        self,
+        root: str | None = None,
+        background: str = "full",
+        split: str = "lake",
+        image_size: int = 28,
+        rotations: bool = False,
+        download: bool = True,
+        split_sizes: Sequence[int] = (1100, 100, 423),
+        val_alphabets: int = 5,
+        split_seed: int = 0,
+    ) -> None:
+        if background not in BACKGROUNDS:
+            raise MetarunError(
+                f"dataset.background={background!r} is unknown; use one of {list(BACKGROUNDS)}")
+        if split not in ("lake", "random"):
+            raise MetarunError(f"dataset.split={split!r} is unknown; use lake or random")
+        root_path = Path(root).expanduser() if root else cache_dir()
+        load = lambda key: load_archive(key, root_path, image_size, download)  # noqa: E731
+
+        background_chars = _merge([load(k) for k in BACKGROUNDS[background]])
+        rng = np.random.default_rng(split_seed)
+        if split == "lake":
+            alphabets = sorted({n.split("/")[0] for n in background_chars})
+            if not 0 < val_alphabets < len(alphabets):
+                raise MetarunError(
+                    f"dataset.val_alphabets={val_alphabets} must be between 1 and "
+                    f"{len(alphabets) - 1} for background={background}")
+            held_out = set(rng.permutation(alphabets)[:val_alphabets].tolist())
+            parts = {
+                "train": {n: v for n, v in background_chars.items() if n.split("/")[0] not in held_out},
+                "val": {n: v for n, v in background_chars.items() if n.split("/")[0] in held_out},
+                "test": _merge([load("evaluation")]),
+            }
+        else:
+            pool = dict(background_chars)
+            if background == "full":
+                pool.update(_merge([load("evaluation")]))
+            names = sorted(pool)
+            order = rng.permutation(len(names))
+            n_train, n_val, _ = _sizes(len(names), split_sizes)
+            chosen = [names[i] for i in order]
+            cuts = {"train": chosen[:n_train], "val": chosen[n_train:n_train + n_val],
+                    "test": chosen[n_train + n_val:]}
+            parts = {s: {n: pool[n] for n in sorted(c)} for s, c in cuts.items()}
+        self.class_names = {s: sorted(p) for s, p in parts.items()}
+        splits = {s: torch.from_numpy(np.stack([p[n] for n in self.class_names[s]]))
+                  for s, p in parts.items()}
+        super().__init__(splits, rotations=rotations)
+
+
+def _merge(loaded: list[tuple[np.ndarray, list[str]]]) -> dict[str, np.ndarray]:
+    """Characters by ``alphabet/character``; one present in two archives is counted once."""
+    out: dict[str, np.ndarray] = {}
+    for images, names in loaded:
+        for image, name in zip(images, names):
+            out.setdefault(name, image)
+    return out

@@ -1,0 +1,244 @@
+"""Episodic sampling of image datasets, real Omniglot archives, downloads, glyphs."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import io
+import shutil
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from metarun.data import EpisodicImages, Glyphs, Omniglot, TaskShape
+from metarun.data import omniglot as omniglot_module
+from metarun.errors import MetarunError
+from tests.conftest import SHARED_OMNIGLOT
+
+SMALL = ("images_background_small1.zip", "images_background_small2.zip")
+
+
+def coded_dataset(classes: int = 7, samples: int = 6, size: int = 4) -> EpisodicImages:
+    """Images whose pixel (0, 0) encodes the class and pixel (0, 1) the sample."""
+    data = torch.zeros(classes, samples, size, size, dtype=torch.uint8)
+    data[:, :, 0, 0] = torch.arange(classes, dtype=torch.uint8)[:, None] * 10
+    data[:, :, 0, 1] = torch.arange(samples, dtype=torch.uint8)[None, :] * 10
+    return EpisodicImages({s: data for s in ("train", "val", "test")})
+
+
+def codes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    pixels = (x[..., 0, :, :] * 255).round().long()
+    return pixels[..., 0, 0] // 10, pixels[..., 0, 1] // 10
+
+
+def test_episodes_have_distinct_classes_and_samples_and_consistent_labels():
+    ds = coded_dataset()
+    batch = ds.sample("train", 50, TaskShape(way=4, shot=2, query=3), torch.Generator().manual_seed(0))
+    assert batch.support_x.shape == (50, 8, 1, 4, 4) and batch.query_x.shape == (50, 12, 1, 4, 4)
+    assert batch.support_y[0].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    s_cls, s_idx = codes(batch.support_x)
+    q_cls, q_idx = codes(batch.query_x)
+    for t in range(50):
+        label_to_class = {}
+        for cls, label in zip(torch.cat([s_cls[t], q_cls[t]]), torch.cat([batch.support_y[t], batch.query_y[t]])):
+            assert label_to_class.setdefault(int(label), int(cls)) == int(cls)
+        assert len(set(label_to_class.values())) == 4  # 4 distinct classes
+        for label, cls in label_to_class.items():  # no sample twice within a class
+            picked = [int(i) for c, i in zip(torch.cat([s_cls[t], q_cls[t]]),
+                                            torch.cat([s_idx[t], q_idx[t]])) if c == cls]
+            assert len(picked) == len(set(picked)) == 5
+    first_class_of_label0 = {int(s_cls[t, 0]) for t in range(50)}
+    assert len(first_class_of_label0) > 3  # labels are re-assigned to classes every episode
+
+
+def test_rotations_are_extra_classes():
+    data = torch.zeros(2, 3, 5, 5, dtype=torch.uint8)
+    data[0, :, 0, 0] = 255  # class 0: a dot top-left; class 1: a dot top-right
+    data[1, :, 0, 4] = 255
+    ds = EpisodicImages({s: data for s in ("train", "val", "test")}, rotations=True)
+    assert ds.num_classes("train") == 8
+    batch = ds.sample("train", 40, TaskShape(way=8, shot=1, query=0), torch.Generator().manual_seed(1))
+    corners = {tuple(torch.nonzero(img[0] > 0.5)[0].tolist()) for img in batch.support_x.flatten(0, 1)}
+    assert corners == {(0, 0), (0, 4), (4, 0), (4, 4)}
+    per_task = [len({tuple(img.flatten().tolist()) for img in task}) for task in batch.support_x]
+    assert min(per_task) >= 4  # 8 classes = 2 glyphs x 4 turns, with coinciding images pairwise
+
+
+def test_shape_checks_name_the_problem():
+    ds = coded_dataset(classes=7, samples=6)
+    with pytest.raises(MetarunError, match="8-way tasks need 8 classes but the train split has 7"):
+        ds.check_shape("train", TaskShape(8, 1, 1))
+    with pytest.raises(MetarunError, match="shot 2 \\+ query 5 needs 7 samples per class"):
+        ds.check_shape("train", TaskShape(2, 2, 5))
+
+
+@pytest.fixture
+def omniglot_root(tmp_path) -> Path:
+    root = tmp_path / "omniglot"
+    root.mkdir()
+    for name in SMALL:
+        shutil.copy(SHARED_OMNIGLOT / name, root / name)
+    return root
+
+
+def test_real_omniglot_small_sets_random_split(omniglot_root):
+    ds = Omniglot(root=str(omniglot_root), background="small1+small2", split="random",
+                  download=False)
+    names = ds.class_names
+    assert sum(len(v) for v in names.values()) == 242  # Greek and Latin counted once
+    assert [len(names[s]) for s in ("train", "val", "test")] == [164, 15, 63]
+    assert not set(names["train"]) & set(names["test"]) and not set(names["val"]) & set(names["test"])
+    assert ds.splits["train"].shape == (164, 20, 1, 28, 28) and ds.splits["train"].dtype == torch.uint8
+    # Strokes are bright on a dark background, as in the cache's documented polarity.
+    assert ds.splits["train"].float().mean() < 60
+    cached = sorted(p.name for p in (omniglot_root / "omniglot-cache").glob("*.npz"))
+    assert len(cached) == 2 and all("28px" in n for n in cached)
+    again = Omniglot(root=str(omniglot_root), background="small1+small2", split="random",
+                     download=False)
+    assert torch.equal(again.splits["test"], ds.splits["test"])
+    batch = ds.sample("test", 3, TaskShape(5, 1, 15), torch.Generator().manual_seed(0))
+    assert batch.query_x.shape == (3, 75, 1, 28, 28)
+
+
+def test_cache_is_used_and_keyed_by_preprocessing(omniglot_root, monkeypatch):
+    Omniglot(root=str(omniglot_root), background="small1", split="random", download=False)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again although the cache holds this preprocessing")
+
+    monkeypatch.setattr(omniglot_module, "decode_archive", no_decoding)
+    Omniglot(root=str(omniglot_root), background="small1", split="random", download=False)
+    with pytest.raises(AssertionError, match="decoded again"):  # another size: another cache
+        Omniglot(root=str(omniglot_root), background="small1", split="random", image_size=20,
+                 download=False)
+
+
+def test_read_only_root_caches_elsewhere(omniglot_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("METARUN_CACHE_DIR", str(tmp_path / "cache"))
+    omniglot_root.chmod(0o555)
+    try:
+        Omniglot(root=str(omniglot_root), background="small2", split="random", download=False)
+    finally:
+        omniglot_root.chmod(0o755)
+    assert not (omniglot_root / "omniglot-cache").exists()
+    assert list((tmp_path / "cache" / "omniglot-cache").glob("*.npz"))
+
+
+def test_lake_split_needs_the_evaluation_archive(omniglot_root):
+    with pytest.raises(MetarunError, match="images_evaluation.zip was not found in .*"
+                                           "dataset.download=false"):
+        Omniglot(root=str(omniglot_root), background="small1", split="lake", val_alphabets=1,
+                 download=False)
+
+
+def test_wrong_checksum_without_download_names_the_file(omniglot_root):
+    path = omniglot_root / SMALL[0]
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(MetarunError, match=f"{SMALL[0]} has the wrong md5 checksum"):
+        Omniglot(root=str(omniglot_root), background="small1", split="random", download=False)
+
+
+def _png(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    img = Image.fromarray((rng.random((105, 105)) > 0.1).astype(np.uint8) * 255).convert("1")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def fake_archive(path: Path, alphabets: int = 2, chars: int = 3, extra: dict | None = None) -> str:
+    """A small archive in Omniglot's layout; returns its md5."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for a in range(alphabets):
+            for c in range(chars):
+                for d in range(20):
+                    zf.writestr(f"images_background_small1/Alpha{a}/character{c:02d}/"
+                                f"{a}{c:02d}_{d + 1:02d}.png", _png(a * 100 + c * 20 + d))
+        for name, data in (extra or {}).items():
+            zf.writestr(name, data)
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A local HTTP server for ``tmp_path/served``; yields its base URL."""
+    served = tmp_path / "served"
+    served.mkdir()
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield served, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def _point_small1_at(monkeypatch, url: str, md5: str) -> None:
+    monkeypatch.setitem(omniglot_module.ARCHIVES, "small1", ("images_background_small1.zip", md5))
+    monkeypatch.setattr(omniglot_module, "URL", url + "/{name}")
+
+
+def test_download_verifies_and_loads(http_server, tmp_path, monkeypatch):
+    served, url = http_server
+    md5 = fake_archive(served / "images_background_small1.zip")
+    _point_small1_at(monkeypatch, url, md5)
+    root = tmp_path / "root"
+    ds = Omniglot(root=str(root), background="small1", split="random", split_sizes=[4, 1, 1])
+    assert sum(ds.num_classes(s) for s in ("train", "val", "test")) == 6
+    assert hashlib.md5((root / "images_background_small1.zip").read_bytes()).hexdigest() == md5
+
+
+def test_download_with_wrong_checksum_keeps_nothing(http_server, tmp_path, monkeypatch):
+    served, url = http_server
+    fake_archive(served / "images_background_small1.zip")
+    _point_small1_at(monkeypatch, url, "0" * 32)
+    root = tmp_path / "root"
+    with pytest.raises(MetarunError, match="its md5 checksum does not match"):
+        Omniglot(root=str(root), background="small1", split="random")
+    leftovers = [p.name for p in root.iterdir() if p.is_file() and not p.name.endswith(".lock")]
+    assert leftovers == []  # neither the bad file nor a temporary one
+
+
+def test_unsafe_member_is_refused(tmp_path, monkeypatch):
+    root = tmp_path / "root"
+    root.mkdir()
+    md5 = fake_archive(root / "images_background_small1.zip",
+                       extra={"../../escape.png": _png(0)})
+    _point_small1_at(monkeypatch, "http://127.0.0.1:9", md5)
+    with pytest.raises(MetarunError, match="'../../escape.png', which points outside"):
+        Omniglot(root=str(root), background="small1", split="random", download=False)
+
+
+def test_corrupt_image_is_named(tmp_path, monkeypatch):
+    root = tmp_path / "root"
+    root.mkdir()
+    path = root / "images_background_small1.zip"
+    md5 = fake_archive(path, extra={
+        f"images_background_small1/Broken/character01/9_{d:02d}.png": (b"garbage" if d == 7 else _png(d))
+        for d in range(1, 21)})
+    _point_small1_at(monkeypatch, "http://127.0.0.1:9", md5)
+    with pytest.raises(MetarunError, match="Broken/character01/9_07.png is not a readable image"):
+        Omniglot(root=str(root), background="small1", split="random", download=False)
+
+
+def test_glyphs_are_deterministic_disjoint_and_varied():
+    a = Glyphs(classes=[6, 3, 3], samples_per_class=5)
+    b = Glyphs(classes=[6, 3, 3], samples_per_class=5)
+    other_seed = Glyphs(classes=[6, 3, 3], samples_per_class=5, seed=1)
+    assert torch.equal(a.splits["train"], b.splits["train"])
+    assert not torch.equal(a.splits["train"], other_seed.splits["train"])
+    assert not torch.equal(a.splits["train"][:3], a.splits["val"])  # disjoint seed streams
+    train = a.splits["train"].float()
+    drawer_spread = (train - train.mean(1, keepdim=True)).abs().mean()
+    class_spread = (train.mean(1) - train.mean((0, 1))).abs().mean()
+    assert drawer_spread > 5 and class_spread > 5  # drawers differ, classes differ more
+    assert train.max() == 255 and train.mean() < 80  # bright strokes on black
