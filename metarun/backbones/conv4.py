@@ -47,7 +47,9 @@ class Conv4(nn.Module):
             ]
             if pool == "max":
                 layers.append(nn.MaxPool2d(2))
-            height, width = height // 2, width // 2
+            # max-pool floors, a stride-2 conv (padding 1) rounds up
+            height, width = ((height // 2, width // 2) if pool == "max"
+                             else ((height + 1) // 2, (width + 1) // 2))
             if min(height, width) < 1:
                 raise MetarunError(
                     f"a {input_shape[1]}x{input_shape[2]} image is too small for {blocks} "

@@ -70,7 +70,9 @@ class ConsoleSink(Sink):
             text = "  ".join(f"{k} {_fmt(v)}" for k, v in sorted(self._latest.items()))
             self._progress.update(self._task, metrics=text)
         if any(k.startswith("val/") for k in metrics):
-            val = "  ".join(f"{k} {_fmt(v)}" for k, v in shown.items() if k.startswith("val/"))
+            val = "  ".join(f"{k} {_fmt(v)} ± {_fmt(metrics[k + '_ci95'])}"
+                            if k + "_ci95" in metrics else f"{k} {_fmt(v)}"
+                            for k, v in shown.items() if k.startswith("val/"))
             train = "  ".join(f"{k} {_fmt(v)}" for k, v in self._latest.items()
                               if k.startswith("train/"))
             self.console.log(f"step {step}: {train}  {val}")
