@@ -25,7 +25,7 @@ from metarun.data.omniglot import _atomic_save_npz
 from metarun.errors import MetarunError
 
 SUPERSAMPLE = 4
-VERSION = 1  # bump when rendering changes: cached sets are then re-rendered
+VERSION = 2  # bump when rendering changes: cached sets are then re-rendered
 
 
 def _bezier(p0, p1, p2, n: int = 16) -> np.ndarray:
@@ -47,15 +47,15 @@ def _class_strokes(rng: np.random.Generator) -> list[np.ndarray]:
 def _render(strokes: list[np.ndarray], rng: np.random.Generator, size: int) -> np.ndarray:
     """One drawer's rendition of a class: jitter, pen width and an affine warp."""
     big = size * SUPERSAMPLE
-    angle, shear = np.deg2rad(rng.normal(0, 8)), rng.normal(0, 0.08)
-    scale, shift = rng.uniform(0.9, 1.1), rng.normal(0, 0.04, 2)
+    angle, shear = np.deg2rad(rng.normal(0, 12)), rng.normal(0, 0.12)
+    scale, shift = rng.uniform(0.85, 1.15), rng.normal(0, 0.05, 2)
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     warp = scale * rot @ np.array([[1.0, shear], [0.0, 1.0]])
     width = max(1, round(rng.uniform(1.4, 2.6) * SUPERSAMPLE))
     canvas = Image.new("L", (big, big), 0)
     draw = ImageDraw.Draw(canvas)
     for control in strokes:
-        control = control + rng.normal(0, 0.03, control.shape)
+        control = control + rng.normal(0, 0.055, control.shape)
         points = (_bezier(*control) - 0.5) @ warp.T + 0.5 + shift
         draw.line([tuple(p) for p in points * big], fill=255, width=width, joint="curve")
     return np.asarray(canvas.resize((size, size), Image.Resampling.BOX), dtype=np.uint8)

@@ -72,7 +72,7 @@ class ConsoleSink(Sink):
         if any(k.startswith("val/") for k in metrics):
             val = "  ".join(f"{k} {_fmt(v)} ± {_fmt(metrics[k + '_ci95'])}"
                             if k + "_ci95" in metrics else f"{k} {_fmt(v)}"
-                            for k, v in shown.items() if k.startswith("val/"))
+                            for k, v in shown.items() if k.startswith("val/") and k != "val/loss")
             train = "  ".join(f"{k} {_fmt(v)}" for k, v in self._latest.items()
                               if k.startswith("train/"))
             self.console.log(f"step {step}: {train}  {val}")
