@@ -1,7 +1,9 @@
 """Structured-config schemas: a misspelt key or a wrong type fails at compose time.
 
-The schemas are registered in Hydra's ConfigStore; the YAML files under ``configs/`` extend them
-(``defaults: [/schema/<group>/<name>@_here_, _self_]``), so the YAML holds values and these classes hold types.
+The schemas are registered in Hydra's ConfigStore under ``schema/``; the YAML files under
+``configs/`` extend them (``defaults: [/schema/<group>/<name>@_here_, _self_]``), so the YAML
+holds values and these classes hold types. Dataset configs are ``@package _global_`` (they also
+set ``task`` and pick a backbone) and name their schema with ``@dataset``.
 """
 
 from __future__ import annotations

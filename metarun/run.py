@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
@@ -50,10 +50,15 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
 def check_config(cfg: DictConfig) -> None:
     """Value checks that types alone cannot express, before any expensive work."""
     positive = {
-        "task.way": cfg.task.way, "task.shot": cfg.task.shot, "task.query": cfg.task.query,
-        "task.meta_batch": cfg.task.meta_batch, "train.log_every": cfg.train.log_every,
-        "val.every": cfg.val.every, "val.episodes": cfg.val.episodes,
-        "val.batch_size": cfg.val.batch_size, "test.batch_size": cfg.test.batch_size,
+        "task.way": cfg.task.way,
+        "task.shot": cfg.task.shot,
+        "task.query": cfg.task.query,
+        "task.meta_batch": cfg.task.meta_batch,
+        "train.log_every": cfg.train.log_every,
+        "val.every": cfg.val.every,
+        "val.episodes": cfg.val.episodes,
+        "val.batch_size": cfg.val.batch_size,
+        "test.batch_size": cfg.test.batch_size,
     }
     for key in ("train_way", "train_shot"):
         if cfg.task[key] is not None:
@@ -88,9 +93,14 @@ def build_logger(cfg: DictConfig, run_dir: Path, console: Console) -> Logger:
             WandbSink(
                 run_dir=run_dir,
                 config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-                project=cfg.logger.project, entity=cfg.logger.entity,
-                mode=str(cfg.logger.mode.value), group=group, name=name,
-                tags=list(cfg.logger.tags), notes=cfg.logger.notes, console=console,
+                project=cfg.logger.project,
+                entity=cfg.logger.entity,
+                mode=str(cfg.logger.mode.value),
+                group=group,
+                name=name,
+                tags=list(cfg.logger.tags),
+                notes=cfg.logger.notes,
+                console=console,
             )
         )
     return Logger(sinks)
@@ -113,7 +123,8 @@ def run(cfg: DictConfig) -> float:
     if out_features is not None and out_features != dataset.output_size(eval_shape.way):
         raise MetarunError(
             f"{algo_cls.__name__} has a {train_shape.way}-way output layer, so it cannot be "
-            f"tested {eval_shape.way}-way; set task.train_way=null or equal to task.way")
+            f"tested {eval_shape.way}-way; set task.train_way=null or equal to task.way"
+        )
     dataset.check_shape("train", train_shape, "meta-training")
     dataset.check_shape("val", eval_shape, "validation")
     dataset.check_shape("test", eval_shape, "meta-test")
@@ -126,10 +137,26 @@ def run(cfg: DictConfig) -> float:
     logger = build_logger(cfg, run_dir, console)
     status = "failed"
     try:
-        console.print(f"run dir: {run_dir}\ndevice: {device}  algorithm: "
-                      f"{learner.__class__.__name__}({learner.extra_repr()})", soft_wrap=True)
-        objective = _train_and_test(cfg, dataset, learner, optimizer, scheduler, logger, config,
-                                    run_dir, device, train_shape, eval_shape, metric, mode)
+        console.print(
+            f"run dir: {run_dir}\ndevice: {device}  algorithm: "
+            f"{learner.__class__.__name__}({learner.extra_repr()})",
+            soft_wrap=True,
+        )
+        objective = _train_and_test(
+            cfg,
+            dataset,
+            learner,
+            optimizer,
+            scheduler,
+            logger,
+            config,
+            run_dir,
+            device,
+            train_shape,
+            eval_shape,
+            metric,
+            mode,
+        )
         status = "finished"
         return objective
     except KeyboardInterrupt:
@@ -139,11 +166,27 @@ def run(cfg: DictConfig) -> float:
         logger.close(status)
 
 
-def _train_and_test(cfg, dataset, learner, optimizer, scheduler, logger, config, run_dir, device,
-                    train_shape, eval_shape, metric, mode) -> float:
+def _train_and_test(
+    cfg,
+    dataset,
+    learner,
+    optimizer,
+    scheduler,
+    logger,
+    config,
+    run_dir,
+    device,
+    train_shape,
+    eval_shape,
+    metric,
+    mode,
+) -> float:
     ckpt_dir = run_dir / "checkpoints"
-    val_batches = list(fixed_episodes(dataset, "val", eval_shape, cfg.val.episodes,
-                                      cfg.val.batch_size, cfg.val.seed, device))
+    val_batches = list(
+        fixed_episodes(
+            dataset, "val", eval_shape, cfg.val.episodes, cfg.val.batch_size, cfg.val.seed, device
+        )
+    )
     generator = torch.Generator().manual_seed(cfg.seed)
     better = (lambda a, b: a < b) if mode == "min" else (lambda a, b: a > b)
     best: dict[str, Any] = {"value": None, "step": None, "state": None}
@@ -160,13 +203,27 @@ def _train_and_test(cfg, dataset, learner, optimizer, scheduler, logger, config,
         if best["value"] is None or better(value, best["value"]):
             best.update(value=value, step=step, state=copy.deepcopy(learner.state_dict()))
             if cfg.checkpoint.save:
-                save_checkpoint(ckpt_dir / "best.pt", learner=learner, optimizer=optimizer,
-                                scheduler=scheduler, step=step, config=config, metrics=scores)
+                save_checkpoint(
+                    ckpt_dir / "best.pt",
+                    learner=learner,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    step=step,
+                    config=config,
+                    metrics=scores,
+                )
 
     def checkpoint(step: int, name: str) -> None:
         if cfg.checkpoint.save:
-            save_checkpoint(ckpt_dir / name, learner=learner, optimizer=optimizer,
-                            scheduler=scheduler, step=step, config=config, metrics={})
+            save_checkpoint(
+                ckpt_dir / name,
+                learner=learner,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                step=step,
+                config=config,
+                metrics={},
+            )
 
     steps = cfg.train.steps
     logger.start(steps)
@@ -207,8 +264,9 @@ def _train_and_test(cfg, dataset, learner, optimizer, scheduler, logger, config,
 
     # Meta-test the weights that validated best, as the papers' protocols do.
     learner.load_state_dict(best["state"])
-    test_batches = fixed_episodes(dataset, "test", eval_shape, cfg.test.episodes,
-                                  cfg.test.batch_size, cfg.test.seed, device)
+    test_batches = fixed_episodes(
+        dataset, "test", eval_shape, cfg.test.episodes, cfg.test.batch_size, cfg.test.seed, device
+    )
     scores = evaluate(learner, test_batches, "test")
     logger.log(scores, steps)
     summary = {

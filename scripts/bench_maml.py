@@ -35,8 +35,14 @@ def setup(args):
 def rate(first_order: bool, batching: str, args) -> float:
     torch.manual_seed(0)
     dataset, shape, net = setup(args)
-    learner = MAML(net, functools.partial(torch.optim.Adam, lr=1e-3), inner_lr=args.inner_lr,
-                   inner_steps=args.inner_steps, first_order=first_order, task_batching=batching)
+    learner = MAML(
+        net,
+        functools.partial(torch.optim.Adam, lr=1e-3),
+        inner_lr=args.inner_lr,
+        inner_steps=args.inner_steps,
+        first_order=first_order,
+        task_batching=batching,
+    )
     optimizer, _ = learner.configure_optimizers()
     generator = torch.Generator().manual_seed(0)
 
@@ -73,17 +79,24 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    what = ("sinusoid MLP 1-40-40-1" if args.model == "mlp" else
-            f"conv4-{args.hidden} ({args.pool}) 28x28, {args.way}-way")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {what}, "
-          f"meta-batch {args.meta_batch}, K={args.shot}, Q={args.query}, "
-          f"{args.inner_steps} inner step(s)")
+    what = (
+        "sinusoid MLP 1-40-40-1"
+        if args.model == "mlp"
+        else f"conv4-{args.hidden} ({args.pool}) 28x28, {args.way}-way"
+    )
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; {what}, "
+        f"meta-batch {args.meta_batch}, K={args.shot}, Q={args.query}, "
+        f"{args.inner_steps} inner step(s)"
+    )
     print(f"{'order':<8}{'loop it/s':>12}{'vmap it/s':>12}{'vmap/loop':>11}{'loop tasks/s':>14}")
     for first_order in (False, True):
         loop, vmapped = rate(first_order, "loop", args), rate(first_order, "vmap", args)
         name = "first" if first_order else "second"
-        print(f"{name:<8}{loop:>12.2f}{vmapped:>12.2f}{vmapped / loop:>10.2f}x"
-              f"{loop * args.meta_batch:>14.1f}")
+        print(
+            f"{name:<8}{loop:>12.2f}{vmapped:>12.2f}{vmapped / loop:>10.2f}x"
+            f"{loop * args.meta_batch:>14.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -19,12 +19,24 @@ from metarun.cli import config_dir
 CONFIG_DIR = Path(config_dir())
 SHARED_OMNIGLOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
 # Small, offline versions of the image datasets for tests.
-OMNIGLOT_SMALL = [f"dataset.root={SHARED_OMNIGLOT}", "dataset.background=small1+small2",
-                  "dataset.split=random", "dataset.download=false"]
+OMNIGLOT_SMALL = [
+    f"dataset.root={SHARED_OMNIGLOT}",
+    "dataset.background=small1+small2",
+    "dataset.split=random",
+    "dataset.download=false",
+]
 GLYPHS_SMALL = ["dataset.classes=[40,12,12]"]
 # Settings that make a job take a second or two while exercising every phase of a run.
-TINY = ["train.steps=20", "train.log_every=5", "val.every=10", "val.episodes=8",
-        "val.batch_size=4", "test.episodes=10", "test.batch_size=4", "algo.eval_inner_steps=2"]
+TINY = [
+    "train.steps=20",
+    "train.log_every=5",
+    "val.every=10",
+    "val.episodes=8",
+    "val.batch_size=4",
+    "test.episodes=10",
+    "test.batch_size=4",
+    "algo.eval_inner_steps=2",
+]
 
 
 def options(group: str) -> list[str]:
@@ -74,8 +86,9 @@ def run_inprocess(compose_cfg, tmp_path):
 def clean_env(home: Path) -> dict[str, str]:
     """Environment for a CLI subprocess: no W&B credentials, so ``mode=auto`` goes offline."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(HOME=str(home), NETRC=str(home / ".netrc"), PYTHONUNBUFFERED="1",
-               HYDRA_FULL_ERROR="0")
+    env.update(
+        HOME=str(home), NETRC=str(home / ".netrc"), PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="0"
+    )
     return env
 
 
@@ -84,11 +97,19 @@ def metarun_cli(tmp_path):
     """``metarun_cli(*args)`` runs the installed console script in ``tmp_path``."""
     exe = Path(sys.executable).with_name("metarun")
 
-    def _run(*args: str, cwd: Path | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+    def _run(
+        *args: str, cwd: Path | None = None, timeout: float = 180
+    ) -> subprocess.CompletedProcess:
         home = tmp_path / "home"
         home.mkdir(exist_ok=True)
-        return subprocess.run([str(exe), *args], cwd=cwd or tmp_path, env=clean_env(home),
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [str(exe), *args],
+            cwd=cwd or tmp_path,
+            env=clean_env(home),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     return _run
 

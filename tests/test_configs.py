@@ -7,22 +7,28 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import get_class
 
 from metarun.algorithms import MetaLearner
+from metarun.data import TaskShape
 from metarun.errors import MetarunError
 from metarun.run import build
-from metarun.data import TaskShape
 from tests.conftest import GLYPHS_SMALL, OMNIGLOT_SMALL, options
 
 # Options that need an image dataset get glyphs; image datasets run in their small offline form.
-NEEDS_IMAGES = {"algo=protonet": ["dataset=glyphs"], "backbone=conv4": ["dataset=glyphs"],
-                "backbone=resnet12": ["dataset=glyphs", "algo=protonet"]}
+NEEDS_IMAGES = {
+    "algo=protonet": ["dataset=glyphs"],
+    "backbone=conv4": ["dataset=glyphs"],
+    "backbone=resnet12": ["dataset=glyphs", "algo=protonet"],
+}
 SMALL_DATA = {"metarun.data.Omniglot": OMNIGLOT_SMALL, "metarun.data.Glyphs": GLYPHS_SMALL}
 
 
 def _build(cfg):
     dataset = build(cfg.dataset)
     algo_cls = get_class(cfg.algo._target_)
-    backbone = build(cfg.backbone, input_shape=dataset.input_shape,
-                     out_features=algo_cls.output_size(dataset, cfg.task.way))
+    backbone = build(
+        cfg.backbone,
+        input_shape=dataset.input_shape,
+        out_features=algo_cls.output_size(dataset, cfg.task.way),
+    )
     learner = build(cfg.algo, backbone=backbone)
     optimizer, _ = learner.configure_optimizers()
     return dataset, learner, optimizer
@@ -40,8 +46,12 @@ def test_every_option_composes_and_instantiates(compose_cfg, override):
     dataset, learner, optimizer = _build(cfg)
     assert isinstance(learner, MetaLearner)
     assert len(optimizer.param_groups[0]["params"]) == len(list(learner.parameters())) > 0
-    batch = dataset.sample("train", 2, TaskShape(cfg.task.way, cfg.task.shot, cfg.task.query),
-                           __import__("torch").Generator().manual_seed(0))
+    batch = dataset.sample(
+        "train",
+        2,
+        TaskShape(cfg.task.way, cfg.task.shot, cfg.task.query),
+        __import__("torch").Generator().manual_seed(0),
+    )
     loss, metrics = learner.meta_loss(batch)
     assert loss.ndim == 0 and "loss" in metrics
 

@@ -39,19 +39,26 @@ def codes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_episodes_have_distinct_classes_and_samples_and_consistent_labels():
     ds = coded_dataset()
-    batch = ds.sample("train", 50, TaskShape(way=4, shot=2, query=3), torch.Generator().manual_seed(0))
+    batch = ds.sample(
+        "train", 50, TaskShape(way=4, shot=2, query=3), torch.Generator().manual_seed(0)
+    )
     assert batch.support_x.shape == (50, 8, 1, 4, 4) and batch.query_x.shape == (50, 12, 1, 4, 4)
     assert batch.support_y[0].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
     s_cls, s_idx = codes(batch.support_x)
     q_cls, q_idx = codes(batch.query_x)
     for t in range(50):
         label_to_class = {}
-        for cls, label in zip(torch.cat([s_cls[t], q_cls[t]]), torch.cat([batch.support_y[t], batch.query_y[t]])):
+        for cls, label in zip(
+            torch.cat([s_cls[t], q_cls[t]]), torch.cat([batch.support_y[t], batch.query_y[t]])
+        ):
             assert label_to_class.setdefault(int(label), int(cls)) == int(cls)
         assert len(set(label_to_class.values())) == 4  # 4 distinct classes
         for label, cls in label_to_class.items():  # no sample twice within a class
-            picked = [int(i) for c, i in zip(torch.cat([s_cls[t], q_cls[t]]),
-                                            torch.cat([s_idx[t], q_idx[t]])) if c == cls]
+            picked = [
+                int(i)
+                for c, i in zip(torch.cat([s_cls[t], q_cls[t]]), torch.cat([s_idx[t], q_idx[t]]))
+                if c == cls
+            ]
             assert len(picked) == len(set(picked)) == 5
     first_class_of_label0 = {int(s_cls[t, 0]) for t in range(50)}
     assert len(first_class_of_label0) > 3  # labels are re-assigned to classes every episode
@@ -63,8 +70,12 @@ def test_rotations_are_extra_classes():
     data[1, :, 0, 4] = 255
     ds = EpisodicImages({s: data for s in ("train", "val", "test")}, rotations=True)
     assert ds.num_classes("train") == 8
-    batch = ds.sample("train", 40, TaskShape(way=8, shot=1, query=0), torch.Generator().manual_seed(1))
-    corners = {tuple(torch.nonzero(img[0] > 0.5)[0].tolist()) for img in batch.support_x.flatten(0, 1)}
+    batch = ds.sample(
+        "train", 40, TaskShape(way=8, shot=1, query=0), torch.Generator().manual_seed(1)
+    )
+    corners = {
+        tuple(torch.nonzero(img[0] > 0.5)[0].tolist()) for img in batch.support_x.flatten(0, 1)
+    }
     assert corners == {(0, 0), (0, 4), (4, 0), (4, 4)}
     per_task = [len({tuple(img.flatten().tolist()) for img in task}) for task in batch.support_x]
     assert min(per_task) >= 4  # 8 classes = 2 glyphs x 4 turns, with coinciding images pairwise
@@ -88,19 +99,25 @@ def omniglot_root(tmp_path) -> Path:
 
 
 def test_real_omniglot_small_sets_random_split(omniglot_root):
-    ds = Omniglot(root=str(omniglot_root), background="small1+small2", split="random",
-                  download=False)
+    ds = Omniglot(
+        root=str(omniglot_root), background="small1+small2", split="random", download=False
+    )
     names = ds.class_names
     assert sum(len(v) for v in names.values()) == 242  # Greek and Latin counted once
     assert [len(names[s]) for s in ("train", "val", "test")] == [164, 15, 63]
-    assert not set(names["train"]) & set(names["test"]) and not set(names["val"]) & set(names["test"])
-    assert ds.splits["train"].shape == (164, 20, 1, 28, 28) and ds.splits["train"].dtype == torch.uint8
+    assert not set(names["train"]) & set(names["test"]) and not set(names["val"]) & set(
+        names["test"]
+    )
+    assert (
+        ds.splits["train"].shape == (164, 20, 1, 28, 28) and ds.splits["train"].dtype == torch.uint8
+    )
     # Strokes are bright on a dark background, as in the cache's documented polarity.
     assert ds.splits["train"].float().mean() < 60
     cached = sorted(p.name for p in (omniglot_root / "omniglot-cache").glob("*.npz"))
     assert len(cached) == 2 and all("28px" in n for n in cached)
-    again = Omniglot(root=str(omniglot_root), background="small1+small2", split="random",
-                     download=False)
+    again = Omniglot(
+        root=str(omniglot_root), background="small1+small2", split="random", download=False
+    )
     assert torch.equal(again.splits["test"], ds.splits["test"])
     batch = ds.sample("test", 3, TaskShape(5, 1, 15), torch.Generator().manual_seed(0))
     assert batch.query_x.shape == (3, 75, 1, 28, 28)
@@ -115,8 +132,13 @@ def test_cache_is_used_and_keyed_by_preprocessing(omniglot_root, monkeypatch):
     monkeypatch.setattr(omniglot_module, "decode_archive", no_decoding)
     Omniglot(root=str(omniglot_root), background="small1", split="random", download=False)
     with pytest.raises(AssertionError, match="decoded again"):  # another size: another cache
-        Omniglot(root=str(omniglot_root), background="small1", split="random", image_size=20,
-                 download=False)
+        Omniglot(
+            root=str(omniglot_root),
+            background="small1",
+            split="random",
+            image_size=20,
+            download=False,
+        )
 
 
 def test_read_only_root_caches_elsewhere(omniglot_root, tmp_path, monkeypatch):
@@ -131,10 +153,16 @@ def test_read_only_root_caches_elsewhere(omniglot_root, tmp_path, monkeypatch):
 
 
 def test_lake_split_needs_the_evaluation_archive(omniglot_root):
-    with pytest.raises(MetarunError, match="images_evaluation.zip was not found in .*"
-                                           "dataset.download=false"):
-        Omniglot(root=str(omniglot_root), background="small1", split="lake", val_alphabets=1,
-                 download=False)
+    with pytest.raises(
+        MetarunError, match="images_evaluation.zip was not found in .*dataset.download=false"
+    ):
+        Omniglot(
+            root=str(omniglot_root),
+            background="small1",
+            split="lake",
+            val_alphabets=1,
+            download=False,
+        )
 
 
 def test_wrong_checksum_without_download_names_the_file(omniglot_root):
@@ -158,8 +186,11 @@ def fake_archive(path: Path, alphabets: int = 2, chars: int = 3, extra: dict | N
         for a in range(alphabets):
             for c in range(chars):
                 for d in range(20):
-                    zf.writestr(f"images_background_small1/Alpha{a}/character{c:02d}/"
-                                f"{a}{c:02d}_{d + 1:02d}.png", _png(a * 100 + c * 20 + d))
+                    zf.writestr(
+                        f"images_background_small1/Alpha{a}/character{c:02d}/"
+                        f"{a}{c:02d}_{d + 1:02d}.png",
+                        _png(a * 100 + c * 20 + d),
+                    )
         for name, data in (extra or {}).items():
             zf.writestr(name, data)
     return hashlib.md5(path.read_bytes()).hexdigest()
@@ -170,6 +201,7 @@ def http_server(tmp_path):
     """A local HTTP server for ``tmp_path/served``; yields its base URL."""
     served = tmp_path / "served"
     served.mkdir()
+
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args) -> None:
             pass
@@ -211,8 +243,7 @@ def test_download_with_wrong_checksum_keeps_nothing(http_server, tmp_path, monke
 def test_unsafe_member_is_refused(tmp_path, monkeypatch):
     root = tmp_path / "root"
     root.mkdir()
-    md5 = fake_archive(root / "images_background_small1.zip",
-                       extra={"../../escape.png": _png(0)})
+    md5 = fake_archive(root / "images_background_small1.zip", extra={"../../escape.png": _png(0)})
     _point_small1_at(monkeypatch, "http://127.0.0.1:9", md5)
     with pytest.raises(MetarunError, match="'../../escape.png', which points outside"):
         Omniglot(root=str(root), background="small1", split="random", download=False)
@@ -222,9 +253,15 @@ def test_corrupt_image_is_named(tmp_path, monkeypatch):
     root = tmp_path / "root"
     root.mkdir()
     path = root / "images_background_small1.zip"
-    md5 = fake_archive(path, extra={
-        f"images_background_small1/Broken/character01/9_{d:02d}.png": (b"garbage" if d == 7 else _png(d))
-        for d in range(1, 21)})
+    md5 = fake_archive(
+        path,
+        extra={
+            f"images_background_small1/Broken/character01/9_{d:02d}.png": (
+                b"garbage" if d == 7 else _png(d)
+            )
+            for d in range(1, 21)
+        },
+    )
     _point_small1_at(monkeypatch, "http://127.0.0.1:9", md5)
     with pytest.raises(MetarunError, match="Broken/character01/9_07.png is not a readable image"):
         Omniglot(root=str(root), background="small1", split="random", download=False)

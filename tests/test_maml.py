@@ -19,8 +19,15 @@ def make(first_order=False, steps=1, batching="loop", seed=0) -> MAML:
     torch.manual_seed(seed)
     net = MLP((1,), 1, hidden=(4, 4)).double()
     sgd = functools.partial(torch.optim.SGD, lr=0.1)
-    return MAML(net, sgd, inner_lr=LR, inner_steps=steps, eval_inner_steps=steps,
-                first_order=first_order, task_batching=batching)
+    return MAML(
+        net,
+        sgd,
+        inner_lr=LR,
+        inner_steps=steps,
+        eval_inner_steps=steps,
+        first_order=first_order,
+        task_batching=batching,
+    )
 
 
 @pytest.fixture
@@ -62,8 +69,9 @@ def unrolled_meta_grad(learner: MAML, batch: TaskBatch, steps: int) -> torch.Ten
 @pytest.mark.parametrize("steps", [1, 3])
 def test_second_order_matches_unrolled_autograd(batch, steps):
     learner = make(steps=steps)
-    assert torch.allclose(meta_grad(learner, batch), unrolled_meta_grad(learner, batch, steps),
-                          atol=1e-10, rtol=1e-8)
+    assert torch.allclose(
+        meta_grad(learner, batch), unrolled_meta_grad(learner, batch, steps), atol=1e-10, rtol=1e-8
+    )
 
 
 def test_second_order_matches_finite_differences(batch):
@@ -95,7 +103,8 @@ def test_fomaml_drops_exactly_the_second_order_term(batch):
         adapted = [(t - LR * g).detach().requires_grad_() for t, g in zip(params, g_s)]
         g_q = torch.autograd.grad(F.mse_loss(by_hand(adapted, qx), qy), adapted)
         _, hvp = torch.autograd.functional.hvp(
-            lambda *ps: F.mse_loss(by_hand(list(ps), sx), sy), params, g_q)
+            lambda *ps: F.mse_loss(by_hand(list(ps), sx), sy), params, g_q
+        )
         correction -= LR * torch.cat([h.flatten() for h in hvp]) / batch.num_tasks
     assert correction.abs().max() > 1e-3  # the term is not negligible here, so the test bites
     assert torch.allclose(second - first, correction, atol=1e-10, rtol=1e-8)
@@ -156,16 +165,26 @@ def test_conv4_with_batch_norm_vmap_matches_loop_and_finite_differences(first_or
 
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
-    batch = TaskBatch(torch.rand(2, 6, 1, 8, 8, generator=g).double(),
-                      torch.tensor([[0, 0, 1, 1, 2, 2]] * 2),
-                      torch.rand(2, 9, 1, 8, 8, generator=g).double(),
-                      torch.tensor([[0, 1, 2] * 3] * 2))
+    batch = TaskBatch(
+        torch.rand(2, 6, 1, 8, 8, generator=g).double(),
+        torch.tensor([[0, 0, 1, 1, 2, 2]] * 2),
+        torch.rand(2, 9, 1, 8, 8, generator=g).double(),
+        torch.tensor([[0, 1, 2] * 3] * 2),
+    )
     learners = []
     for batching in ("loop", "vmap"):
         torch.manual_seed(1)
         net = Conv4((1, 8, 8), out_features=3, hidden=3, blocks=2).double()
-        learners.append(MAML(net, functools.partial(torch.optim.SGD, lr=0.1), inner_lr=0.5,
-                             inner_steps=2, first_order=first_order, task_batching=batching))
+        learners.append(
+            MAML(
+                net,
+                functools.partial(torch.optim.SGD, lr=0.1),
+                inner_lr=0.5,
+                inner_steps=2,
+                first_order=first_order,
+                task_batching=batching,
+            )
+        )
     loop, vmapped = learners
     analytic = meta_grad(loop, batch)
     assert torch.allclose(analytic, meta_grad(vmapped, batch), atol=1e-10)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -43,8 +42,15 @@ def test_same_seed_same_metrics_other_seed_other_metrics(run_inprocess):
 
 def test_maml_learns_sinusoids(run_inprocess):
     """A short run cuts the post-adaptation MSE well below the untrained model's."""
-    overrides = ["logger=none", "train.steps=600", "val.every=600", "val.episodes=100",
-                 "test.episodes=100", "algo.eval_report_steps=[0,10]", "checkpoint.save=false"]
+    overrides = [
+        "logger=none",
+        "train.steps=600",
+        "val.every=600",
+        "val.episodes=100",
+        "test.episodes=100",
+        "algo.eval_report_steps=[0,10]",
+        "checkpoint.save=false",
+    ]
     run_dir, _ = run_inprocess(overrides)
     summary = json.loads((run_dir / "summary.json").read_text())
     untrained = 1 / 2 * (0.1**2 + 0.1 * 5 + 5**2) / 3  # E[A^2]/2 for A ~ U[0.1, 5]: ~4.3
@@ -66,7 +72,8 @@ def test_cli_run_logs_to_files_and_an_offline_wandb_run(metarun_cli, tmp_path):
     assert proc.returncode == 0, proc.stderr
     (run_dir,) = [p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir()]
     assert {".hydra", "metrics.jsonl", "summary.json", "checkpoints", "wandb"} <= {
-        p.name for p in run_dir.iterdir()}
+        p.name for p in run_dir.iterdir()
+    }
     assert "wandb sync" in proc.stdout  # offline: the user is told how to upload
     (log,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
     local = read_jsonl(run_dir / "metrics.jsonl")
@@ -133,22 +140,47 @@ def test_cli_help_lists_groups_and_options(metarun_cli):
         assert f"{group}: {', '.join(options(group))}\n" in proc.stdout
 
 
-REAL_OMNIGLOT = ["dataset=omniglot", *OMNIGLOT_SMALL, "logger=none", "checkpoint.save=false", "test.episodes=100",
-                 "task.way=5", "task.shot=1", "task.query=5", "backbone.hidden=32"]
+REAL_OMNIGLOT = [
+    "dataset=omniglot",
+    *OMNIGLOT_SMALL,
+    "logger=none",
+    "checkpoint.save=false",
+    "test.episodes=100",
+    "task.way=5",
+    "task.shot=1",
+    "task.query=5",
+    "backbone.hidden=32",
+]
 
 
 def test_protonet_learns_real_omniglot(run_inprocess):
     """20 episodes of 20-way training on held-out-character data: far above 5-way chance."""
-    run_dir, _ = run_inprocess([*REAL_OMNIGLOT, "algo=protonet", "backbone.batch_norm=running",
-                                "task.train_way=20", "task.meta_batch=1", "train.steps=20",
-                                "val.every=20"])
+    run_dir, _ = run_inprocess(
+        [
+            *REAL_OMNIGLOT,
+            "algo=protonet",
+            "backbone.batch_norm=running",
+            "task.train_way=20",
+            "task.meta_batch=1",
+            "train.steps=20",
+            "val.every=20",
+        ]
+    )
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["test/acc"] > 0.5  # chance: 0.2
 
 
 def test_maml_learns_real_omniglot(run_inprocess):
-    run_dir, _ = run_inprocess([*REAL_OMNIGLOT, "algo=maml", "algo.inner_lr=0.4",
-                                "algo.eval_inner_steps=3", "task.meta_batch=4",
-                                "train.steps=60", "val.every=60"])
+    run_dir, _ = run_inprocess(
+        [
+            *REAL_OMNIGLOT,
+            "algo=maml",
+            "algo.inner_lr=0.4",
+            "algo.eval_inner_steps=3",
+            "task.meta_batch=4",
+            "train.steps=60",
+            "val.every=60",
+        ]
+    )
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["test/acc"] > 0.35  # chance: 0.2; untrained MAML stays near it

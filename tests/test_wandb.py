@@ -20,8 +20,7 @@ def no_credentials(monkeypatch, tmp_path):
     return tmp_path / "netrc"
 
 
-def test_auto_mode_is_offline_without_credentials_and_online_with_them(no_credentials,
-                                                                       monkeypatch):
+def test_auto_mode_is_offline_without_credentials_and_online_with_them(no_credentials, monkeypatch):
     assert not wandb_credentials_present() and resolve_mode("auto") == "offline"
     no_credentials.write_text("machine api.wandb.ai\n  login user\n  password abc123\n")
     no_credentials.chmod(0o600)
@@ -53,8 +52,7 @@ def test_wandb_init_failure_warns_and_keeps_local_logging(run_inprocess, monkeyp
     assert any("test/mse" in row for row in read_jsonl(run_dir / "metrics.jsonl"))
 
 
-def test_wandb_failure_mid_run_warns_once_and_finishes_locally(run_inprocess, monkeypatch,
-                                                                capsys):
+def test_wandb_failure_mid_run_warns_once_and_finishes_locally(run_inprocess, monkeypatch, capsys):
     real_init = wandb.init
 
     def init_then_break(**kwargs):
@@ -87,8 +85,11 @@ def test_failed_run_is_marked_failed_locally_and_in_wandb(run_inprocess, monkeyp
     def spy_init(**kwargs):
         run = real_init(**kwargs)
         real_finish = run.finish
-        monkeypatch.setattr(run, "finish", lambda exit_code=None: (finished.append(exit_code),
-                                                                   real_finish(exit_code=exit_code)))
+        monkeypatch.setattr(
+            run,
+            "finish",
+            lambda exit_code=None: (finished.append(exit_code), real_finish(exit_code=exit_code)),
+        )
         return run
 
     monkeypatch.setattr(wandb, "init", spy_init)

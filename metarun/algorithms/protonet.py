@@ -21,12 +21,12 @@ class ProtoNet(MetaLearner):
         if dataset.problem != "classification":
             raise MetarunError(
                 "algo=protonet classifies; it cannot run on a regression dataset "
-                f"({type(dataset).__name__}); use algo=maml or a classification dataset")
+                f"({type(dataset).__name__}); use algo=maml or a classification dataset"
+            )
         return None  # embeddings, no head
 
     def _logits(self, batch: TaskBatch) -> torch.Tensor:
-        b, nk = batch.support_y.shape
-        nq = batch.query_y.shape[1]
+        nk = batch.support_y.shape[1]
         z = self.backbone(torch.cat([batch.support_x, batch.query_x], dim=1))  # [B, NK+NQ, D]
         support, query = z[:, :nk], z[:, nk:]
         way = int(batch.support_y.max()) + 1
@@ -44,4 +44,7 @@ class ProtoNet(MetaLearner):
         with torch.no_grad():
             logits = self._logits(batch)
             loss = F.cross_entropy(logits.transpose(1, 2), batch.query_y, reduction="none")
-            return {"loss": loss.mean(1), "acc": (logits.argmax(-1) == batch.query_y).float().mean(1)}
+            return {
+                "loss": loss.mean(1),
+                "acc": (logits.argmax(-1) == batch.query_y).float().mean(1),
+            }

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
 from torch import nn
 
+from metarun.backbones.base import ImageBackbone
 from metarun.backbones.norm import make_batch_norm
 from metarun.errors import MetarunError
 
 
-class Conv4(nn.Module):
+class Conv4(ImageBackbone):
     """``blocks`` x [3x3 conv, batch norm, ReLU, 2x2 max-pool] (or a stride-2 conv, MAML's
     Omniglot variant), then flatten and an optional linear head.
 
@@ -48,8 +48,11 @@ class Conv4(nn.Module):
             if pool == "max":
                 layers.append(nn.MaxPool2d(2))
             # max-pool floors, a stride-2 conv (padding 1) rounds up
-            height, width = ((height // 2, width // 2) if pool == "max"
-                             else ((height + 1) // 2, (width + 1) // 2))
+            height, width = (
+                (height // 2, width // 2)
+                if pool == "max"
+                else ((height + 1) // 2, (width + 1) // 2)
+            )
             if min(height, width) < 1:
                 raise MetarunError(
                     f"a {input_shape[1]}x{input_shape[2]} image is too small for {blocks} "
@@ -59,10 +62,3 @@ class Conv4(nn.Module):
         self.feature_size = hidden * height * width
         self.head = nn.Linear(self.feature_size, out_features) if out_features else None
         self.out_features = out_features or self.feature_size
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-3]
-        z = self.features(x.reshape(-1, *x.shape[-3:]))
-        if self.head is not None:
-            z = self.head(z)
-        return z.reshape(*lead, -1)

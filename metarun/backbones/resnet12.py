@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from metarun.backbones.base import ImageBackbone
 from metarun.backbones.norm import make_batch_norm
 from metarun.errors import MetarunError
 
@@ -18,20 +19,23 @@ class _Block(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         for i in range(3):
-            layers += [nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1, bias=False),
-                       make_batch_norm(batch_norm, cout)]
+            layers += [
+                nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1, bias=False),
+                make_batch_norm(batch_norm, cout),
+            ]
             if i < 2:
                 layers.append(nn.LeakyReLU(0.1))
         self.body = nn.Sequential(*layers)
-        self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False),
-                                      make_batch_norm(batch_norm, cout))
+        self.shortcut = nn.Sequential(
+            nn.Conv2d(cin, cout, 1, bias=False), make_batch_norm(batch_norm, cout)
+        )
         self.out = nn.Sequential(nn.LeakyReLU(0.1), nn.MaxPool2d(2), nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.body(x) + self.shortcut(x))
 
 
-class ResNet12(nn.Module):
+class ResNet12(ImageBackbone):
     """Four residual blocks (default 64-160-320-640 filters), global average pooling, optional
     linear head (``out_features``); the embedding is ``channels[-1]``-dimensional."""
 
@@ -50,7 +54,8 @@ class ResNet12(nn.Module):
             raise MetarunError(
                 f"a {input_shape[1]}x{input_shape[2]} image is too small for ResNet-12's "
                 f"{len(channels)} pooling stages; raise dataset.image_size to at least "
-                f"{2 ** len(channels)}")
+                f"{2 ** len(channels)}"
+            )
         blocks, cin = [], input_shape[0]
         for cout in channels:
             blocks.append(_Block(cin, cout, batch_norm, dropout))
@@ -61,10 +66,3 @@ class ResNet12(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="leaky_relu")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-3]
-        z = self.features(x.reshape(-1, *x.shape[-3:]))
-        if self.head is not None:
-            z = self.head(z)
-        return z.reshape(*lead, -1)

@@ -72,8 +72,9 @@ class _RichBar:
     def __init__(self, label: str) -> None:
         from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
-        self._progress = Progress(*Progress.get_default_columns(), DownloadColumn(),
-                                  TransferSpeedColumn(), transient=True)
+        self._progress = Progress(
+            *Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), transient=True
+        )
         self._task = self._progress.add_task(label, total=None)
         self._progress.start()
         self.total = None
@@ -125,8 +126,13 @@ def _download(url: str, md5: str, target: Path) -> None:
 
     pooch.get_logger().setLevel("WARNING")  # our own progress bar says what is happening
     try:
-        pooch.retrieve(url, known_hash=f"md5:{md5}", fname=target.name, path=target.parent,
-                       progressbar=_RichBar(f"downloading {target.name}"))
+        pooch.retrieve(
+            url,
+            known_hash=f"md5:{md5}",
+            fname=target.name,
+            path=target.parent,
+            progressbar=_RichBar(f"downloading {target.name}"),
+        )
     except ValueError as e:  # pooch: the downloaded bytes do not match the known hash
         raise MetarunError(
             f"downloaded {target.name} from {url} but its md5 checksum does not match {md5} "

@@ -19,9 +19,9 @@ import torch
 from filelock import FileLock
 from PIL import Image, ImageDraw
 
+from metarun.atomic import atomic_write
 from metarun.data.download import cache_dir
 from metarun.data.episodes import SPLITS, EpisodicImages
-from metarun.data.omniglot import _atomic_save_npz
 from metarun.errors import MetarunError
 
 SUPERSAMPLE = 4
@@ -86,11 +86,14 @@ class Glyphs(EpisodicImages):
         if len(classes) != 3 or min(classes) < 1:
             raise MetarunError(
                 f"dataset.classes={list(classes)} must give three positive class counts "
-                "(train, val, test), e.g. [1000,200,400]")
+                "(train, val, test), e.g. [1000,200,400]"
+            )
         if samples_per_class < 2 or image_size < 8:
             raise MetarunError("dataset.samples_per_class must be >= 2 and dataset.image_size >= 8")
-        splits = {s: torch.from_numpy(self._load(seed, s, n, samples_per_class, image_size))
-                  for s, n in zip(SPLITS, classes)}
+        splits = {
+            s: torch.from_numpy(self._load(seed, s, n, samples_per_class, image_size))
+            for s, n in zip(SPLITS, classes)
+        }
         super().__init__(splits, rotations=rotations)
 
     @staticmethod
@@ -108,5 +111,5 @@ class Glyphs(EpisodicImages):
                 except (OSError, ValueError, KeyError):
                     pass  # unreadable: render again
             images = render_split(seed, split, classes, samples, size)
-            _atomic_save_npz(path, images=images, spec=np.array(spec))
+            atomic_write(path, lambda f: np.savez(f, images=images, spec=np.array(spec)))
         return images

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Sequence
@@ -30,6 +28,7 @@ import torch
 from filelock import FileLock
 from PIL import Image
 
+from metarun.atomic import atomic_write
 from metarun.data.download import cache_dir, fetch, writable_dir
 from metarun.data.episodes import EpisodicImages
 from metarun.errors import MetarunError
@@ -71,7 +70,8 @@ def decode_archive(archive: Path, image_size: int) -> tuple[np.ndarray, list[str
                 if info.is_dir() or path.suffix != ".png" or len(path.parts) < 3:
                     continue
                 groups.setdefault(f"{path.parts[-3]}/{path.parts[-2]}", []).append(
-                    (path.name, info))
+                    (path.name, info)
+                )
             names = sorted(groups)
             images = np.empty((len(names), DRAWERS, image_size, image_size), dtype=np.uint8)
             for c, name in enumerate(names):
@@ -79,7 +79,7 @@ def decode_archive(archive: Path, image_size: int) -> tuple[np.ndarray, list[str
                 if len(members) != DRAWERS:
                     raise MetarunError(
                         f"{archive.name}: character {name} has {len(members)} images, expected "
-                        f"{DRAWERS}; the archive is not an official Omniglot file, download it again"
+                        f"{DRAWERS}; not an official Omniglot archive: download it again"
                     )
                 for d, (_, info) in enumerate(members):
                     images[c, d] = _decode(archive, zf, info, image_size)
@@ -105,20 +105,9 @@ def _decode(archive: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, size: int
         ) from e
 
 
-def _atomic_save_npz(path: Path, **arrays) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def load_archive(key: str, root: Path, image_size: int, download: bool) -> tuple[np.ndarray, list[str]]:
+def load_archive(
+    key: str, root: Path, image_size: int, download: bool
+) -> tuple[np.ndarray, list[str]]:
     """Decoded characters of archive ``key``, from the array cache when it is there."""
     name, md5 = ARCHIVES[key]
     folder = writable_dir(root, "omniglot-cache")
@@ -131,8 +120,10 @@ def load_archive(key: str, root: Path, image_size: int, download: bool) -> tuple
         arrays = _read_cache(cache, image_size)  # built by a concurrent job meanwhile?
         if arrays is None:
             images, names = decode_archive(archive, image_size)
-            _atomic_save_npz(cache, images=images, names=np.array(names),
-                             meta=np.array(json.dumps({"archive": name, "md5": md5})))
+            meta = np.array(json.dumps({"archive": name, "md5": md5}))
+            atomic_write(
+                cache, lambda f: np.savez(f, images=images, names=np.array(names), meta=meta)
+            )
             arrays = images, names
     return arrays
 
@@ -175,7 +166,8 @@ class Omniglot(EpisodicImages):
     ) -> None:
         if background not in BACKGROUNDS:
             raise MetarunError(
-                f"dataset.background={background!r} is unknown; use one of {list(BACKGROUNDS)}")
+                f"dataset.background={background!r} is unknown; use one of {list(BACKGROUNDS)}"
+            )
         if split not in ("lake", "random"):
             raise MetarunError(f"dataset.split={split!r} is unknown; use lake or random")
         root_path = Path(root).expanduser() if root else cache_dir()
@@ -188,10 +180,13 @@ class Omniglot(EpisodicImages):
             if not 0 < val_alphabets < len(alphabets):
                 raise MetarunError(
                     f"dataset.val_alphabets={val_alphabets} must be between 1 and "
-                    f"{len(alphabets) - 1} for background={background}")
+                    f"{len(alphabets) - 1} for background={background}"
+                )
             held_out = set(rng.permutation(alphabets)[:val_alphabets].tolist())
             parts = {
-                "train": {n: v for n, v in background_chars.items() if n.split("/")[0] not in held_out},
+                "train": {
+                    n: v for n, v in background_chars.items() if n.split("/")[0] not in held_out
+                },
                 "val": {n: v for n, v in background_chars.items() if n.split("/")[0] in held_out},
                 "test": _merge([load("evaluation")]),
             }
@@ -203,12 +198,17 @@ class Omniglot(EpisodicImages):
             order = rng.permutation(len(names))
             n_train, n_val, _ = _sizes(len(names), split_sizes)
             chosen = [names[i] for i in order]
-            cuts = {"train": chosen[:n_train], "val": chosen[n_train:n_train + n_val],
-                    "test": chosen[n_train + n_val:]}
+            cuts = {
+                "train": chosen[:n_train],
+                "val": chosen[n_train : n_train + n_val],
+                "test": chosen[n_train + n_val :],
+            }
             parts = {s: {n: pool[n] for n in sorted(c)} for s, c in cuts.items()}
         self.class_names = {s: sorted(p) for s, p in parts.items()}
-        splits = {s: torch.from_numpy(np.stack([p[n] for n in self.class_names[s]]))
-                  for s, p in parts.items()}
+        splits = {
+            s: torch.from_numpy(np.stack([p[n] for n in self.class_names[s]]))
+            for s, p in parts.items()
+        }
         super().__init__(splits, rotations=rotations)
 
 

@@ -45,8 +45,10 @@ class ConsoleSink(Sink):
             TimeElapsedColumn(table_column=Column(no_wrap=True)),
             TextColumn("eta", table_column=Column(no_wrap=True)),
             TimeRemainingColumn(table_column=Column(no_wrap=True)),
-            TextColumn("{task.fields[metrics]}",
-                       table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1)),
+            TextColumn(
+                "{task.fields[metrics]}",
+                table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1),
+            ),
             console=self.console,
             transient=False,
             # Off a terminal (CI logs, sweeps) a live bar is noise; validation lines remain.
@@ -63,18 +65,26 @@ class ConsoleSink(Sink):
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         # The bar shows the headline values; per-step and CI keys stay in the files.
-        shown = {k: v for k, v in metrics.items()
-                 if k.split("/")[0] in ("train", "val") and "_ci95" not in k and "_step" not in k}
+        shown = {
+            k: v
+            for k, v in metrics.items()
+            if k.split("/")[0] in ("train", "val") and "_ci95" not in k and "_step" not in k
+        }
         self._latest.update(shown)
         if self._task is not None:
             text = "  ".join(f"{k} {_fmt(v)}" for k, v in sorted(self._latest.items()))
             self._progress.update(self._task, metrics=text)
         if any(k.startswith("val/") for k in metrics):
-            val = "  ".join(f"{k} {_fmt(v)} ± {_fmt(metrics[k + '_ci95'])}"
-                            if k + "_ci95" in metrics else f"{k} {_fmt(v)}"
-                            for k, v in shown.items() if k.startswith("val/") and k != "val/loss")
-            train = "  ".join(f"{k} {_fmt(v)}" for k, v in self._latest.items()
-                              if k.startswith("train/"))
+            val = "  ".join(
+                f"{k} {_fmt(v)} ± {_fmt(metrics[k + '_ci95'])}"
+                if k + "_ci95" in metrics
+                else f"{k} {_fmt(v)}"
+                for k, v in shown.items()
+                if k.startswith("val/") and k != "val/loss"
+            )
+            train = "  ".join(
+                f"{k} {_fmt(v)}" for k, v in self._latest.items() if k.startswith("train/")
+            )
             self.console.log(f"step {step}: {train}  {val}")
 
     def summary(self, summary: dict[str, Any]) -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
+from metarun.atomic import atomic_write
 from metarun.logging.logger import Sink
 
 
@@ -19,13 +19,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def atomic_write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump({k: _jsonable(v) for k, v in data.items()}, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    text = json.dumps({k: _jsonable(v) for k, v in data.items()}, indent=2) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 class LocalFilesSink(Sink):

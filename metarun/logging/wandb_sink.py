@@ -60,8 +60,15 @@ class WandbSink(Sink):
         import wandb  # imported here: `logger=none` runs never pay for it
 
         kwargs = dict(
-            project=project, entity=entity, group=group, name=name, tags=tags or None,
-            notes=notes, config=config, dir=str(run_dir), job_type="train",
+            project=project,
+            entity=entity,
+            group=group,
+            name=name,
+            tags=tags or None,
+            notes=notes,
+            config=config,
+            dir=str(run_dir),
+            job_type="train",
             settings=wandb.Settings(console="off", silent=True),
         )
         try:
