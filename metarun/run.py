@@ -85,14 +85,14 @@ def _wandb_names(cfg: DictConfig) -> tuple[str | None, str | None]:
     return group, name
 
 
-def build_logger(cfg: DictConfig, run_dir: Path, console: Console) -> Logger:
+def build_logger(cfg: DictConfig, config: dict, run_dir: Path, console: Console) -> Logger:
     sinks = [ConsoleSink(console), LocalFilesSink(run_dir)]
     if cfg.logger is not None:
         group, name = _wandb_names(cfg)
         sinks.append(
             WandbSink(
                 run_dir=run_dir,
-                config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+                config=config,
                 project=cfg.logger.project,
                 entity=cfg.logger.entity,
                 mode=str(cfg.logger.mode.value),
@@ -134,7 +134,7 @@ def run(cfg: DictConfig) -> float:
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
 
     console = Console(log_path=False)
-    logger = build_logger(cfg, run_dir, console)
+    logger = build_logger(cfg, config, run_dir, console)
     status = "failed"
     try:
         console.print(

@@ -99,3 +99,46 @@ def test_maml_refuses_running_batch_norm(compose_cfg):
     cfg = compose_cfg(["dataset=glyphs", *GLYPHS_SMALL, "backbone=resnet12"])
     with pytest.raises(MetarunError, match="backbone.batch_norm=transductive"):
         _build(cfg)
+
+
+def test_algorithm_dataset_pairs_get_their_papers_settings(compose_cfg):
+    maml = compose_cfg(["algo=maml", "dataset=omniglot"])
+    assert (maml.algo.inner_lr, maml.algo.eval_inner_steps, maml.backbone.pool) == (
+        0.4,
+        3,
+        "stride",
+    )
+    assert compose_cfg(["algo=fomaml", "dataset=glyphs"]).algo.inner_lr == 0.4
+    proto = compose_cfg(["algo=protonet", "dataset=omniglot"])
+    assert proto.backbone.batch_norm == "running" and proto.task.train_way == 60
+    assert proto.algo.scheduler.step_size == 2000 and proto.task.meta_batch == 1
+    # The command line still wins, and sinusoid keeps MAML's regression defaults.
+    assert compose_cfg(["algo=maml", "dataset=omniglot", "algo.inner_lr=0.2"]).algo.inner_lr == 0.2
+    assert compose_cfg(["algo=maml"]).algo.inner_lr == 0.01
+
+
+@pytest.mark.parametrize("shot", [1, 5])
+def test_omniglot_presets_hold_the_papers_settings(compose_cfg, shot):
+    maml = compose_cfg([f"experiment=maml_omniglot_5w{shot}s"])
+    assert (maml.task.way, maml.task.shot, maml.task.meta_batch, maml.task.query) == (
+        5,
+        shot,
+        32,
+        15,
+    )
+    assert (maml.algo.inner_lr, maml.backbone.pool, maml.dataset.rotations) == (0.4, "stride", True)
+    big = compose_cfg([f"experiment=fomaml_omniglot_20w{shot}s"])
+    assert (big.task.way, big.task.meta_batch, big.algo.inner_lr, big.algo.inner_steps) == (
+        20,
+        16,
+        0.1,
+        5,
+    )
+    assert big.algo.first_order is True
+    proto = compose_cfg([f"experiment=protonet_omniglot_20w{shot}s"])
+    assert (proto.task.way, proto.task.shot, proto.task.train_way, proto.test.episodes) == (
+        20,
+        shot,
+        60,
+        1000,
+    )

@@ -136,7 +136,7 @@ def test_cli_help_lists_groups_and_options(metarun_cli):
     assert proc.returncode == 0
     assert proc.stdout.startswith("metarun: config-driven meta-learning experiments.")
     assert "algo: fomaml, maml, protonet" in proc.stdout
-    for group in ("algo", "dataset", "backbone", "device", "logger", "experiment"):
+    for group in ("algo", "algo_dataset", "dataset", "backbone", "device", "logger", "experiment"):
         assert f"{group}: {', '.join(options(group))}\n" in proc.stdout
 
 
