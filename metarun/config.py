@@ -88,7 +88,6 @@ class WandbConfig:
     mode: WandbMode = WandbMode.auto
     group: Optional[str] = None  # default: the sweep's name in multirun, none otherwise
     name: Optional[str] = None  # default: the job's overrides
-    tags: List[str] = field(default_factory=list)
     notes: Optional[str] = None
 
 
@@ -191,6 +190,8 @@ class MetarunConfig:
     test: TestConfig = field(default_factory=TestConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     seed: int = 0
+    # Top level, not under `logger`, so that a preset's tags never re-create a disabled logger.
+    tags: List[str] = field(default_factory=list)
 
 
 def register_configs() -> None:

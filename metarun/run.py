@@ -98,7 +98,7 @@ def build_logger(cfg: DictConfig, config: dict, run_dir: Path, console: Console)
                 mode=str(cfg.logger.mode.value),
                 group=group,
                 name=name,
-                tags=list(cfg.logger.tags),
+                tags=list(cfg.tags),
                 notes=cfg.logger.notes,
                 console=console,
             )

@@ -75,6 +75,8 @@ def test_paper_preset_holds_the_papers_settings(compose_cfg):
 
 def test_logger_none_disables_wandb(compose_cfg):
     assert compose_cfg(["logger=none"]).logger is None
+    # A preset's W&B tags must not bring a disabled logger back.
+    assert compose_cfg(["experiment=maml_sinusoid", "logger=none"]).logger is None
     assert compose_cfg([]).logger.mode.value == "auto"
 
 
