@@ -108,6 +108,7 @@ class MAMLConfig:
     eval_report_steps: List[int] = field(default_factory=list)
     first_order: bool = False
     task_batching: TaskBatching = TaskBatching.auto
+    batch_norm: str = "transductive"  # read by backbones with batch norm; MAML needs this one
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: Optional[Any] = None
 
@@ -115,6 +116,7 @@ class MAMLConfig:
 @dataclass
 class ProtoNetConfig:
     _target_: str = "metarun.algorithms.ProtoNet"
+    batch_norm: str = "running"  # read by backbones with batch norm
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: Optional[Any] = None
 
@@ -157,14 +159,14 @@ class Conv4Config:
     hidden: int = 64
     blocks: int = 4
     pool: str = "max"  # max | stride
-    batch_norm: str = "transductive"  # transductive | running
+    batch_norm: str = "${algo.batch_norm}"  # transductive | running; default: the algorithm's
 
 
 @dataclass
 class ResNet12Config:
     _target_: str = "metarun.backbones.ResNet12"
     channels: List[int] = field(default_factory=lambda: [64, 160, 320, 640])
-    batch_norm: str = "running"
+    batch_norm: str = "${algo.batch_norm}"
     dropout: float = 0.0
 
 

@@ -97,19 +97,21 @@ def test_schema_rejects_bad_overrides_at_compose_time(compose_cfg, override, nam
     assert named in str(info.value) + str(info.value.__cause__)
 
 
-def test_maml_refuses_running_batch_norm(compose_cfg):
-    cfg = compose_cfg(["dataset=glyphs", *GLYPHS_SMALL, "backbone=resnet12"])
+def test_batch_norm_follows_the_algorithm_and_maml_refuses_running_statistics(compose_cfg):
+    assert compose_cfg(["dataset=glyphs", "algo=protonet"]).backbone.batch_norm == "running"
+    assert compose_cfg(["dataset=glyphs", "backbone=resnet12"]).backbone.batch_norm == (
+        "transductive"
+    )  # algo=maml
+    cfg = compose_cfg(["dataset=glyphs", *GLYPHS_SMALL, "backbone.batch_norm=running"])
     with pytest.raises(MetarunError, match="backbone.batch_norm=transductive"):
         _build(cfg)
 
 
 def test_algorithm_dataset_pairs_get_their_papers_settings(compose_cfg):
     maml = compose_cfg(["algo=maml", "dataset=omniglot"])
-    assert (maml.algo.inner_lr, maml.algo.eval_inner_steps, maml.backbone.pool) == (
-        0.4,
-        3,
-        "stride",
-    )
+    assert (maml.algo.inner_lr, maml.algo.eval_inner_steps) == (0.4, 3)
+    # Backbone keys stay out of the pair configs: any backbone can be combined with them.
+    assert compose_cfg(["algo=maml", "dataset=omniglot", "backbone=resnet12"]).backbone.channels
     assert compose_cfg(["algo=fomaml", "dataset=glyphs"]).algo.inner_lr == 0.4
     proto = compose_cfg(["algo=protonet", "dataset=omniglot"])
     assert proto.backbone.batch_norm == "running" and proto.task.train_way == 60

@@ -159,7 +159,6 @@ def test_protonet_learns_real_omniglot(run_inprocess):
         [
             *REAL_OMNIGLOT,
             "algo=protonet",
-            "backbone.batch_norm=running",
             "task.train_way=20",
             "task.meta_batch=1",
             "train.steps=20",

@@ -20,6 +20,8 @@ class MetaLearner(nn.Module, ABC):
     ``optimizer`` and ``scheduler`` are partials built from config (``_partial_: true``); the
     learner binds them to its own parameters in :meth:`configure_optimizers`, so algorithms with
     extra meta-parameters (learned inner learning rates, say) get them optimised too.
+    ``batch_norm`` names the batch-norm mode this algorithm wants from backbones that have batch
+    norm (their configs default to ``${algo.batch_norm}``): ``transductive`` or ``running``.
     """
 
     def __init__(
@@ -27,9 +29,11 @@ class MetaLearner(nn.Module, ABC):
         backbone: nn.Module,
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
+        batch_norm: str = "transductive",
     ) -> None:
         super().__init__()
         self.backbone = backbone
+        self.batch_norm = batch_norm
         self._optimizer_factory = optimizer
         self._scheduler_factory = scheduler
 

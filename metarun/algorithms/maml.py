@@ -50,8 +50,9 @@ class MAML(MetaLearner):
         eval_report_steps: Sequence[int] = (),
         first_order: bool = False,
         task_batching: str = "auto",
+        batch_norm: str = "transductive",
     ) -> None:
-        super().__init__(backbone, optimizer, scheduler)
+        super().__init__(backbone, optimizer, scheduler, batch_norm)
         if task_batching not in _BATCHING:
             raise MetarunError(
                 f"algo.task_batching={task_batching!r} is unknown; use one of {list(_BATCHING)}"
@@ -60,10 +61,12 @@ class MAML(MetaLearner):
             raise MetarunError(
                 "algo.inner_steps must be >= 1 and algo.eval_inner_steps / eval_report_steps >= 0"
             )
-        if any(getattr(m, "track_running_stats", False) for m in backbone.modules()):
+        running = any(getattr(m, "track_running_stats", False) for m in backbone.modules())
+        if running or batch_norm != "transductive":
             raise MetarunError(
                 "MAML adapts with batch statistics and cannot update running batch-norm "
-                "statistics inside its inner loop; set backbone.batch_norm=transductive"
+                "statistics inside its inner loop; set algo.batch_norm=transductive and "
+                "backbone.batch_norm=transductive"
             )
         self.inner_lr = inner_lr
         self.inner_steps = inner_steps

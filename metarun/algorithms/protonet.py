@@ -14,7 +14,11 @@ class ProtoNet(MetaLearner):
     """Classify queries by squared Euclidean distance to the mean support embedding per class.
 
     Support and query images of every task of the batch are embedded in one forward pass.
+    Backbones with batch norm default to running statistics for it (``algo.batch_norm``).
     """
+
+    def __init__(self, backbone, optimizer, scheduler=None, batch_norm: str = "running") -> None:
+        super().__init__(backbone, optimizer, scheduler, batch_norm)
 
     @classmethod
     def output_size(cls, dataset, way: int) -> None:
