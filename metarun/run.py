@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,20 +13,18 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
+from metarun.algorithms.base import MetaLearner
 from metarun.checkpoint import save_checkpoint
 from metarun.data.batch import TaskShape
 from metarun.device import resolve_device
 from metarun.errors import MetarunError
 from metarun.evaluate import evaluate, fixed_episodes
 from metarun.logging import Logger
-from metarun.logging.console import ConsoleSink
-from metarun.logging.local import LocalFilesSink
-from metarun.logging.wandb_sink import WandbSink
+from metarun.logging.setup import build_logger
 
 # The metric the validation objective and "best" checkpoint follow, by kind of problem.
 MONITOR = {"regression": ("mse", "min"), "classification": ("acc", "max")}
@@ -74,45 +73,29 @@ def check_config(cfg: DictConfig) -> None:
         )
 
 
-def _wandb_names(cfg: DictConfig) -> tuple[str | None, str | None]:
-    """W&B group (one per sweep) and run name (the job's overrides) unless set in config."""
-    hydra_cfg = HydraConfig.get()
-    group, name = cfg.logger.group, cfg.logger.name
-    if group is None and hydra_cfg.mode == RunMode.MULTIRUN:
-        group = "sweep-" + "_".join(Path(hydra_cfg.sweep.dir).parts[-2:])
-    if name is None:  # the overrides as typed, e.g. "algo=fomaml,seed=1"
-        name = ",".join(hydra_cfg.overrides.task) or None
-    return group, name
+@dataclass
+class Experiment:
+    """Everything a run builds from its config before training starts."""
+
+    cfg: DictConfig
+    config: dict  # the resolved config as plain data: saved in checkpoints, sent to W&B
+    run_dir: Path
+    device: torch.device
+    dataset: Any
+    learner: MetaLearner
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    train_shape: TaskShape
+    eval_shape: TaskShape
+    metric: str  # the validation metric that picks the best checkpoint and the objective
+    mode: str  # "min" or "max"
 
 
-def build_logger(cfg: DictConfig, config: dict, run_dir: Path, console: Console) -> Logger:
-    sinks = [ConsoleSink(console), LocalFilesSink(run_dir)]
-    if cfg.logger is not None:
-        group, name = _wandb_names(cfg)
-        sinks.append(
-            WandbSink(
-                run_dir=run_dir,
-                config=config,
-                project=cfg.logger.project,
-                entity=cfg.logger.entity,
-                mode=str(cfg.logger.mode.value),
-                group=group,
-                name=name,
-                tags=list(cfg.tags),
-                notes=cfg.logger.notes,
-                console=console,
-            )
-        )
-    return Logger(sinks)
-
-
-def run(cfg: DictConfig) -> float:
-    """Meta-train, validate and meta-test as ``cfg`` says; return the best validation objective."""
+def build_experiment(cfg: DictConfig) -> Experiment:
+    """Check the config, then build dataset, backbone, learner and optimizer from it."""
     check_config(cfg)
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device.name)
-
     dataset = build(cfg.dataset)
     metric, mode = MONITOR[dataset.problem]
     t = cfg.task
@@ -131,32 +114,35 @@ def run(cfg: DictConfig) -> float:
     backbone = build(cfg.backbone, input_shape=dataset.input_shape, out_features=out_features)
     learner = build(cfg.algo, backbone=backbone).to(device)
     optimizer, scheduler = learner.configure_optimizers()
-    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    return Experiment(
+        cfg=cfg,
+        config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+        run_dir=Path(HydraConfig.get().runtime.output_dir),
+        device=device,
+        dataset=dataset,
+        learner=learner,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        train_shape=train_shape,
+        eval_shape=eval_shape,
+        metric=metric,
+        mode=mode,
+    )
 
+
+def run(cfg: DictConfig) -> float:
+    """Meta-train, validate and meta-test as ``cfg`` says; return the best validation objective."""
+    exp = build_experiment(cfg)
     console = Console(log_path=False)
-    logger = build_logger(cfg, config, run_dir, console)
+    logger = build_logger(cfg, exp.config, exp.run_dir, console)
     status = "failed"
     try:
         console.print(
-            f"run dir: {run_dir}\ndevice: {device}  algorithm: "
-            f"{learner.__class__.__name__}({learner.extra_repr()})",
+            f"run dir: {exp.run_dir}\ndevice: {exp.device}  algorithm: "
+            f"{exp.learner.__class__.__name__}({exp.learner.extra_repr()})",
             soft_wrap=True,
         )
-        objective = _train_and_test(
-            cfg,
-            dataset,
-            learner,
-            optimizer,
-            scheduler,
-            logger,
-            config,
-            run_dir,
-            device,
-            train_shape,
-            eval_shape,
-            metric,
-            mode,
-        )
+        objective = Trainer(exp, logger).fit()
         status = "finished"
         return objective
     except KeyboardInterrupt:
@@ -166,119 +152,126 @@ def run(cfg: DictConfig) -> float:
         logger.close(status)
 
 
-def _train_and_test(
-    cfg,
-    dataset,
-    learner,
-    optimizer,
-    scheduler,
-    logger,
-    config,
-    run_dir,
-    device,
-    train_shape,
-    eval_shape,
-    metric,
-    mode,
-) -> float:
-    ckpt_dir = run_dir / "checkpoints"
-    val_batches = list(
-        fixed_episodes(
-            dataset, "val", eval_shape, cfg.val.episodes, cfg.val.batch_size, cfg.val.seed, device
+class Trainer:
+    """The loop: train on sampled task batches, validate on fixed ones, test the best weights."""
+
+    def __init__(self, exp: Experiment, logger: Logger) -> None:
+        self.exp, self.cfg, self.logger = exp, exp.cfg, logger
+        self.val_batches = list(
+            fixed_episodes(
+                exp.dataset,
+                "val",
+                exp.eval_shape,
+                self.cfg.val.episodes,
+                self.cfg.val.batch_size,
+                self.cfg.val.seed,
+                exp.device,
+            )
         )
-    )
-    generator = torch.Generator().manual_seed(cfg.seed)
-    better = (lambda a, b: a < b) if mode == "min" else (lambda a, b: a > b)
-    best: dict[str, Any] = {"value": None, "step": None, "state": None}
+        self.best_value: float | None = None
+        self.best_step: int | None = None
+        self.best_state: dict | None = None
+        self.eval_time = 0.0  # kept out of the training throughput
 
-    eval_time = 0.0  # kept out of the training throughput
+    def _better(self, value: float) -> bool:
+        if self.best_value is None:
+            return True
+        return value < self.best_value if self.exp.mode == "min" else value > self.best_value
 
-    def validate(step: int) -> None:
-        nonlocal eval_time
-        start_eval = time.perf_counter()
-        scores = evaluate(learner, val_batches, "val")
-        eval_time += time.perf_counter() - start_eval
-        logger.log(scores, step)
-        value = scores[f"val/{metric}"]
-        if best["value"] is None or better(value, best["value"]):
-            best.update(value=value, step=step, state=copy.deepcopy(learner.state_dict()))
-            if cfg.checkpoint.save:
-                save_checkpoint(
-                    ckpt_dir / "best.pt",
-                    learner=learner,
-                    optimizer=optimizer,
-                    scheduler=scheduler,
-                    step=step,
-                    config=config,
-                    metrics=scores,
-                )
-
-    def checkpoint(step: int, name: str) -> None:
-        if cfg.checkpoint.save:
+    def save(self, name: str, step: int, metrics: dict[str, float]) -> None:
+        if self.cfg.checkpoint.save:
+            exp = self.exp
             save_checkpoint(
-                ckpt_dir / name,
-                learner=learner,
-                optimizer=optimizer,
-                scheduler=scheduler,
+                exp.run_dir / "checkpoints" / name,
+                learner=exp.learner,
+                optimizer=exp.optimizer,
+                scheduler=exp.scheduler,
                 step=step,
-                config=config,
-                metrics={},
+                config=exp.config,
+                metrics=metrics,
             )
 
-    steps = cfg.train.steps
-    logger.start(steps)
-    learner.train()
-    sums: dict[str, torch.Tensor] = {}
-    count = 0
-    start = time.perf_counter()
-    for step in range(1, steps + 1):
-        batch = dataset.sample("train", cfg.task.meta_batch, train_shape, generator, device)
-        loss, metrics = learner.meta_loss(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        # Summed as tensors and read once per log interval: no device sync every step.
-        for k, v in metrics.items():
-            sums[k] = sums[k] + v if k in sums else v.clone()
-        count += 1
-        if step % cfg.train.log_every == 0 or step == steps:
-            means = {f"train/{k}": (v / count).item() for k, v in sums.items()}
-            if not np.isfinite(means["train/loss"]):
-                raise MetarunError(
-                    f"the training loss became {means['train/loss']} by step {step}; lower "
-                    "algo.optimizer.lr or algo.inner_lr"
-                )
-            logger.log(means, step)
-            sums, count = {}, 0
-        if step % cfg.val.every == 0 or step == steps:
-            validate(step)
-        if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
-            checkpoint(step, "last.pt")
-        logger.advance(step)
-    train_time = time.perf_counter() - start - eval_time
-    if steps == 0:
-        validate(0)
-    checkpoint(steps, "last.pt")
+    def validate(self, step: int) -> None:
+        start = time.perf_counter()
+        scores = evaluate(self.exp.learner, self.val_batches, "val")
+        self.eval_time += time.perf_counter() - start
+        self.logger.log(scores, step)
+        value = scores[f"val/{self.exp.metric}"]
+        if self._better(value):
+            self.best_value, self.best_step = value, step
+            self.best_state = copy.deepcopy(self.exp.learner.state_dict())
+            self.save("best.pt", step, scores)
 
-    # Meta-test the weights that validated best, as the papers' protocols do.
-    learner.load_state_dict(best["state"])
-    test_batches = fixed_episodes(
-        dataset, "test", eval_shape, cfg.test.episodes, cfg.test.batch_size, cfg.test.seed, device
-    )
-    scores = evaluate(learner, test_batches, "test")
-    logger.log(scores, steps)
-    summary = {
-        **scores,
-        f"best_val/{metric}": best["value"],
-        "best_val/step": best["step"],
-        "train/steps": steps,
-        "train/time_s": round(train_time, 3),
-        "train/steps_per_s": round(steps / train_time, 3) if steps else None,
-        "train/tasks_per_s": round(steps * cfg.task.meta_batch / train_time, 3) if steps else None,
-        "device": str(device),
-        "seed": cfg.seed,
-    }
-    logger.summary(summary)
-    return best["value"]
+    def fit(self) -> float:
+        exp, cfg = self.exp, self.cfg
+        steps = cfg.train.steps
+        generator = torch.Generator().manual_seed(cfg.seed)
+        self.logger.start(steps)
+        exp.learner.train()
+        sums: dict[str, torch.Tensor] = {}
+        count = 0
+        start = time.perf_counter()
+        for step in range(1, steps + 1):
+            batch = exp.dataset.sample(
+                "train", cfg.task.meta_batch, exp.train_shape, generator, exp.device
+            )
+            loss, metrics = exp.learner.meta_loss(batch)
+            exp.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            exp.optimizer.step()
+            if exp.scheduler is not None:
+                exp.scheduler.step()
+            # Summed as tensors and read once per log interval: no device sync every step.
+            for k, v in metrics.items():
+                sums[k] = sums[k] + v if k in sums else v.clone()
+            count += 1
+            if step % cfg.train.log_every == 0 or step == steps:
+                means = {f"train/{k}": (v / count).item() for k, v in sums.items()}
+                if not np.isfinite(means["train/loss"]):
+                    raise MetarunError(
+                        f"the training loss became {means['train/loss']} by step {step}; lower "
+                        "algo.optimizer.lr or algo.inner_lr"
+                    )
+                self.logger.log(means, step)
+                sums, count = {}, 0
+            if step % cfg.val.every == 0 or step == steps:
+                self.validate(step)
+            if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
+                self.save("last.pt", step, {})
+            self.logger.advance(step)
+        train_time = time.perf_counter() - start - self.eval_time
+        if steps == 0:
+            self.validate(0)
+        self.save("last.pt", steps, {})
+        self.test(steps, train_time)
+        return self.best_value
+
+    def test(self, steps: int, train_time: float) -> None:
+        """Meta-test the weights that validated best, as the papers' protocols do."""
+        exp, cfg = self.exp, self.cfg
+        exp.learner.load_state_dict(self.best_state)
+        batches = fixed_episodes(
+            exp.dataset,
+            "test",
+            exp.eval_shape,
+            cfg.test.episodes,
+            cfg.test.batch_size,
+            cfg.test.seed,
+            exp.device,
+        )
+        scores = evaluate(exp.learner, batches, "test")
+        self.logger.log(scores, steps)
+        per_s = (lambda n: round(n / train_time, 3)) if steps else (lambda n: None)
+        self.logger.summary(
+            {
+                **scores,
+                f"best_val/{exp.metric}": self.best_value,
+                "best_val/step": self.best_step,
+                "train/steps": steps,
+                "train/time_s": round(train_time, 3),
+                "train/steps_per_s": per_s(steps),
+                "train/tasks_per_s": per_s(steps * cfg.task.meta_batch),
+                "device": str(exp.device),
+                "seed": cfg.seed,
+            }
+        )
