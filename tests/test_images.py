@@ -279,3 +279,47 @@ def test_glyphs_are_deterministic_disjoint_and_varied():
     class_spread = (train.mean(1) - train.mean((0, 1))).abs().mean()
     assert drawer_spread > 5 and class_spread > 5  # drawers differ, classes differ more
     assert train.max() == 255 and train.mean() < 80  # bright strokes on black
+
+
+def test_lake_split_holds_out_alphabets_and_tests_on_the_evaluation_set(tmp_path, monkeypatch):
+    root = tmp_path / "root"
+    root.mkdir()
+    background = fake_archive(root / "images_background_small1.zip", alphabets=4, chars=2)
+    evaluation = fake_archive(root / "images_evaluation.zip", alphabets=2, chars=3)
+    monkeypatch.setitem(
+        omniglot_module.ARCHIVES, "small1", ("images_background_small1.zip", background)
+    )
+    monkeypatch.setitem(
+        omniglot_module.ARCHIVES, "evaluation", ("images_evaluation.zip", evaluation)
+    )
+    ds = Omniglot(
+        root=str(root), background="small1", split="lake", val_alphabets=1, download=False
+    )
+    alphabets = {s: {n.split("/")[0] for n in ds.class_names[s]} for s in ds.class_names}
+    assert len(alphabets["train"]) == 3 and len(alphabets["val"]) == 1
+    assert not alphabets["train"] & alphabets["val"]
+    assert len(ds.class_names["test"]) == 6  # every evaluation character, none of background
+    same = Omniglot(
+        root=str(root), background="small1", split="lake", val_alphabets=1, download=False
+    )
+    assert same.class_names == ds.class_names  # deterministic
+
+
+def _load_small2(root: str, cache: str) -> int:
+    import os
+
+    os.environ["METARUN_CACHE_DIR"] = cache
+    ds = Omniglot(root=root, background="small2", split="random", download=False)
+    return sum(ds.num_classes(s) for s in ("train", "val", "test"))
+
+
+def test_concurrent_jobs_both_load_and_leave_one_complete_cache(omniglot_root, tmp_path):
+    import concurrent.futures
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx) as pool:
+        counts = list(pool.map(_load_small2, [str(omniglot_root)] * 2, [str(tmp_path)] * 2))
+    assert counts == [156, 156]
+    cache = list((omniglot_root / "omniglot-cache").glob("*.npz"))
+    assert len(cache) == 1 and not list((omniglot_root / "omniglot-cache").glob("*.tmp"))
