@@ -146,3 +146,24 @@ def test_omniglot_presets_hold_the_papers_settings(compose_cfg, shot):
         60,
         1000,
     )
+
+
+@pytest.mark.parametrize(
+    ("preset", "direction"),
+    [
+        ("maml_sinusoid", "minimize"),
+        ("maml_omniglot", "maximize"),
+        ("protonet_omniglot", "maximize"),
+    ],
+)
+def test_hparams_search_presets_compose_with_the_right_direction(compose_cfg, preset, direction):
+    cfg = compose_cfg([f"hparams_search={preset}"])
+    assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
+    assert cfg.hydra.sweeper.direction == direction and cfg.hydra.sweeper.params
+    assert cfg.algo._target_.lower().endswith(preset.split("_")[0])
+
+
+def test_slurm_launcher_config_composes(compose_cfg):
+    cfg = compose_cfg(["hydra/launcher=slurm", "hydra.launcher.partition=gpu"])
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert (cfg.hydra.launcher.partition, cfg.hydra.launcher.gpus_per_node) == ("gpu", 1)
