@@ -1,28 +1,54 @@
-"""Checkpoints written atomically (temporary file, fsync, rename) with the config inside."""
+"""Checkpoints written atomically (temporary file, fsync, rename) with the config inside.
+
+A checkpoint holds everything needed to continue a run exactly: model, optimizer, scheduler, the
+step, every random-number state (python, numpy, torch, the task sampler's generator), the loop's
+partial metric sums and its best-so-far record, and the resolved config.
+"""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from metarun.atomic import atomic_write
+from metarun.errors import MetarunError
 
 
-def save_checkpoint(
-    path: Path, *, learner, optimizer, scheduler, step: int, config: dict, metrics: dict[str, float]
-) -> None:
-    checkpoint = {
-        "step": step,
-        "model": learner.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "config": config,
-        "metrics": metrics,
+def rng_state(sampler: torch.Generator) -> dict[str, Any]:
+    """Every random state a run draws from, in types ``weights_only`` loading accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+        "torch": torch.get_rng_state(),
+        "sampler": sampler.get_state(),
     }
-    atomic_write(path, lambda f: torch.save(checkpoint, f))
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], sampler: torch.Generator) -> None:
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    sampler.set_state(state["sampler"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, **content: Any) -> None:
+    """Write ``content`` (``step``, ``model``, ``optimizer``, ``config``, ...) atomically."""
+    atomic_write(path, lambda f: torch.save(content, f))
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint without unpickling arbitrary objects (``weights_only=True``)."""
+    if not path.is_file():
+        raise MetarunError(f"no checkpoint at {path}; check the path (resume_dir=<run folder>)")
     return torch.load(path, map_location=map_location, weights_only=True)

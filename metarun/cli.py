@@ -10,7 +10,7 @@ import hydra
 from omegaconf import DictConfig
 
 from metarun.config import register_configs
-from metarun.errors import MetarunError
+from metarun.errors import Interrupted, MetarunError
 
 
 def config_dir() -> str:
@@ -31,6 +31,9 @@ def _main(cfg: DictConfig) -> float:
 
     try:
         return run(cfg)
+    except Interrupted as e:
+        print(f"metarun: {e}", file=sys.stderr)
+        sys.exit(128 + e.signum)
     except MetarunError as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

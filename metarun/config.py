@@ -192,6 +192,8 @@ class MetarunConfig:
     test: TestConfig = field(default_factory=TestConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     seed: int = 0
+    resume: bool = False  # continue from <resume_dir>/checkpoints/last.pt
+    resume_dir: Optional[str] = None  # the run folder to continue (resume=true)
     # Top level, not under `logger`, so that a preset's tags never re-create a disabled logger.
     tags: List[str] = field(default_factory=list)
 

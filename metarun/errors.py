@@ -7,3 +7,15 @@ class MetarunError(Exception):
     The message names what is wrong and how to fix it. Internal bugs raise ordinary exceptions
     so that they keep their traceback.
     """
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM stopped a run after it saved a checkpoint it can be resumed from."""
+
+    def __init__(self, signum: int, step: int, run_dir: str) -> None:
+        self.signum, self.step, self.run_dir = signum, step, run_dir
+        name = {2: "SIGINT", 15: "SIGTERM"}.get(signum, f"signal {signum}")
+        super().__init__(
+            f"stopped by {name} at step {step}; checkpoint saved. Resume with: metarun "
+            f"resume=true resume_dir={run_dir} (plus the run's original overrides)"
+        )

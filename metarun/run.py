@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +21,10 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from metarun.algorithms.base import MetaLearner
-from metarun.checkpoint import save_checkpoint
+from metarun.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from metarun.data.batch import TaskShape
 from metarun.device import resolve_device
-from metarun.errors import MetarunError
+from metarun.errors import Interrupted, MetarunError
 from metarun.evaluate import evaluate, fixed_episodes
 from metarun.logging import Logger
 from metarun.logging.setup import build_logger
@@ -89,6 +92,42 @@ class Experiment:
     eval_shape: TaskShape
     metric: str  # the validation metric that picks the best checkpoint and the objective
     mode: str  # "min" or "max"
+    resume_from: dict | None = None  # the last checkpoint, when continuing a run
+
+
+# Config sections that must match for a checkpoint to be continued (they shape the model, the
+# data or the random streams); train.steps, logging and the device may change.
+RESUME_MUST_MATCH = ("algo", "backbone", "dataset", "task", "seed", "checkpoint")
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [
+            d
+            for k in sorted(set(a) | set(b))
+            for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")
+        ]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def _resume_checkpoint(cfg: DictConfig, config: dict) -> tuple[Path, dict]:
+    """The run folder to continue and its last checkpoint, checked against ``config``."""
+    if not cfg.resume_dir:
+        raise MetarunError("resume=true needs the run folder to continue: resume_dir=<run folder>")
+    run_dir = Path(cfg.resume_dir).expanduser()
+    checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    changed = [
+        d
+        for key in RESUME_MUST_MATCH
+        for d in _differences(checkpoint["config"].get(key), config.get(key), f"{key}.")
+    ]
+    if changed:
+        raise MetarunError(
+            f"cannot resume {run_dir}: the config differs from the checkpoint's in "
+            f"{', '.join(changed)}; resume with the run's original overrides (see its "
+            ".hydra/overrides.yaml)"
+        )
+    return run_dir, checkpoint
 
 
 def build_experiment(cfg: DictConfig) -> Experiment:
@@ -114,10 +153,15 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     backbone = build(cfg.backbone, input_shape=dataset.input_shape, out_features=out_features)
     learner = build(cfg.algo, backbone=backbone).to(device)
     optimizer, scheduler = learner.configure_optimizers()
+    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    run_dir, resume_from = Path(HydraConfig.get().runtime.output_dir), None
+    if cfg.resume:
+        run_dir, resume_from = _resume_checkpoint(cfg, config)
     return Experiment(
         cfg=cfg,
-        config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-        run_dir=Path(HydraConfig.get().runtime.output_dir),
+        config=config,
+        run_dir=run_dir,
+        resume_from=resume_from,
         device=device,
         dataset=dataset,
         learner=learner,
@@ -134,7 +178,8 @@ def run(cfg: DictConfig) -> float:
     """Meta-train, validate and meta-test as ``cfg`` says; return the best validation objective."""
     exp = build_experiment(cfg)
     console = Console(log_path=False)
-    logger = build_logger(cfg, exp.config, exp.run_dir, console)
+    resume_step = exp.resume_from["step"] if exp.resume_from else None
+    logger = build_logger(cfg, exp.config, exp.run_dir, console, resume_step)
     status = "failed"
     try:
         console.print(
@@ -145,7 +190,7 @@ def run(cfg: DictConfig) -> float:
         objective = Trainer(exp, logger).fit()
         status = "finished"
         return objective
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         status = "interrupted"
         raise
     finally:
@@ -168,86 +213,145 @@ class Trainer:
                 exp.device,
             )
         )
+        self.sampler = torch.Generator().manual_seed(self.cfg.seed)  # training tasks
+        self.step = 0
+        self.sums: dict[str, torch.Tensor] = {}  # train metrics since the last log line
+        self.count = 0
         self.best_value: float | None = None
         self.best_step: int | None = None
         self.best_state: dict | None = None
         self.eval_time = 0.0  # kept out of the training throughput
+        self.stop_signal: int | None = None
+        if exp.resume_from is not None:
+            self._restore(exp.resume_from)
+
+    def _restore(self, checkpoint: dict) -> None:
+        exp = self.exp
+        exp.learner.load_state_dict(checkpoint["model"])
+        exp.optimizer.load_state_dict(checkpoint["optimizer"])
+        if exp.scheduler is not None:
+            exp.scheduler.load_state_dict(checkpoint["scheduler"])
+        set_rng_state(checkpoint["rng"], self.sampler)
+        loop = checkpoint["loop"]
+        self.step, self.sums, self.count = checkpoint["step"], loop["sums"], loop["count"]
+        self.best_value, self.best_step = loop["best_value"], loop["best_step"]
+        if self.best_step is not None:
+            best = load_checkpoint(exp.run_dir / "checkpoints" / "best.pt", exp.device)
+            self.best_state = best["model"]
 
     def _better(self, value: float) -> bool:
         if self.best_value is None:
             return True
         return value < self.best_value if self.exp.mode == "min" else value > self.best_value
 
-    def save(self, name: str, step: int, metrics: dict[str, float]) -> None:
-        if self.cfg.checkpoint.save:
-            exp = self.exp
-            save_checkpoint(
-                exp.run_dir / "checkpoints" / name,
-                learner=exp.learner,
-                optimizer=exp.optimizer,
-                scheduler=exp.scheduler,
-                step=step,
-                config=exp.config,
-                metrics=metrics,
-            )
+    def save(self, name: str, metrics: dict[str, float]) -> None:
+        if not self.cfg.checkpoint.save:
+            return
+        exp = self.exp
+        save_checkpoint(
+            exp.run_dir / "checkpoints" / name,
+            step=self.step,
+            model=exp.learner.state_dict(),
+            optimizer=exp.optimizer.state_dict(),
+            scheduler=exp.scheduler.state_dict() if exp.scheduler is not None else None,
+            rng=rng_state(self.sampler),
+            loop={
+                "sums": self.sums,
+                "count": self.count,
+                "best_value": self.best_value,
+                "best_step": self.best_step,
+            },
+            config=exp.config,
+            metrics=metrics,
+        )
 
-    def validate(self, step: int) -> None:
+    def validate(self) -> None:
         start = time.perf_counter()
         scores = evaluate(self.exp.learner, self.val_batches, "val")
         self.eval_time += time.perf_counter() - start
-        self.logger.log(scores, step)
+        self.logger.log(scores, self.step)
         value = scores[f"val/{self.exp.metric}"]
         if self._better(value):
-            self.best_value, self.best_step = value, step
+            self.best_value, self.best_step = value, self.step
             self.best_state = copy.deepcopy(self.exp.learner.state_dict())
-            self.save("best.pt", step, scores)
+            self.save("best.pt", scores)
+
+    def train_step(self) -> None:
+        exp, cfg = self.exp, self.cfg
+        batch = exp.dataset.sample(
+            "train", cfg.task.meta_batch, exp.train_shape, self.sampler, exp.device
+        )
+        loss, metrics = exp.learner.meta_loss(batch)
+        exp.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        exp.optimizer.step()
+        if exp.scheduler is not None:
+            exp.scheduler.step()
+        self.step += 1
+        # Summed as tensors and read once per log interval: no device sync every step.
+        for k, v in metrics.items():
+            self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
+        self.count += 1
+
+    def log_train(self) -> None:
+        means = {f"train/{k}": (v / self.count).item() for k, v in self.sums.items()}
+        if not np.isfinite(means["train/loss"]):
+            raise MetarunError(
+                f"the training loss became {means['train/loss']} by step {self.step}; lower "
+                "algo.optimizer.lr or algo.inner_lr"
+            )
+        self.logger.log(means, self.step)
+        self.sums, self.count = {}, 0
 
     def fit(self) -> float:
-        exp, cfg = self.exp, self.cfg
+        cfg = self.cfg
         steps = cfg.train.steps
-        generator = torch.Generator().manual_seed(cfg.seed)
         self.logger.start(steps)
-        exp.learner.train()
-        sums: dict[str, torch.Tensor] = {}
-        count = 0
+        self.logger.advance(self.step)
+        self.exp.learner.train()
         start = time.perf_counter()
-        for step in range(1, steps + 1):
-            batch = exp.dataset.sample(
-                "train", cfg.task.meta_batch, exp.train_shape, generator, exp.device
-            )
-            loss, metrics = exp.learner.meta_loss(batch)
-            exp.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            exp.optimizer.step()
-            if exp.scheduler is not None:
-                exp.scheduler.step()
-            # Summed as tensors and read once per log interval: no device sync every step.
-            for k, v in metrics.items():
-                sums[k] = sums[k] + v if k in sums else v.clone()
-            count += 1
-            if step % cfg.train.log_every == 0 or step == steps:
-                means = {f"train/{k}": (v / count).item() for k, v in sums.items()}
-                if not np.isfinite(means["train/loss"]):
-                    raise MetarunError(
-                        f"the training loss became {means['train/loss']} by step {step}; lower "
-                        "algo.optimizer.lr or algo.inner_lr"
-                    )
-                self.logger.log(means, step)
-                sums, count = {}, 0
-            if step % cfg.val.every == 0 or step == steps:
-                self.validate(step)
-            if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
-                self.save("last.pt", step, {})
-            self.logger.advance(step)
+        first = self.step
+        with self._catch_stop_signals():
+            while self.step < steps:
+                self.train_step()
+                if self.step % cfg.train.log_every == 0 or self.step == steps:
+                    self.log_train()
+                if self.step % cfg.val.every == 0 or self.step == steps:
+                    self.validate()
+                if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
+                    self.save("last.pt", {})
+                self.logger.advance(self.step)
+                if self.stop_signal is not None:
+                    self.save("last.pt", {})
+                    raise Interrupted(self.stop_signal, self.step, str(self.exp.run_dir))
         train_time = time.perf_counter() - start - self.eval_time
-        if steps == 0:
-            self.validate(0)
-        self.save("last.pt", steps, {})
-        self.test(steps, train_time)
+        if self.best_state is None:  # no validation happened (train.steps=0)
+            self.validate()
+        self.save("last.pt", {})
+        self.test(self.step - first, train_time)
         return self.best_value
 
+    @contextlib.contextmanager
+    def _catch_stop_signals(self):
+        """SIGINT / SIGTERM finish the current step, then stop with a checkpoint."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum, frame) -> None:
+            self.stop_signal = signum
+
+        previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
     def test(self, steps: int, train_time: float) -> None:
-        """Meta-test the weights that validated best, as the papers' protocols do."""
+        """Meta-test the weights that validated best, as the papers' protocols do.
+
+        ``steps`` is the number of steps this process trained (for the throughput)."""
         exp, cfg = self.exp, self.cfg
         exp.learner.load_state_dict(self.best_state)
         batches = fixed_episodes(
@@ -260,14 +364,14 @@ class Trainer:
             exp.device,
         )
         scores = evaluate(exp.learner, batches, "test")
-        self.logger.log(scores, steps)
+        self.logger.log(scores, self.step)
         per_s = (lambda n: round(n / train_time, 3)) if steps else (lambda n: None)
         self.logger.summary(
             {
                 **scores,
                 f"best_val/{exp.metric}": self.best_value,
                 "best_val/step": self.best_step,
-                "train/steps": steps,
+                "train/steps": self.step,
                 "train/time_s": round(train_time, 3),
                 "train/steps_per_s": per_s(steps),
                 "train/tasks_per_s": per_s(steps * cfg.task.meta_batch),

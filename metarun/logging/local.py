@@ -26,11 +26,28 @@ def atomic_write_json(path: Path, data: dict[str, Any]) -> None:
 class LocalFilesSink(Sink):
     """Appends ``{"step": s, ...metrics}`` lines, flushed as written, and writes the summary."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, resume_step: int | None = None) -> None:
         self.metrics_path = run_dir / "metrics.jsonl"
         self.summary_path = run_dir / "summary.json"
+        if resume_step is not None:
+            self._keep_until(resume_step)
         self._file = open(self.metrics_path, "a", buffering=1)  # line-buffered
         self._summary: dict[str, Any] = {}
+
+    def _keep_until(self, step: int) -> None:
+        """Resuming from ``step``: drop what was logged after it (and any test result), so the
+        file ends up as an uninterrupted run's would."""
+        if not self.metrics_path.is_file():
+            return
+        kept = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a kill
+                continue
+            if record["step"] <= step and not any(k.startswith("test/") for k in record):
+                kept.append(line + "\n")
+        atomic_write(self.metrics_path, lambda f: f.write("".join(kept).encode()))
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         record = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}

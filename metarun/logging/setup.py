@@ -26,8 +26,10 @@ def _wandb_names(cfg: DictConfig) -> tuple[str | None, str | None]:
     return group, name
 
 
-def build_logger(cfg: DictConfig, config: dict, run_dir: Path, console: Console) -> Logger:
-    sinks = [ConsoleSink(console), LocalFilesSink(run_dir)]
+def build_logger(
+    cfg: DictConfig, config: dict, run_dir: Path, console: Console, resume_step: int | None = None
+) -> Logger:
+    sinks = [ConsoleSink(console), LocalFilesSink(run_dir, resume_step)]
     if cfg.logger is not None:
         group, name = _wandb_names(cfg)
         sinks.append(

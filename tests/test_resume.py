@@ -1,0 +1,120 @@
+"""Checkpoints and resume: an interrupted run, resumed, logs what an uninterrupted one logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from metarun.checkpoint import load_checkpoint
+from metarun.errors import MetarunError
+from tests.conftest import TINY, clean_env
+
+QUIET = [*TINY, "logger=none"]
+
+
+def test_resumed_run_matches_an_uninterrupted_one(run_inprocess):
+    # 20 and 40 are multiples of log_every, so stopping at 20 logs what the full run logs.
+    base = [*QUIET, "train.steps=40", "checkpoint.every=10", "train.log_every=4"]
+    full, _ = run_inprocess(base, name="full")
+    part, _ = run_inprocess(
+        [*QUIET, "train.steps=20", "checkpoint.every=10", "train.log_every=4"], name="part"
+    )
+    # Continue the 20-step run to 40 steps, in its own folder.
+    resumed, _ = run_inprocess([*base, "resume=true", f"resume_dir={part}"], name="resumer")
+    assert (part / "metrics.jsonl").read_text() == (full / "metrics.jsonl").read_text()
+    assert (
+        json.loads((part / "summary.json").read_text())["test/mse"]
+        == json.loads((full / "summary.json").read_text())["test/mse"]
+    )
+    assert not (resumed / "metrics.jsonl").exists()  # nothing written to the new folder
+    last = load_checkpoint(part / "checkpoints" / "last.pt")
+    assert last["step"] == 40 and set(last["rng"]) >= {"python", "numpy", "torch", "sampler"}
+
+
+def test_resume_refuses_a_missing_folder_and_a_changed_model(run_inprocess, tmp_path):
+    with pytest.raises(MetarunError, match="no checkpoint at .*missing/checkpoints/last.pt"):
+        run_inprocess([*QUIET, "resume=true", f"resume_dir={tmp_path / 'missing'}"], name="a")
+    first, _ = run_inprocess(QUIET, name="first")
+    with pytest.raises(MetarunError, match="differs from the checkpoint's in backbone.hidden"):
+        run_inprocess(
+            [*QUIET, "backbone.hidden=[20,20]", "resume=true", f"resume_dir={first}"], name="b"
+        )
+    with pytest.raises(MetarunError, match="resume=true needs the run folder"):
+        run_inprocess([*QUIET, "resume=true"], name="c")
+
+
+LONG = [
+    "logger=none",
+    "train.steps=3000",
+    "train.log_every=40",
+    "val.every=500",
+    "val.episodes=20",
+    "checkpoint.every=130",
+    "test.episodes=50",
+    "seed=7",
+]
+
+
+def _metarun(cwd: Path, *args: str) -> subprocess.Popen:
+    cwd.mkdir(exist_ok=True)
+    exe = Path(sys.executable).with_name("metarun")
+    return subprocess.Popen(
+        [str(exe), *args],
+        cwd=cwd,
+        env=clean_env(cwd),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _run_dir(cwd: Path) -> Path:
+    (run_dir,) = [p for p in (cwd / "outputs").glob("*/*") if p.is_dir()]
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    cwd = tmp_path_factory.mktemp("reference")
+    proc = _metarun(cwd, *LONG)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    return _run_dir(cwd)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_killed_run_resumes_to_the_same_metrics(reference, tmp_path, sig):
+    proc = _metarun(tmp_path, *LONG)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait for a checkpoint past the first validation
+        time.sleep(0.05)
+        last = list((tmp_path / "outputs").glob("*/*/checkpoints/last.pt"))
+        if last and os.path.getsize(last[0]) > 0 and load_checkpoint(last[0])["step"] >= 600:
+            break
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    # Checkpoints every 130 steps, logs every 40: the checkpoint it resumes from holds a
+    # partial log interval, which must carry over.
+    proc.send_signal(sig)
+    code = proc.wait(timeout=60)
+    run_dir = _run_dir(tmp_path)
+    if sig == signal.SIGTERM:
+        stderr = proc.stderr.read().strip()
+        assert code == 128 + signal.SIGTERM
+        assert stderr.startswith("metarun: stopped by SIGTERM at step ")
+        assert f"resume=true resume_dir={run_dir}" in stderr and "\n" not in stderr
+        assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+    else:
+        assert code == -signal.SIGKILL
+    resumed = _metarun(tmp_path / "again", *LONG, "resume=true", f"resume_dir={run_dir}")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    assert (run_dir / "metrics.jsonl").read_text() == (reference / "metrics.jsonl").read_text()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished"
+    assert summary["test/mse"] == json.loads((reference / "summary.json").read_text())["test/mse"]
