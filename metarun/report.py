@@ -1,0 +1,185 @@
+"""``metarun-report``: compare finished runs from their folders, no W&B needed.
+
+Reads each run's ``summary.json``, ``metrics.jsonl`` and ``.hydra/overrides.yaml``; runs that
+differ only by ``seed`` form one configuration (mean over seeds, with their spread). Prints a
+table sorted by the main test metric, writes it as CSV, and plots meta-train and
+meta-validation curves (one line per configuration, a band over seeds) to a PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import math
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+IGNORED = {"seed", "resume", "resume_dir", "hparams_search"}  # not part of a configuration
+
+
+@dataclass
+class Run:
+    path: Path
+    overrides: dict[str, str]
+    summary: dict
+    rows: list[dict] = field(repr=False)
+
+
+def find_runs(patterns: list[str]) -> list[Run]:
+    """Run folders at, or anywhere below, the given paths or glob patterns."""
+    folders: list[Path] = []
+    for pattern in patterns:
+        for match in sorted(glob.glob(pattern)) or [pattern]:
+            path = Path(match)
+            if (path / "summary.json").is_file():
+                folders.append(path)
+            elif path.is_dir():
+                folders += sorted(p.parent for p in path.rglob("summary.json"))
+    runs = []
+    for folder in dict.fromkeys(folders):
+        overrides_file = folder / ".hydra" / "overrides.yaml"
+        items = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
+        overrides = dict(item.split("=", 1) for item in items or [] if "=" in item)
+        metrics = folder / "metrics.jsonl"
+        rows = (
+            [json.loads(line) for line in metrics.read_text().splitlines()]
+            if (metrics.is_file())
+            else []
+        )
+        runs.append(Run(folder, overrides, json.loads((folder / "summary.json").read_text()), rows))
+    return runs
+
+
+def main_metric(runs: list[Run]) -> tuple[str, bool]:
+    """``test/acc`` (higher is better) when present, else ``test/mse`` (lower is better)."""
+    keys = set().union(*(r.summary for r in runs))
+    return ("test/acc", True) if "test/acc" in keys else ("test/mse", False)
+
+
+def group(runs: list[Run]) -> dict[tuple, list[Run]]:
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        key = tuple(sorted((k, v) for k, v in run.overrides.items() if k not in IGNORED))
+        groups.setdefault(key, []).append(run)
+    return groups
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not values:
+        return float("nan"), float("nan")
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), spread
+
+
+def table_rows(groups: dict[tuple, list[Run]], metric: str, higher: bool) -> tuple[list, list]:
+    """Columns and rows: differing overrides, seeds, metric mean, seed spread, mean CI."""
+    keys = sorted({k for key in groups for k, _ in key})
+    differing = [k for k in keys if len({dict(g).get(k) for g in groups}) > 1]
+    columns = [*differing, "runs", metric, "seed std", "ci95 (mean)", "best_val step (mean)"]
+    rows = []
+    for key, members in groups.items():
+        as_dict = dict(key)
+        mean, spread = _stats([r.summary.get(metric) for r in members])
+        ci, _ = _stats([r.summary.get(f"{metric}_ci95") for r in members])
+        step, _ = _stats([r.summary.get("best_val/step") for r in members])
+        rows.append(
+            [*(as_dict.get(k, "") for k in differing), len(members), mean, spread, ci, step]
+        )
+    m = len(differing) + 1
+    rows.sort(key=lambda r: (math.isnan(r[m]), -r[m] if higher else r[m]))
+    return columns, rows
+
+
+def _label(key: tuple, differing: list[str]) -> str:
+    as_dict = dict(key)
+    return ", ".join(f"{k}={as_dict[k]}" for k in differing if k in as_dict) or "all runs"
+
+
+def plot(groups: dict[tuple, list[Run]], differing: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sample = next(iter(groups.values()))[0].rows
+    val_key = "val/acc" if any("val/acc" in r for r in sample) else "val/mse"
+    panels = [("train/loss", "meta-train loss"), (val_key, f"meta-validation {val_key[4:]}")]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    for key, members in groups.items():
+        label = _label(key, differing)
+        for ax, (metric, _) in zip(axes, panels):
+            curves = [{r["step"]: r[metric] for r in run.rows if metric in r} for run in members]
+            steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+            if not steps:
+                continue
+            stats = [_stats([c[s] for c in curves]) for s in steps]
+            mean = [m for m, _ in stats]
+            spread = [sd for _, sd in stats]
+            (line,) = ax.plot(steps, mean, label=f"{label} (n={len(members)})", linewidth=1.8)
+            ax.fill_between(
+                steps,
+                [m - s for m, s in zip(mean, spread)],
+                [m + s for m, s in zip(mean, spread)],
+                color=line.get_color(),
+                alpha=0.2,
+                linewidth=0,
+            )
+    for ax, (metric, title) in zip(axes, panels):
+        ax.set_title(title)
+        ax.set_xlabel("meta-iteration")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8, loc="best")
+    fig.suptitle("mean over seeds, band: ±1 std", fontsize=9)
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="metarun-report", description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="+", help="run folders, sweep folders or glob patterns")
+    parser.add_argument("--out", default=".", help="folder for report.csv and report.png")
+    args = parser.parse_args(argv)
+    runs = find_runs(args.paths)
+    if not runs:
+        print(
+            f"metarun-report: error: no run folders (with summary.json) under {args.paths}; "
+            "pass run or sweep folders, e.g. outputs/multirun/2026-11-27/10-00-00",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    metric, higher = main_metric(runs)
+    groups = group(runs)
+    columns, rows = table_rows(groups, metric, higher)
+    differing = columns[: columns.index("runs")]
+    table = Table(title=f"{len(runs)} runs, {len(groups)} configurations, sorted by {metric}")
+    for column in columns:
+        table.add_column(column, justify="left" if column in differing else "right")
+    for row in rows:
+        table.add_row(*(_fmt(v) for v in row))
+    Console().print(table)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "report.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    plot(groups, differing, out / "report.png")
+    print(f"wrote {out / 'report.csv'} and {out / 'report.png'}")
+
+
+if __name__ == "__main__":
+    main()
