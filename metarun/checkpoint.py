@@ -50,5 +50,5 @@ def save_checkpoint(path: Path, **content: Any) -> None:
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint without unpickling arbitrary objects (``weights_only=True``)."""
     if not path.is_file():
-        raise MetarunError(f"no checkpoint at {path}; check the path (resume_dir=<run folder>)")
+        raise MetarunError(f"no checkpoint at {path}; check the path")
     return torch.load(path, map_location=map_location, weights_only=True)

@@ -130,8 +130,13 @@ def _resume_checkpoint(cfg: DictConfig, config: dict) -> tuple[Path, dict]:
     return run_dir, checkpoint
 
 
-def build_experiment(cfg: DictConfig) -> Experiment:
-    """Check the config, then build dataset, backbone, learner and optimizer from it."""
+def build_experiment(
+    cfg: DictConfig, run_dir: Path | None = None, splits: tuple[str, ...] = ("train", "val", "test")
+) -> Experiment:
+    """Check the config, then build dataset, backbone, learner and optimizer from it.
+
+    ``run_dir`` defaults to Hydra's output folder (or ``resume_dir`` when resuming); ``splits``
+    are the dataset splits whose episode shape is checked (evaluation needs only ``test``)."""
     check_config(cfg)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device.name)
@@ -147,14 +152,17 @@ def build_experiment(cfg: DictConfig) -> Experiment:
             f"{algo_cls.__name__} has a {train_shape.way}-way output layer, so it cannot be "
             f"tested {eval_shape.way}-way; set task.train_way=null or equal to task.way"
         )
-    dataset.check_shape("train", train_shape, "meta-training")
-    dataset.check_shape("val", eval_shape, "validation")
-    dataset.check_shape("test", eval_shape, "meta-test")
+    purpose = {"train": "meta-training", "val": "validation", "test": "meta-test"}
+    for split in splits:
+        shape = train_shape if split == "train" else eval_shape
+        dataset.check_shape(split, shape, purpose[split])
     backbone = build(cfg.backbone, input_shape=dataset.input_shape, out_features=out_features)
     learner = build(cfg.algo, backbone=backbone).to(device)
     optimizer, scheduler = learner.configure_optimizers()
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    run_dir, resume_from = Path(HydraConfig.get().runtime.output_dir), None
+    resume_from = None
+    if run_dir is None:
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
     if cfg.resume:
         run_dir, resume_from = _resume_checkpoint(cfg, config)
     return Experiment(
@@ -262,6 +270,10 @@ class Trainer:
                 "best_step": self.best_step,
             },
             config=exp.config,
+            data={
+                "input_shape": list(exp.dataset.input_shape),
+                "preprocess": getattr(exp.dataset, "preprocess", None),
+            },
             metrics=metrics,
         )
 

@@ -39,7 +39,9 @@ def test_resumed_run_matches_an_uninterrupted_one(run_inprocess):
 
 
 def test_resume_refuses_a_missing_folder_and_a_changed_model(run_inprocess, tmp_path):
-    with pytest.raises(MetarunError, match="no checkpoint at .*missing/checkpoints/last.pt"):
+    with pytest.raises(
+        MetarunError, match="no checkpoint at .*missing/checkpoints/last.pt; check the path"
+    ):
         run_inprocess([*QUIET, "resume=true", f"resume_dir={tmp_path / 'missing'}"], name="a")
     first, _ = run_inprocess(QUIET, name="first")
     with pytest.raises(MetarunError, match="differs from the checkpoint's in backbone.hidden"):

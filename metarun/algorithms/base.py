@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from metarun.data.batch import TaskBatch
+from metarun.errors import MetarunError
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
@@ -57,3 +58,9 @@ class MetaLearner(nn.Module, ABC):
 
         Returns per-task values, each of shape ``[B]``, so callers can form confidence intervals.
         """
+
+    def predict(
+        self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor
+    ) -> torch.Tensor:
+        """Class logits ``[Q, N]`` for the queries of one task given its labelled support set."""
+        raise MetarunError(f"{type(self).__name__} cannot classify new images")

@@ -136,6 +136,12 @@ class MAML(MetaLearner):
         with torch.no_grad():  # torch.func.grad still computes the inner gradients
             return self._map_tasks(self._eval_task, params, batch)
 
+    def predict(self, support_x, support_y, query_x) -> torch.Tensor:
+        params = {k: p.detach() for k, p in self.backbone.named_parameters()}
+        with torch.no_grad():  # torch.func.grad still computes the inner gradients
+            adapted = self.adapt(params, support_x, support_y, self.eval_inner_steps)
+            return self._forward(adapted, query_x)
+
     def extra_repr(self) -> str:
         order = "first" if self.first_order else "second"
         return (

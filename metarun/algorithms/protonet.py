@@ -52,3 +52,9 @@ class ProtoNet(MetaLearner):
                 "loss": loss.mean(1),
                 "acc": (logits.argmax(-1) == batch.query_y).float().mean(1),
             }
+
+    def predict(self, support_x, support_y, query_x) -> torch.Tensor:
+        dummy = torch.zeros(1, query_x.shape[0], dtype=torch.long, device=query_x.device)
+        batch = TaskBatch(support_x[None], support_y[None], query_x[None], dummy)
+        with torch.no_grad():
+            return self._logits(batch)[0]

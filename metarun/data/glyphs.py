@@ -95,6 +95,8 @@ class Glyphs(EpisodicImages):
             for s, n in zip(SPLITS, classes)
         }
         super().__init__(splits, rotations=rotations)
+        # How a user's own image becomes an input like these (metarun-predict).
+        self.preprocess = {"size": image_size, "mode": "L", "invert": True}
 
     @staticmethod
     def _load(seed: int, split: str, classes: int, samples: int, size: int) -> np.ndarray:

@@ -210,6 +210,8 @@ class Omniglot(EpisodicImages):
             for s, p in parts.items()
         }
         super().__init__(splits, rotations=rotations)
+        # How a user's own image becomes an input like these (metarun-predict).
+        self.preprocess = {"size": image_size, "mode": "L", "invert": True}
 
 
 def _merge(loaded: list[tuple[np.ndarray, list[str]]]) -> dict[str, np.ndarray]:

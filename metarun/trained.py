@@ -1,0 +1,208 @@
+"""Using trained models: ``metarun-eval`` and ``metarun-predict``.
+
+Both take ``key=value`` arguments like ``metarun``: ``checkpoint=PATH`` (a ``best.pt`` or
+``last.pt``) plus config overrides applied on top of the configuration saved in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from hydra.utils import get_class
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from PIL import Image
+from rich.console import Console
+from rich.table import Table
+
+from metarun.checkpoint import load_checkpoint
+from metarun.config import MetarunConfig
+from metarun.device import resolve_device
+from metarun.errors import MetarunError
+from metarun.evaluate import evaluate, fixed_episodes
+from metarun.run import build, build_experiment, seed_everything
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def _parse(argv: list[str], tool: str, special: dict[str, bool]) -> tuple[dict, list[str]]:
+    """Split ``key=value`` args into the tool's own keys and config overrides."""
+    own, overrides = {}, []
+    for arg in argv:
+        if "=" not in arg:
+            raise MetarunError(f"{tool} takes key=value arguments, got {arg!r}")
+        key, value = arg.split("=", 1)
+        if key in special:
+            own[key] = value
+        else:
+            overrides.append(arg)
+    missing = [k for k, required in special.items() if required and k not in own]
+    if missing:
+        raise MetarunError(f"{tool} needs {' '.join(f'{k}=...' for k in missing)}")
+    return own, overrides
+
+
+def _config(checkpoint: dict, overrides: list[str]):
+    """The checkpoint's config under the schema, evaluated on any available device."""
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(MetarunConfig), checkpoint["config"])
+        cfg.device.name = "auto"
+        cfg.resume = False
+        return OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+    except OmegaConfBaseException as e:
+        raise MetarunError(f"bad override: {str(e).splitlines()[0]}") from None
+
+
+def _run_tool(fn, argv) -> None:
+    try:
+        fn(sys.argv[1:] if argv is None else argv)
+    except MetarunError as e:
+        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def evaluate_checkpoint(argv: list[str]) -> dict[str, float]:
+    own, overrides = _parse(argv, "metarun-eval", {"checkpoint": True})
+    path = Path(own["checkpoint"]).expanduser()
+    checkpoint = load_checkpoint(path)
+    cfg = _config(checkpoint, overrides)
+    exp = build_experiment(cfg, run_dir=path.parent.parent, splits=("test",))
+    exp.learner.load_state_dict(checkpoint["model"])
+    batches = fixed_episodes(
+        exp.dataset,
+        "test",
+        exp.eval_shape,
+        cfg.test.episodes,
+        cfg.test.batch_size,
+        cfg.test.seed,
+        exp.device,
+    )
+    scores = evaluate(exp.learner, batches, "test")
+    shape = exp.eval_shape
+    console = Console()
+    console.print(
+        f"{path}: {cfg.test.episodes} test episodes, {shape.way}-way {shape.shot}-shot,"
+        f" {shape.query} queries per class",
+        soft_wrap=True,
+    )
+    table = Table()
+    table.add_column("metric")
+    table.add_column("mean ± 95% CI", justify="right")
+    for key, value in scores.items():
+        if not key.endswith("_ci95"):
+            table.add_row(key, f"{value:.4f} ± {scores[key + '_ci95']:.4f}")
+    console.print(table)
+    return scores
+
+
+def load_image(path: Path, preprocess: dict) -> torch.Tensor:
+    """A user's image file as the model saw its training images (size, channels, polarity)."""
+    try:
+        with Image.open(path) as img:
+            img = img.convert(preprocess["mode"]).resize(
+                (preprocess["size"], preprocess["size"]), Image.Resampling.BOX
+            )
+            array = np.asarray(img, dtype=np.uint8)
+    except OSError as e:
+        raise MetarunError(f"{path} is not a readable image ({e})") from None
+    if preprocess.get("invert"):
+        array = 255 - array
+    x = torch.from_numpy(array.copy()).float() / 255
+    return x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def predict(argv: list[str]) -> list[dict]:
+    own, overrides = _parse(
+        argv, "metarun-predict", {"checkpoint": True, "support": True, "query": True, "out": False}
+    )
+    checkpoint = load_checkpoint(Path(own["checkpoint"]).expanduser())
+    preprocess = checkpoint.get("data", {}).get("preprocess")
+    if not preprocess:
+        raise MetarunError(
+            "this checkpoint's dataset has no image preprocessing to apply "
+            "(regression, or written by an older metarun); predict needs images"
+        )
+    cfg = _config(checkpoint, overrides)
+    support_dir, query_dir = Path(own["support"]), Path(own["query"])
+    classes = (
+        sorted(p.name for p in support_dir.iterdir() if p.is_dir())
+        if (support_dir.is_dir())
+        else []
+    )
+    if len(classes) < 2:
+        raise MetarunError(f"support={support_dir} needs one sub-folder per class (two or more)")
+    support = [
+        (load_image(f, preprocess), c)
+        for c, name in enumerate(classes)
+        for f in _images(support_dir / name)
+    ]
+    queries = _images(query_dir) if query_dir.is_dir() else []
+    if not queries:
+        raise MetarunError(f"query={query_dir} holds no images")
+    empty = [name for name in classes if not _images(support_dir / name)]
+    if empty:
+        raise MetarunError(f"support classes without images: {', '.join(empty)}")
+
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device.name)
+    algo_cls = get_class(cfg.algo._target_)
+    images = SimpleNamespace(problem="classification", output_size=lambda way: way)
+    out_features = algo_cls.output_size(images, cfg.task.train_way or cfg.task.way)
+    if out_features is not None and out_features != len(classes):
+        raise MetarunError(
+            f"this {algo_cls.__name__} model was trained {out_features}-way, so "
+            f"support needs {out_features} class folders (found {len(classes)})"
+        )
+    backbone = build(
+        cfg.backbone, input_shape=checkpoint["data"]["input_shape"], out_features=out_features
+    )
+    learner = build(cfg.algo, backbone=backbone)
+    learner.load_state_dict(checkpoint["model"])
+    learner.to(device).eval()
+    support_x = torch.stack([x for x, _ in support]).to(device)
+    support_y = torch.tensor([c for _, c in support], device=device)
+    query_x = torch.stack([load_image(f, preprocess) for f in queries]).to(device)
+    probs = learner.predict(support_x, support_y, query_x).softmax(-1).cpu()
+
+    rows = [
+        {
+            "file": str(f),
+            "predicted": classes[int(p.argmax())],
+            **{f"p({name})": round(float(v), 4) for name, v in zip(classes, p)},
+        }
+        for f, p in zip(queries, probs)
+    ]
+    table = Table(
+        title=f"{len(queries)} queries, {len(classes)} classes, {len(support)} support images"
+    )
+    for column in rows[0]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    Console().print(table)
+    out = Path(own.get("out", "predictions.csv"))
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {out}")
+    return rows
+
+
+def eval_main(argv: list[str] | None = None) -> None:
+    """``metarun-eval checkpoint=PATH [overrides]``: mean ± 95% CI on fixed test episodes."""
+    _run_tool(evaluate_checkpoint, argv)
+
+
+def predict_main(argv: list[str] | None = None) -> None:
+    """``metarun-predict checkpoint=PATH support=DIR query=DIR [out=FILE.csv]``."""
+    _run_tool(predict, argv)

@@ -1,0 +1,89 @@
+"""metarun-eval and metarun-predict on checkpoints of real (tiny) runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from metarun import trained
+from metarun.data import Glyphs
+from metarun.errors import MetarunError
+from tests.conftest import GLYPHS_SMALL, TINY
+
+# TINY without its MAML-only key; MAML runs add it back.
+GLYPH_RUN = [
+    "dataset=glyphs",
+    *GLYPHS_SMALL,
+    *(o for o in TINY if not o.startswith("algo.")),
+    "logger=none",
+    "task.query=4",
+    "task.meta_batch=2",
+    "backbone.hidden=16",
+    "train.steps=30",
+]
+
+ALGO = {"protonet": ["algo=protonet"], "maml": ["algo=maml", "algo.eval_inner_steps=2"]}
+
+
+@pytest.mark.parametrize("algo", ["protonet", "maml"])
+def test_eval_reproduces_the_runs_test_result_and_accepts_new_shots(run_inprocess, algo):
+    run_dir, _ = run_inprocess([*GLYPH_RUN, *ALGO[algo], "task.train_way=null"])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    best = str(run_dir / "checkpoints" / "best.pt")
+    same = trained.evaluate_checkpoint([f"checkpoint={best}"])
+    assert same["test/acc"] == pytest.approx(summary["test/acc"])
+    more = trained.evaluate_checkpoint([f"checkpoint={best}", "task.shot=3", "test.episodes=20"])
+    assert 0 <= more["test/acc"] <= 1 and more["test/acc_ci95"] > 0
+
+
+def _write_folders(tmp_path, classes: int, shot: int) -> tuple:
+    """Support/query folders of glyph images, saved dark-on-light like Omniglot's files."""
+    ds = Glyphs(classes=[40, 12, 12], samples_per_class=20)
+    support, query = tmp_path / "support", tmp_path / "query"
+    query.mkdir()
+    for c in range(classes):
+        (support / f"class{c}").mkdir(parents=True)
+        for s in range(20):
+            img = Image.fromarray(255 - ds.splits["test"][c, s, 0].numpy().astype(np.uint8))
+            img.save(
+                support / f"class{c}" / f"{s}.png" if s < shot else query / f"class{c}__{s}.png"
+            )
+    return support, query
+
+
+@pytest.mark.parametrize("algo", ["protonet", "maml"])
+def test_predict_classifies_new_images_into_a_csv(run_inprocess, tmp_path, algo):
+    run_dir, _ = run_inprocess([*GLYPH_RUN, *ALGO[algo], "task.train_way=null", "train.steps=60"])
+    support, query = _write_folders(tmp_path, classes=5, shot=2)
+    out = tmp_path / "p.csv"
+    rows = trained.predict(
+        [
+            f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}",
+            f"support={support}",
+            f"query={query}",
+            f"out={out}",
+        ]
+    )
+    table = list(csv.DictReader(out.open()))
+    assert len(table) == len(rows) == 5 * 18
+    for row in table:
+        assert sum(float(row[f"p(class{c})"]) for c in range(5)) == pytest.approx(1, abs=1e-3)
+    right = sum(r["file"].split("/")[-1].split("__")[0] == r["predicted"] for r in table)
+    assert right / len(table) > 0.4  # chance: 0.2
+
+
+def test_predict_explains_a_class_count_that_maml_cannot_use(run_inprocess, tmp_path):
+    run_dir, _ = run_inprocess([*GLYPH_RUN, *ALGO["maml"], "task.train_way=null"])
+    support, query = _write_folders(tmp_path, classes=3, shot=1)
+    with pytest.raises(MetarunError, match="trained 5-way, so support needs 5 class folders"):
+        trained.predict(
+            [
+                f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}",
+                f"support={support}",
+                f"query={query}",
+            ]
+        )
