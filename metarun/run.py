@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import random
 import signal
 import threading
@@ -110,11 +111,16 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
-def _resume_checkpoint(cfg: DictConfig, config: dict) -> tuple[Path, dict]:
+def _resume_checkpoint(
+    cfg: DictConfig, config: dict, run_dir: Path | None = None
+) -> tuple[Path, dict]:
     """The run folder to continue and its last checkpoint, checked against ``config``."""
-    if not cfg.resume_dir:
-        raise MetarunError("resume=true needs the run folder to continue: resume_dir=<run folder>")
-    run_dir = Path(cfg.resume_dir).expanduser()
+    if run_dir is None:
+        if not cfg.resume_dir:
+            raise MetarunError(
+                "resume=true needs the run folder to continue: resume_dir=<run folder>"
+            )
+        run_dir = Path(cfg.resume_dir).expanduser()
     checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     changed = [
         d
@@ -165,6 +171,10 @@ def build_experiment(
         run_dir = Path(HydraConfig.get().runtime.output_dir)
     if cfg.resume:
         run_dir, resume_from = _resume_checkpoint(cfg, config)
+    elif os.environ.get("SUBMITIT_EXECUTOR") and (run_dir / "checkpoints" / "last.pt").is_file():
+        # A submitit job requeued after preemption or a timeout (hydra-submitit-launcher's
+        # checkpoint hook resubmits it with the same config, so into the same folder): continue.
+        run_dir, resume_from = _resume_checkpoint(cfg, config, run_dir)
     return Experiment(
         cfg=cfg,
         config=config,

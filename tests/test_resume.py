@@ -120,3 +120,29 @@ def test_killed_run_resumes_to_the_same_metrics(reference, tmp_path, sig):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "finished"
     assert summary["test/mse"] == json.loads((reference / "summary.json").read_text())["test/mse"]
+
+
+def test_a_requeued_submitit_job_continues_in_its_own_folder(
+    run_inprocess, compose_cfg, monkeypatch, tmp_path
+):
+    """hydra-submitit-launcher's checkpoint hook resubmits a preempted job with the same config
+    (so the same folder); finding last.pt there, the job continues instead of starting over."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from metarun.run import run
+
+    base = [*QUIET, "train.steps=40", "checkpoint.every=10", "train.log_every=4"]
+    full, _ = run_inprocess(base, name="full")
+    job, _ = run_inprocess(
+        [*QUIET, "train.steps=20", "checkpoint.every=10", "train.log_every=4"], name="job"
+    )
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    cfg = compose_cfg(base)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(job)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    run(cfg)
+    assert (job / "metrics.jsonl").read_text() == (full / "metrics.jsonl").read_text()
