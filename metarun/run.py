@@ -192,6 +192,21 @@ def build_experiment(
     )
 
 
+def meta_test(exp: Experiment) -> dict[str, float]:
+    """Mean and 95% CI of each metric on the fixed test episodes (``test.*``)."""
+    cfg = exp.cfg
+    batches = fixed_episodes(
+        exp.dataset,
+        "test",
+        exp.eval_shape,
+        cfg.test.episodes,
+        cfg.test.batch_size,
+        cfg.test.seed,
+        exp.device,
+    )
+    return evaluate(exp.learner, batches, "test")
+
+
 def run(cfg: DictConfig) -> float:
     """Meta-train, validate and meta-test as ``cfg`` says; return the best validation objective."""
     exp = build_experiment(cfg)
@@ -376,16 +391,7 @@ class Trainer:
         ``steps`` is the number of steps this process trained (for the throughput)."""
         exp, cfg = self.exp, self.cfg
         exp.learner.load_state_dict(self.best_state)
-        batches = fixed_episodes(
-            exp.dataset,
-            "test",
-            exp.eval_shape,
-            cfg.test.episodes,
-            cfg.test.batch_size,
-            cfg.test.seed,
-            exp.device,
-        )
-        scores = evaluate(exp.learner, batches, "test")
+        scores = meta_test(exp)
         self.logger.log(scores, self.step)
         per_s = (lambda n: round(n / train_time, 3)) if steps else (lambda n: None)
         self.logger.summary(

@@ -24,8 +24,7 @@ from metarun.checkpoint import load_checkpoint
 from metarun.config import MetarunConfig
 from metarun.device import resolve_device
 from metarun.errors import MetarunError
-from metarun.evaluate import evaluate, fixed_episodes
-from metarun.run import build, build_experiment, seed_everything
+from metarun.run import build, build_experiment, meta_test, seed_everything
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -73,16 +72,7 @@ def evaluate_checkpoint(argv: list[str]) -> dict[str, float]:
     cfg = _config(checkpoint, overrides)
     exp = build_experiment(cfg, run_dir=path.parent.parent, splits=("test",))
     exp.learner.load_state_dict(checkpoint["model"])
-    batches = fixed_episodes(
-        exp.dataset,
-        "test",
-        exp.eval_shape,
-        cfg.test.episodes,
-        cfg.test.batch_size,
-        cfg.test.seed,
-        exp.device,
-    )
-    scores = evaluate(exp.learner, batches, "test")
+    scores = meta_test(exp)
     shape = exp.eval_shape
     console = Console()
     console.print(
