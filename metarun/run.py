@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from rich.console import Console
 
 from metarun.algorithms.base import MetaLearner
 from metarun.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from metarun.data.batch import TaskShape
+from metarun.data.batch import TaskBatch, TaskShape
 from metarun.device import resolve_device
 from metarun.errors import Interrupted, MetarunError
 from metarun.evaluate import evaluate, fixed_episodes
@@ -94,6 +94,19 @@ class Experiment:
     metric: str  # the validation metric that picks the best checkpoint and the objective
     mode: str  # "min" or "max"
     resume_from: dict | None = None  # the last checkpoint, when continuing a run
+
+    def episodes(self, split: str) -> Iterator[TaskBatch]:
+        """The fixed evaluation episodes of ``split`` ("val" or "test"), set by ``<split>.*``."""
+        section = self.cfg[split]
+        return fixed_episodes(
+            self.dataset,
+            split,
+            self.eval_shape,
+            section.episodes,
+            section.batch_size,
+            section.seed,
+            self.device,
+        )
 
 
 # Config sections that must match for a checkpoint to be continued (they shape the model, the
@@ -194,17 +207,7 @@ def build_experiment(
 
 def meta_test(exp: Experiment) -> dict[str, float]:
     """Mean and 95% CI of each metric on the fixed test episodes (``test.*``)."""
-    cfg = exp.cfg
-    batches = fixed_episodes(
-        exp.dataset,
-        "test",
-        exp.eval_shape,
-        cfg.test.episodes,
-        cfg.test.batch_size,
-        cfg.test.seed,
-        exp.device,
-    )
-    return evaluate(exp.learner, batches, "test")
+    return evaluate(exp.learner, exp.episodes("test"), "test")
 
 
 def run(cfg: DictConfig) -> float:
@@ -235,17 +238,7 @@ class Trainer:
 
     def __init__(self, exp: Experiment, logger: Logger) -> None:
         self.exp, self.cfg, self.logger = exp, exp.cfg, logger
-        self.val_batches = list(
-            fixed_episodes(
-                exp.dataset,
-                "val",
-                exp.eval_shape,
-                self.cfg.val.episodes,
-                self.cfg.val.batch_size,
-                self.cfg.val.seed,
-                exp.device,
-            )
-        )
+        self.val_batches = list(exp.episodes("val"))  # reused at every validation
         self.sampler = torch.Generator().manual_seed(self.cfg.seed)  # training tasks
         self.step = 0
         self.sums: dict[str, torch.Tensor] = {}  # train metrics since the last log line

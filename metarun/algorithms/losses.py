@@ -13,14 +13,16 @@ def task_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1))
 
 
-def task_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+def task_metrics(
+    pred: torch.Tensor, target: torch.Tensor, loss: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """Metrics of one task's predictions ``[M, out]`` against targets ``[M(, out)]``.
 
     Regression reports ``mse``; classification reports ``loss`` (cross-entropy) and ``acc``.
+    ``loss``, when the caller already has :func:`task_loss` of these predictions, is reused.
     """
+    if loss is None:
+        loss = task_loss(pred, target)
     if target.is_floating_point():
-        return {"mse": F.mse_loss(pred, target)}
-    return {
-        "loss": F.cross_entropy(pred, target),
-        "acc": (pred.argmax(-1) == target).float().mean(),
-    }
+        return {"mse": loss}
+    return {"loss": loss, "acc": (pred.argmax(-1) == target).float().mean()}

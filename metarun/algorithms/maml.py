@@ -101,7 +101,8 @@ class MAML(MetaLearner):
     def _train_task(self, params: Params, sx, sy, qx, qy) -> tuple[torch.Tensor, dict]:
         adapted = self.adapt(params, sx, sy, self.inner_steps)
         pred = self._forward(adapted, qx)
-        return task_loss(pred, qy), task_metrics(pred.detach(), qy)
+        loss = task_loss(pred, qy)
+        return loss, task_metrics(pred.detach(), qy, loss.detach())
 
     def _eval_task(self, params: Params, sx, sy, qx, qy) -> dict[str, torch.Tensor]:
         grad_fn = grad(self._support_loss)

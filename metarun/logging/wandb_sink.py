@@ -96,10 +96,6 @@ class WandbSink(Sink):
             self._warn(f"W&B {what} failed ({type(e).__name__}: {e}); logging locally only")
             self.run = None
 
-    @property
-    def offline_dir(self) -> str | None:
-        return self.run.dir.rsplit("/files", 1)[0] if self.run is not None else None
-
     def log(self, metrics: dict[str, float], step: int) -> None:
         self._call("log", lambda: self.run.log(metrics, step=step))
 
@@ -109,7 +105,7 @@ class WandbSink(Sink):
     def close(self, status: str) -> None:
         if self.run is None:
             return
-        offline_dir = self.offline_dir if self.mode == "offline" else None
+        offline_dir = self.run.settings.sync_dir if self.mode == "offline" else None
         self._call("finish", lambda: self.run.finish(exit_code=0 if status == "finished" else 1))
         self.run = None
         if offline_dir:
