@@ -52,9 +52,15 @@ def _config(checkpoint: dict, overrides: list[str]):
         cfg = OmegaConf.merge(OmegaConf.structured(MetarunConfig), checkpoint["config"])
         cfg.device.name = "auto"
         cfg.resume = False
+        # Closed to new keys: an override the saved algo/dataset/backbone lacks is a typo.
+        OmegaConf.set_struct(cfg, True)
         return OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
     except OmegaConfBaseException as e:
-        raise MetarunError(f"bad override: {str(e).splitlines()[0]}") from None
+        where = f"{e.full_key}: " if getattr(e, "full_key", None) else ""
+        raise MetarunError(
+            f"bad override: {where}{str(e).splitlines()[0]} (keys must exist in the checkpoint's "
+            "config, see its .hydra/config.yaml)"
+        ) from None
 
 
 def _run_tool(fn, argv) -> None:

@@ -37,6 +37,8 @@ def test_eval_reproduces_the_runs_test_result_and_accepts_new_shots(run_inproces
     same = trained.evaluate_checkpoint([f"checkpoint={best}"])
     assert same["test/acc"] == pytest.approx(summary["test/acc"])
     more = trained.evaluate_checkpoint([f"checkpoint={best}", "task.shot=3", "test.episodes=20"])
+    with pytest.raises(MetarunError, match="bad override: .*algo.inner_lrr"):
+        trained.evaluate_checkpoint([f"checkpoint={best}", "algo.inner_lrr=0.1"])
     assert 0 <= more["test/acc"] <= 1 and more["test/acc_ci95"] > 0
 
 
