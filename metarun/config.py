@@ -121,6 +121,28 @@ class ProtoNetConfig:
     scheduler: Optional[Any] = None
 
 
+class MemoryKind(str, Enum):
+    lrua = "lrua"
+    none = "none"
+
+
+@dataclass
+class MANNConfig:
+    _target_: str = "metarun.algorithms.MANN"
+    way: int = 5
+    memory: MemoryKind = MemoryKind.lrua
+    controller_size: int = 200
+    memory_slots: int = 128
+    memory_width: int = 40
+    read_heads: int = 4
+    gamma: float = 0.99
+    key_strength: bool = False
+    report_instances: List[int] = field(default_factory=lambda: [1, 2, 3, 4, 5, 10])
+    batch_norm: str = "running"
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: Optional[Any] = None
+
+
 @dataclass
 class SinusoidConfig:
     _target_: str = "metarun.data.Sinusoid"
@@ -204,6 +226,7 @@ def register_configs() -> None:
     cs.store(group="schema", name="metarun", node=MetarunConfig)
     cs.store(group="schema/algo", name="maml", node=MAMLConfig)
     cs.store(group="schema/algo", name="protonet", node=ProtoNetConfig)
+    cs.store(group="schema/algo", name="mann", node=MANNConfig)
     cs.store(group="schema/dataset", name="sinusoid", node=SinusoidConfig)
     cs.store(group="schema/dataset", name="omniglot", node=OmniglotConfig)
     cs.store(group="schema/dataset", name="glyphs", node=GlyphsConfig)

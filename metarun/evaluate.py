@@ -19,12 +19,18 @@ def fixed_episodes(
     batch_size: int,
     seed: int,
     device: torch.device,
+    shuffle: bool = False,
 ) -> Iterator[TaskBatch]:
-    """The same ``episodes`` tasks on every call (and in every run) with the same ``seed``."""
+    """The same ``episodes`` tasks on every call (and in every run) with the same ``seed``.
+
+    ``shuffle`` mixes the order of each task's examples (for sequence learners); the tasks drawn
+    are the same as without it."""
     generator = torch.Generator().manual_seed(seed)
+    order = torch.Generator().manual_seed(seed + 1)
     for start in range(0, episodes, batch_size):
         n = min(batch_size, episodes - start)
-        yield dataset.sample(split, n, shape, generator, device)
+        batch = dataset.sample(split, n, shape, generator, device)
+        yield batch.shuffled(order) if shuffle else batch
 
 
 def mean_ci95(values: torch.Tensor) -> tuple[float, float]:

@@ -13,6 +13,7 @@ import csv
 import glob
 import json
 import math
+import re
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -80,19 +81,35 @@ def _stats(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), spread
 
 
+def instance_keys(groups: dict[tuple, list[Run]]) -> list[str]:
+    """``test/acc_inst<i>`` keys (MANN's accuracy at the i-th presentation), by ``i``."""
+    found = {
+        k
+        for members in groups.values()
+        for r in members
+        for k in r.summary
+        if re.fullmatch(r"test/acc_inst\d+", k)
+    }
+    return sorted(found, key=lambda k: int(k.rsplit("inst", 1)[1]))
+
+
 def table_rows(groups: dict[tuple, list[Run]], metric: str, higher: bool) -> tuple[list, list]:
-    """Columns and rows: differing overrides, seeds, metric mean, seed spread, mean CI."""
+    """Columns and rows: differing overrides, seeds, metric mean, seed spread, mean CI, then
+    the per-presentation accuracies where runs report them (means over seeds)."""
     keys = sorted({k for key in groups for k, _ in key})
     differing = [k for k in keys if len({dict(g).get(k) for g in groups}) > 1]
+    extra = instance_keys(groups)
     columns = [*differing, "runs", metric, "seed std", "ci95 (mean)", "best_val step (mean)"]
+    columns += [k.split("/", 1)[1] for k in extra]
     rows = []
     for key, members in groups.items():
         as_dict = dict(key)
         mean, spread = _stats([r.summary.get(metric) for r in members])
         ci, _ = _stats([r.summary.get(f"{metric}_ci95") for r in members])
         step, _ = _stats([r.summary.get("best_val/step") for r in members])
+        more = [_stats([r.summary.get(k) for r in members])[0] for k in extra]
         rows.append(
-            [*(as_dict.get(k, "") for k in differing), len(members), mean, spread, ci, step]
+            [*(as_dict.get(k, "") for k in differing), len(members), mean, spread, ci, step, *more]
         )
     m = len(differing) + 1
     rows.sort(key=lambda r: (math.isnan(r[m]), -r[m] if higher else r[m]))

@@ -55,7 +55,6 @@ def check_config(cfg: DictConfig) -> None:
     positive = {
         "task.way": cfg.task.way,
         "task.shot": cfg.task.shot,
-        "task.query": cfg.task.query,
         "task.meta_batch": cfg.task.meta_batch,
         "train.log_every": cfg.train.log_every,
         "val.every": cfg.val.every,
@@ -69,6 +68,8 @@ def check_config(cfg: DictConfig) -> None:
     for key, value in positive.items():
         if value < 1:
             raise MetarunError(f"{key}={value} must be a positive integer")
+    if cfg.task.query < 0:
+        raise MetarunError(f"task.query={cfg.task.query} must be >= 0")
     if cfg.train.steps < 0:
         raise MetarunError(f"train.steps={cfg.train.steps} must be >= 0")
     if cfg.test.episodes < 2:
@@ -106,6 +107,7 @@ class Experiment:
             section.batch_size,
             section.seed,
             self.device,
+            shuffle=self.learner.sequential,
         )
 
 
@@ -174,6 +176,7 @@ def build_experiment(
     purpose = {"train": "meta-training", "val": "validation", "test": "meta-test"}
     for split in splits:
         shape = train_shape if split == "train" else eval_shape
+        algo_cls.check_task(shape, purpose[split], cfg.algo)
         dataset.check_shape(split, shape, purpose[split])
     backbone = build(cfg.backbone, input_shape=dataset.input_shape, out_features=out_features)
     learner = build(cfg.algo, backbone=backbone).to(device)
@@ -311,6 +314,8 @@ class Trainer:
         batch = exp.dataset.sample(
             "train", cfg.task.meta_batch, exp.train_shape, self.sampler, exp.device
         )
+        if exp.learner.sequential:
+            batch = batch.shuffled(self.sampler)
         loss, metrics = exp.learner.meta_loss(batch)
         exp.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -15,6 +15,8 @@ from tests.conftest import GLYPHS_SMALL, OMNIGLOT_SMALL, options
 # Options that need an image dataset get glyphs; image datasets run in their small offline form.
 NEEDS_IMAGES = {
     "algo=protonet": ["dataset=glyphs"],
+    "algo=mann": ["dataset=glyphs"],
+    "algo=lstm": ["dataset=glyphs"],
     "backbone=conv4": ["dataset=glyphs"],
     "backbone=resnet12": ["dataset=glyphs", "algo=protonet"],
 }

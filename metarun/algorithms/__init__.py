@@ -2,6 +2,7 @@
 
 from metarun.algorithms.base import MetaLearner
 from metarun.algorithms.maml import MAML
+from metarun.algorithms.mann import MANN
 from metarun.algorithms.protonet import ProtoNet
 
-__all__ = ["MetaLearner", "MAML", "ProtoNet"]
+__all__ = ["MetaLearner", "MAML", "MANN", "ProtoNet"]

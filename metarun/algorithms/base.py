@@ -8,7 +8,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from metarun.data.batch import TaskBatch
+from metarun.data.batch import TaskBatch, TaskShape
 from metarun.errors import MetarunError
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -24,6 +24,10 @@ class MetaLearner(nn.Module, ABC):
     ``batch_norm`` names the batch-norm mode this algorithm wants from backbones that have batch
     norm (their configs default to ``${algo.batch_norm}``): ``transductive`` or ``running``.
     """
+
+    #: Whether the learner reads an episode as a sequence (MANN): the trainer and the evaluation
+    #: episodes then shuffle each task's support set, with the run's task generator.
+    sequential = False
 
     def __init__(
         self,
@@ -42,6 +46,15 @@ class MetaLearner(nn.Module, ABC):
     def output_size(cls, dataset: Any, way: int) -> int | None:
         """Size of the backbone's output layer this algorithm needs (``None``: no head)."""
         return dataset.output_size(way)
+
+    @classmethod
+    def check_task(cls, shape: TaskShape, what: str, algo_cfg: Any) -> None:
+        """Raise a one-line error if this algorithm cannot use episodes of ``shape``."""
+        if shape.query < 1:
+            raise MetarunError(
+                f"{what}: {cls.__name__} scores each task on its query set; task.query must be "
+                "at least 1"
+            )
 
     def configure_optimizers(self) -> tuple[torch.optim.Optimizer, Any | None]:
         optimizer = self._optimizer_factory(self.parameters())

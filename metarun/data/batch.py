@@ -30,6 +30,21 @@ class TaskBatch(NamedTuple):
     def is_regression(self) -> bool:
         return self.query_y.is_floating_point()
 
+    def shuffled(self, generator: torch.Generator) -> "TaskBatch":
+        """Each task's support set and query set in a random order (drawn from ``generator``).
+
+        Samplers emit support sets grouped by class; sequence learners (MANN) need them mixed.
+        """
+
+        def permute(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            order = torch.rand(y.shape[:2], generator=generator).argsort(dim=1).to(y.device)
+            rows = torch.arange(y.shape[0], device=y.device).unsqueeze(1)
+            return x[rows, order], y[rows, order]
+
+        return TaskBatch(
+            *permute(self.support_x, self.support_y), *permute(self.query_x, self.query_y)
+        )
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "TaskBatch":
         return TaskBatch(*(t.to(device, non_blocking=non_blocking) for t in self))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import netrc
 import os
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -33,6 +34,16 @@ def resolve_mode(mode: str) -> str:
     if env in ("online", "offline", "disabled"):
         return env
     return "online" if wandb_credentials_present() else "offline"
+
+
+def instance_curve(summary: dict[str, Any]) -> list[list[float]]:
+    """``[[i, acc, ci95], ...]`` from the ``test/acc_inst<i>`` keys of a summary, by ``i``."""
+    rows = []
+    for key, value in summary.items():
+        match = re.fullmatch(r"test/acc_inst(\d+)", key)
+        if match:
+            rows.append([int(match.group(1)), value, summary.get(f"{key}_ci95")])
+    return sorted(rows)
 
 
 class WandbSink(Sink):
@@ -101,6 +112,17 @@ class WandbSink(Sink):
 
     def summary(self, summary: dict[str, Any]) -> None:
         self._call("summary", lambda: self.run.summary.update(summary))
+        by_instance = instance_curve(summary)
+        if by_instance:
+            self._call("table", self._log_instance_table, by_instance)
+
+    def _log_instance_table(self, rows: list[list[float]]) -> None:
+        """Accuracy vs. presentation number (MANN): a table and its line plot in the run."""
+        import wandb
+
+        table = wandb.Table(columns=["instance", "acc", "acc_ci95"], data=rows)
+        plot = wandb.plot.line(table, "instance", "acc", title="test accuracy by presentation")
+        self.run.log({"test/acc_by_instance": table, "test/acc_by_instance_plot": plot})
 
     def close(self, status: str) -> None:
         if self.run is None:
