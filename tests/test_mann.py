@@ -237,7 +237,7 @@ def test_bad_sizes_and_shapes_are_one_line_errors():
         MANN.check_task(TaskShape(5, 10, 15), "meta-training", OmegaConf.create({"way": 5}))
     with pytest.raises(MetarunError, match="5-way output layer"):
         MANN.check_task(TaskShape(20, 10, 0), "meta-training", OmegaConf.create({"way": 5}))
-    with pytest.raises(MetarunError, match="has 4 classes"):
+    with pytest.raises(MetarunError, match="the episode has 4 classes; use at most 3"):
         _mann(way=3).meta_loss(_sequence(way=4))
 
 

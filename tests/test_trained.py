@@ -26,16 +26,29 @@ GLYPH_RUN = [
     "train.steps=30",
 ]
 
-ALGO = {"protonet": ["algo=protonet"], "maml": ["algo=maml", "algo.eval_inner_steps=2"]}
+ALGO = {
+    "protonet": ["algo=protonet"],
+    "maml": ["algo=maml", "algo.eval_inner_steps=2"],
+    # A conv encoder (the runs below set backbone.hidden), so MANN with batch norm is covered too.
+    "mann": [
+        "algo=mann",
+        "backbone=conv4",
+        "task.query=0",
+        "task.shot=4",
+        "algo.controller_size=16",
+    ],
+}
 
 
-@pytest.mark.parametrize("algo", ["protonet", "maml"])
+@pytest.mark.parametrize("algo", ["protonet", "maml", "mann"])
 def test_eval_reproduces_the_runs_test_result_and_accepts_new_shots(run_inprocess, algo):
     run_dir, _ = run_inprocess([*GLYPH_RUN, *ALGO[algo], "task.train_way=null"])
     summary = json.loads((run_dir / "summary.json").read_text())
     best = str(run_dir / "checkpoints" / "best.pt")
     same = trained.evaluate_checkpoint([f"checkpoint={best}"])
-    assert same["test/acc"] == pytest.approx(summary["test/acc"])
+    for key in summary:
+        if key.startswith("test/acc"):  # MANN's test/acc_inst<i> too
+            assert same[key] == pytest.approx(summary[key]), key
     more = trained.evaluate_checkpoint([f"checkpoint={best}", "task.shot=3", "test.episodes=20"])
     with pytest.raises(MetarunError, match="bad override: .*algo.inner_lrr"):
         trained.evaluate_checkpoint([f"checkpoint={best}", "algo.inner_lrr=0.1"])
@@ -76,6 +89,23 @@ def test_predict_classifies_new_images_into_a_csv(run_inprocess, tmp_path, algo)
         assert sum(float(row[f"p(class{c})"]) for c in range(5)) == pytest.approx(1, abs=1e-3)
     right = sum(r["file"].split("/")[-1].split("__")[0] == r["predicted"] for r in table)
     assert right / len(table) > 0.4  # chance: 0.2
+
+
+def test_predict_with_a_mann_checkpoint_scores_only_the_support_classes(run_inprocess, tmp_path):
+    run_dir, _ = run_inprocess([*GLYPH_RUN, *ALGO["mann"], "train.steps=4"])
+    support, query = _write_folders(tmp_path, classes=3, shot=2)  # fewer than its 5 outputs
+    out = tmp_path / "p.csv"
+    best = run_dir / "checkpoints" / "best.pt"
+    trained.predict([f"checkpoint={best}", f"support={support}", f"query={query}", f"out={out}"])
+    table = list(csv.DictReader(out.open()))
+    assert len(table) == 3 * 18
+    assert {r["predicted"] for r in table} <= {"class0", "class1", "class2"}
+    for row in table:
+        assert sum(float(row[f"p(class{c})"]) for c in range(3)) == pytest.approx(1, abs=1e-3)
+    (tmp_path / "seven").mkdir()
+    support7, _ = _write_folders(tmp_path / "seven", classes=7, shot=2)
+    with pytest.raises(MetarunError, match="has 5 outputs .* the episode has 7 classes"):
+        trained.predict([f"checkpoint={best}", f"support={support7}", f"query={query}"])
 
 
 def test_predict_explains_a_class_count_that_maml_cannot_use(run_inprocess, tmp_path):

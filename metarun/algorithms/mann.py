@@ -213,8 +213,9 @@ class MANN(MetaLearner):
     def _check_way(self, labels: torch.Tensor) -> None:
         if labels.numel() and int(labels.max()) >= self.way:
             raise MetarunError(
-                f"algo.way={self.way} but the episode has {int(labels.max()) + 1} classes; set "
-                "algo.way to task.way"
+                f"this MANN has {self.way} outputs (algo.way) but the episode has "
+                f"{int(labels.max()) + 1} classes; use at most {self.way} classes, or train with "
+                "algo.way equal to task.way"
             )
 
     def sequence_logits(
@@ -291,4 +292,4 @@ class MANN(MetaLearner):
                 state = (state[0], MemoryState(*(expand(t) for t in memory)), state[2])
             dummy = torch.zeros(q, 1, dtype=torch.long, device=query_x.device)
             logits, _ = self.sequence_logits(query_x[:, None], dummy, state)
-            return logits[:, 0]
+            return logits[:, 0, : int(support_y.max()) + 1]  # only the labels the support has
