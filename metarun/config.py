@@ -137,6 +137,7 @@ class MANNConfig:
     read_heads: int = 4
     gamma: float = 0.99
     key_strength: bool = False
+    write: str = "key"  # key (paper) | add
     report_instances: List[int] = field(default_factory=lambda: [1, 2, 3, 4, 5, 10])
     batch_norm: str = "running"
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)

@@ -384,3 +384,41 @@ def test_mann_and_lstm_in_one_sweep_compare_per_presentation(metarun_cli, tmp_pa
     for algo, row in rows.items():
         for i in (1, 2, 3, 4, 5, 10):
             assert float(row[f"acc_inst{i}"]) == pytest.approx(runs[algo][f"test/acc_inst{i}"])
+
+
+def test_add_writes_store_a_separate_vector_and_read_the_memory_before_the_write():
+    mem = LRUAMemory(2, slots=4, width=3, heads=1, gamma=0.5, write="add").double()
+    key, add = [[0.2, -0.5, 0.4]], [[0.6, -0.3, 0.1]]
+    _set_outputs(mem, key, gate=[-BIG])
+    with torch.no_grad():
+        mem.add.weight.zero_()
+        mem.add.bias.copy_(torch.atanh(torch.tensor(add, dtype=torch.float64)).flatten())
+    state = _state(MEM0, USAGE0, [0.0, 0.0, 1.0, 0.0])
+    reads, new = mem.step(torch.zeros(1, 2, dtype=torch.float64), state)
+    m0, k = torch.tensor(MEM0, dtype=torch.float64), torch.tensor(key[0], dtype=torch.float64)
+    m1 = m0.clone()
+    m1[1] = torch.tensor(add[0], dtype=torch.float64)  # the add vector, not the key
+    torch.testing.assert_close(new.memory[0], m1)
+    cos = torch.stack([torch.dot(k, row) / (k.norm() * row.norm()) for row in m0])
+    weights = torch.exp(cos) / torch.exp(cos).sum()  # addressed on the memory before the write
+    torch.testing.assert_close(new.read_weights[0, 0], weights)
+    torch.testing.assert_close(reads[0, 0], weights @ m1)
+    with pytest.raises(MetarunError, match="algo.write='erase' is unknown"):
+        LRUAMemory(2, write="erase")
+
+
+def test_key_strength_sharpens_the_addressing():
+    mem = LRUAMemory(2, slots=4, width=3, heads=1, key_strength=True).double()
+    _set_outputs(mem, [[0.2, -0.5, 0.4]], gate=[-BIG])
+    state = _state(MEM0, USAGE0, [0.0, 0.0, 1.0, 0.0])
+    h = torch.zeros(1, 2, dtype=torch.float64)
+    with torch.no_grad():
+        mem.strength.weight.zero_()
+        mem.strength.bias.fill_(-BIG)  # softplus -> 0: strength 1, the paper's plain softmax
+        soft = mem.step(h, state)[1].read_weights
+        mem.strength.bias.fill_(5.0)  # strength 1 + softplus(5) ~ 6
+        sharp = mem.step(h, state)[1].read_weights
+    assert sharp.max() > soft.max() and sharp.argmax() == soft.argmax()
+    plain = LRUAMemory(2, slots=4, width=3, heads=1).double()
+    _set_outputs(plain, [[0.2, -0.5, 0.4]], gate=[-BIG])
+    torch.testing.assert_close(plain.step(h, state)[1].read_weights, soft)

@@ -39,6 +39,7 @@ from metarun.data.batch import TaskBatch, TaskShape
 from metarun.errors import MetarunError
 
 MEMORY_KINDS = ("lrua", "none")
+WRITE_KINDS = ("key", "add")
 
 
 class MemoryState(NamedTuple):
@@ -78,9 +79,12 @@ class LRUAMemory(nn.Module):
         heads: int = 4,
         gamma: float = 0.99,
         key_strength: bool = False,
+        write: str = "key",
         init_value: float = 1e-6,
     ) -> None:
         super().__init__()
+        if write not in WRITE_KINDS:
+            raise MetarunError(f"algo.write={write!r} is unknown; use one of {WRITE_KINDS}")
         if heads > slots:
             raise MetarunError(
                 f"algo.read_heads={heads} exceeds algo.memory_slots={slots}; LRUA writes each "
@@ -93,6 +97,7 @@ class LRUAMemory(nn.Module):
         self.key = nn.Linear(controller_size, heads * width)
         self.gate = nn.Linear(controller_size, heads)
         self.strength = nn.Linear(controller_size, heads) if key_strength else None
+        self.add = nn.Linear(controller_size, heads * width) if write == "add" else None
 
     def initial_state(self, batch: int, device, dtype) -> MemoryState:
         """Memory filled with a small constant (so cosines are defined), nothing used yet."""
@@ -121,13 +126,19 @@ class LRUAMemory(nn.Module):
     def step(self, h: torch.Tensor, state: MemoryState) -> tuple[torch.Tensor, MemoryState]:
         b = h.shape[0]
         keys = torch.tanh(self.key(h)).view(b, self.heads, self.width)
+        beta = F.softplus(self.strength(h)) + 1.0 if self.strength is not None else None
+        if self.add is not None:  # NTM-style: a separate add vector; reads see past steps only
+            values = torch.tanh(self.add(h)).view(b, self.heads, self.width)
+            read = self.address(keys, state.memory, beta)
+        else:
+            values = keys
         write = self.write_weights(self.gate(h), state)
         # The least-used slots are cleared before they are written (the paper's M_t(lu) <- 0),
-        # then each head adds its key where its write weights point.
+        # then each head adds its vector where its write weights point.
         keep = 1.0 - state.least_used.sum(1).clamp(max=1.0)  # [B, S]
-        memory = state.memory * keep.unsqueeze(-1) + write.mT @ keys
-        beta = F.softplus(self.strength(h)) + 1.0 if self.strength is not None else None
-        read = self.address(keys, memory, beta)
+        memory = state.memory * keep.unsqueeze(-1) + write.mT @ values
+        if self.add is None:
+            read = self.address(keys, memory, beta)
         reads = read @ memory  # [B, H, W]
         usage = self.gamma * state.usage + read.sum(1) + write.sum(1)
         new = MemoryState(memory, usage, read, least_used(usage, self.heads), reads)
@@ -158,6 +169,7 @@ class MANN(MetaLearner):
         read_heads: int = 4,
         gamma: float = 0.99,
         key_strength: bool = False,
+        write: str = "key",
         report_instances: Sequence[int] = (1, 2, 3, 4, 5, 10),
     ) -> None:
         super().__init__(backbone, optimizer, scheduler, batch_norm)
@@ -171,7 +183,9 @@ class MANN(MetaLearner):
         self.report_instances = tuple(int(i) for i in report_instances)
         features = backbone.out_features
         self.memory = (
-            LRUAMemory(controller_size, memory_slots, memory_width, read_heads, gamma, key_strength)
+            LRUAMemory(
+                controller_size, memory_slots, memory_width, read_heads, gamma, key_strength, write
+            )
             if memory == "lrua"
             else None
         )
@@ -208,6 +222,9 @@ class MANN(MetaLearner):
             if self.memory is None
             else (f"lrua {self.memory.slots}x{self.memory.width}, {self.memory.heads} heads")
         )
+        if self.memory is not None:
+            memory += f", write={'add' if self.memory.add is not None else 'key'}"
+            memory += ", key strength" if self.memory.strength is not None else ""
         return f"way={self.way}, controller={self.controller.hidden_size}, memory={memory}"
 
     def _check_way(self, labels: torch.Tensor) -> None:
