@@ -130,9 +130,16 @@ def plot(groups: dict[tuple, list[Run]], differing: list[str], path: Path) -> No
     sample = next(iter(groups.values()))[0].rows
     val_key = "val/acc" if any("val/acc" in r for r in sample) else "val/mse"
     panels = [("train/loss", "meta-train loss"), (val_key, f"meta-validation {val_key[4:]}")]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    instances = instance_keys(groups)
+    fig, axes = plt.subplots(
+        1, 3 if instances else 2, figsize=(16 if instances else 11, 4.2), constrained_layout=True
+    )
     for key, members in groups.items():
         label = _label(key, differing)
+        if instances:  # MANN: test accuracy against the presentation number of a class
+            xs = [int(k.rsplit("inst", 1)[1]) for k in instances]
+            ys = [_stats([r.summary.get(k) for r in members])[0] for k in instances]
+            axes[2].plot(xs, ys, marker="o", label=label, linewidth=1.8)
         for ax, (metric, _) in zip(axes, panels):
             curves = [{r["step"]: r[metric] for r in run.rows if metric in r} for run in members]
             steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
@@ -155,6 +162,11 @@ def plot(groups: dict[tuple, list[Run]], differing: list[str], path: Path) -> No
         ax.set_xlabel("meta-iteration")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
+    if instances:
+        axes[2].set_title("test accuracy by presentation of a class")
+        axes[2].set_xlabel("presentation")
+        axes[2].set_ylabel("test/acc_inst<i>")
+        axes[2].grid(alpha=0.3)
     axes[1].legend(fontsize=8, loc="best")
     fig.suptitle("mean over seeds, band: ±1 std", fontsize=9)
     fig.savefig(path, dpi=150)
@@ -187,7 +199,8 @@ def main(argv: list[str] | None = None) -> None:
         table.add_column(column, justify="left" if column in differing else "right")
     for row in rows:
         table.add_row(*(_fmt(v) for v in row))
-    Console().print(table)
+    # Piped output (CI logs, files) gets a wide table instead of Rich's 80-column default.
+    Console(width=None if sys.stdout.isatty() else 220).print(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "report.csv", "w", newline="") as f:

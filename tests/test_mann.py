@@ -381,6 +381,7 @@ def test_mann_and_lstm_in_one_sweep_compare_per_presentation(metarun_cli, tmp_pa
     assert set(rows) == {"lrua", "none"}
     runs = report.find_runs([str(tmp_path / "outputs")])
     runs = {r.overrides["algo.memory"]: r.summary for r in runs}
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # with its 3rd panel
     for algo, row in rows.items():
         for i in (1, 2, 3, 4, 5, 10):
             assert float(row[f"acc_inst{i}"]) == pytest.approx(runs[algo][f"test/acc_inst{i}"])
