@@ -24,6 +24,11 @@ that arrives then to the same slot. The paper's content addressing is a plain so
 cosine similarities; a learned key strength (``key_strength: true``, as in the Neural Turing
 Machine) sharpens it. Memory, usage and controller state start afresh in every episode.
 ``memory: none`` drops items 2-5 and the reads: the paper's LSTM baseline, same controller.
+
+One reading of the paper for several heads: its ``wlu`` marks the n least-used slots (n = the
+number of reads) and one slot is zeroed per step. Here head j writes only to the j-th
+least-used slot, and all of those are zeroed, so each head's write lands in a clean slot and
+heads never add their keys into the same place.
 """
 
 from __future__ import annotations
