@@ -237,8 +237,9 @@ def test_bad_sizes_and_shapes_are_one_line_errors():
         MANN.check_task(TaskShape(5, 10, 15), "meta-training", OmegaConf.create({"way": 5}))
     with pytest.raises(MetarunError, match="5-way output layer"):
         MANN.check_task(TaskShape(20, 10, 0), "meta-training", OmegaConf.create({"way": 5}))
+    four = _sequence(b=1, way=4)  # more classes than outputs: refused where users pass them
     with pytest.raises(MetarunError, match="the episode has 4 classes; use at most 3"):
-        _mann(way=3).meta_loss(_sequence(way=4))
+        _mann(way=3).predict(four.support_x[0], four.support_y[0], four.support_x[0, :2])
 
 
 def _binding_task():
