@@ -3,8 +3,9 @@
 # characters split 164/15/63, rotations as extra classes; tested 5-way on the 63 held-out
 # characters), the paper's model and episodes (5 classes x 10 presentations, 20x20 pixels,
 # 16 episodes per batch), under a CPU budget: 6,000 batches = 96,000 episodes per run (the
-# paper's curves run to 100,000), two learning rates, then MANN with key strength. Five jobs,
-# two at a time, one thread each: about an hour on 2 cores. Then a table with one column per
+# paper's curves run to 100,000), two learning rates, then MANN variants (key strength, one
+# head; the 4-head no-key-strength variant repeats the first sweep's). Eight jobs, two at a
+# time, one thread each: about 1.5 hours on 2 cores. Then a table with one column per
 # presentation and a plot (report.png).
 # Usage: scripts/mann_omniglot_cpu.sh [OMNIGLOT_ROOT] [extra overrides...]
 set -euo pipefail
@@ -16,6 +17,8 @@ budget=(train.steps=6000 val.every=1000)
 OMP_NUM_THREADS=1 metarun -m experiment=mann_omniglot_5way algo=mann,lstm \
   algo.optimizer.lr=1e-3,3e-3 "${data[@]}" "${budget[@]}" \
   hydra/launcher=joblib hydra.launcher.n_jobs=2 hydra.sweep.dir=$out/sweep "$@"
-OMP_NUM_THREADS=1 metarun experiment=mann_omniglot_5way algo.optimizer.lr=3e-3 \
-  algo.key_strength=true "${data[@]}" "${budget[@]}" hydra.run.dir=$out/key_strength "$@"
+# Key strength with 4 heads, then 1 head with and without it (two at a time).
+OMP_NUM_THREADS=1 metarun -m experiment=mann_omniglot_5way algo.optimizer.lr=3e-3 \
+  algo.key_strength=true,false algo.read_heads=4,1 "${data[@]}" "${budget[@]}" \
+  hydra/launcher=joblib hydra.launcher.n_jobs=2 hydra.sweep.dir=$out/variants "$@"
 metarun-report $out --out $out
