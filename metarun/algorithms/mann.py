@@ -222,14 +222,12 @@ class MANN(MetaLearner):
             )
 
     def extra_repr(self) -> str:
-        memory = (
-            "none"
-            if self.memory is None
-            else (f"lrua {self.memory.slots}x{self.memory.width}, {self.memory.heads} heads")
-        )
-        if self.memory is not None:
-            memory += f", write={'add' if self.memory.add is not None else 'key'}"
-            memory += ", key strength" if self.memory.strength is not None else ""
+        m = self.memory
+        memory = "none"
+        if m is not None:
+            write = "key" if m.add is None else "add"
+            memory = f"lrua {m.slots}x{m.width}, {m.heads} heads, write={write}"
+            memory += ", key strength" if m.strength is not None else ""
         return f"way={self.way}, controller={self.controller.hidden_size}, memory={memory}"
 
     def _check_way(self, labels: torch.Tensor) -> None:
@@ -311,9 +309,9 @@ class MANN(MetaLearner):
             _, ((hx, cx), memory, last) = self.sequence_logits(support_x[None], support_y[None])
             q = query_x.shape[0]
             expand = lambda t: t.expand(q, *t.shape[1:])  # noqa: E731
-            state = ((expand(hx), expand(cx)), None, expand(last))
             if memory is not None:
-                state = (state[0], MemoryState(*(expand(t) for t in memory)), state[2])
+                memory = MemoryState(*map(expand, memory))
+            state = ((expand(hx), expand(cx)), memory, expand(last))
             dummy = torch.zeros(q, 1, dtype=torch.long, device=query_x.device)
             logits, _ = self.sequence_logits(query_x[:, None], dummy, state)
             return logits[:, 0, : int(support_y.max()) + 1]  # only the labels the support has
