@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 from wandb.proto import wandb_internal_pb2
@@ -17,7 +18,23 @@ BLOCK, HEADER = 32768, 7
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 
 
-def read_records(path: Path) -> list[wandb_internal_pb2.Record]:
+def read_records(path: Path, timeout: float = 30.0) -> list[wandb_internal_pb2.Record]:
+    """The records of a finished run's log, once W&B's service has written all of them.
+
+    ``run.finish()`` returns before the service process has necessarily flushed the log (seen
+    in CI for a run made in the test's own process, where the service outlives the run); the
+    log is complete once its ``exit`` record is there, so wait for that, up to ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        records = _parse(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            return records
+        assert time.monotonic() < deadline, f"{path} has no exit record after {timeout} s"
+        time.sleep(0.1)
+
+
+def _parse(path: Path) -> list[wandb_internal_pb2.Record]:
     data = path.read_bytes()
     assert data[:4] == b":W&B", f"{path} is not a W&B transaction log"
     records, pending, pos = [], b"", HEADER
@@ -30,6 +47,8 @@ def read_records(path: Path) -> list[wandb_internal_pb2.Record]:
         if kind == 0 and length == 0:
             pos += left_in_block
             continue
+        if pos + HEADER + length > len(data):  # a record still being written
+            break
         chunk = data[pos + HEADER : pos + HEADER + length]
         pos += HEADER + length
         if kind in (FULL, FIRST):
