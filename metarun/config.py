@@ -160,6 +160,7 @@ class OmniglotConfig:
     split: str = "lake"  # lake | random
     image_size: int = 28
     rotations: bool = False
+    shift: int = 0  # random translation of meta-training images, up to this many pixels
     download: bool = True
     split_sizes: List[int] = field(default_factory=lambda: [1100, 100, 423])
     val_alphabets: int = 5
@@ -173,6 +174,7 @@ class GlyphsConfig:
     samples_per_class: int = 20
     image_size: int = 28
     rotations: bool = False
+    shift: int = 0  # random translation of meta-training images, up to this many pixels
     seed: int = 0
 
 

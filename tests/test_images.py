@@ -81,6 +81,29 @@ def test_rotations_are_extra_classes():
     assert min(per_task) >= 4  # 8 classes = 2 glyphs x 4 turns, with coinciding images pairwise
 
 
+def test_shift_moves_each_training_image_by_its_own_offset_and_never_evaluation_images():
+    data = torch.zeros(3, 4, 9, 9, dtype=torch.uint8)
+    data[:, :, 4, 4] = 255  # one bright pixel in the centre of every image
+    ds = EpisodicImages({s: data for s in ("train", "val", "test")}, shift=2)
+    shape = TaskShape(way=3, shot=2, query=2)
+    batch = ds.sample("train", 30, shape, torch.Generator().manual_seed(0))
+    images = torch.cat([batch.support_x, batch.query_x], dim=1).flatten(0, 1)[:, 0]
+    where = torch.stack([torch.nonzero(img > 0.5)[0] for img in images])  # one pixel each
+    assert ((images > 0.5).sum((1, 2)) == 1).all()  # moved, not lost or duplicated
+    offsets = where - 4
+    assert offsets.abs().max() == 2 and len({tuple(o) for o in offsets.tolist()}) == 25
+    for split in ("val", "test"):
+        x = ds.sample(split, 5, shape, torch.Generator().manual_seed(0)).support_x
+        assert (x[..., 0, 4, 4] == 1).all()
+    edge = torch.zeros(1, 2, 5, 5, dtype=torch.uint8)
+    edge[:, :, 0, 0] = 255  # moved out of the frame: zeros (background) fill in
+    moved = EpisodicImages({s: edge for s in ("train", "val", "test")}, shift=1)
+    x = moved.sample("train", 200, TaskShape(1, 1, 1), torch.Generator().manual_seed(0))
+    assert 0 < (x.support_x.sum((2, 3, 4)) == 0).float().mean() < 1
+    with pytest.raises(MetarunError, match="dataset.shift=9 must be between 0 and 8"):
+        EpisodicImages({s: data for s in ("train", "val", "test")}, shift=9)
+
+
 def test_shape_checks_name_the_problem():
     ds = coded_dataset(classes=7, samples=6)
     with pytest.raises(MetarunError, match="8-way tasks need 8 classes but the train split has 7"):

@@ -19,12 +19,17 @@ class EpisodicImages:
     """Episodic sampler shared by every image dataset.
 
     With ``rotations`` each class also appears rotated by 90, 180 and 270 degrees as three more
-    classes (the MAML / ProtoNet Omniglot protocol), within its own split.
+    classes (the MAML / ProtoNet Omniglot protocol), within its own split. With ``shift`` every
+    meta-training image is translated by a random whole number of pixels in ``[-shift, shift]``
+    along each axis (zeros, the background, fill the border): the per-sample augmentation of
+    Santoro et al. (2016); validation and test images are never shifted.
     """
 
     problem = "classification"
 
-    def __init__(self, splits: dict[str, torch.Tensor], rotations: bool = False) -> None:
+    def __init__(
+        self, splits: dict[str, torch.Tensor], rotations: bool = False, shift: int = 0
+    ) -> None:
         for name in SPLITS:
             if name not in splits:
                 raise ValueError(f"missing split {name!r}")
@@ -32,6 +37,12 @@ class EpisodicImages:
         self.rotations = 4 if rotations else 1
         first = self.splits["train"]
         self.input_shape = tuple(first.shape[2:])  # (channels, H, W)
+        if not 0 <= shift < min(self.input_shape[1:]):
+            raise MetarunError(
+                f"dataset.shift={shift} must be between 0 and {min(self.input_shape[1:]) - 1} "
+                "(pixels of random translation for meta-training images; 0 turns it off)"
+            )
+        self.shift = shift
         self._device_copies: dict[tuple[str, str], torch.Tensor] = {}
 
     def output_size(self, way: int) -> int:
@@ -92,6 +103,8 @@ class EpisodicImages:
             for r in range(1, 4):
                 mask = turns == r
                 images[mask] = torch.rot90(images[mask], r, dims=(-2, -1))
+        if self.shift and split == "train":
+            images = self._shifted(images, generator)
         x = images.float().div_(255.0)
         labels = torch.arange(n, device=device).view(1, n, 1)
         support_y = labels.expand(num_tasks, n, k).reshape(num_tasks, n * k)
@@ -99,3 +112,17 @@ class EpisodicImages:
         support_x = x[:, :, :k].reshape(num_tasks, n * k, *self.input_shape)
         query_x = x[:, :, k:].reshape(num_tasks, n * q, *self.input_shape)
         return TaskBatch(support_x, support_y, query_x, query_y)
+
+    def _shifted(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Each image of ``[..., ch, H, W]`` moved by its own random offset, zero-filled."""
+        *lead, ch, h, w = images.shape
+        flat = images.reshape(-1, ch, h, w)
+        s = self.shift
+        padded = torch.nn.functional.pad(flat, (s, s, s, s))  # [M, ch, H + 2s, W + 2s]
+        offsets = torch.randint(0, 2 * s + 1, (flat.shape[0], 2), generator=generator)
+        offsets = offsets.to(images.device)
+        rows = offsets[:, :1] + torch.arange(h, device=images.device)  # [M, H]
+        cols = offsets[:, 1:] + torch.arange(w, device=images.device)  # [M, W]
+        m = torch.arange(flat.shape[0], device=images.device)[:, None, None]
+        out = padded.permute(0, 2, 3, 1)[m, rows[:, :, None], cols[:, None, :]]  # [M, H, W, ch]
+        return out.permute(0, 3, 1, 2).reshape(*lead, ch, h, w)

@@ -81,6 +81,7 @@ class Glyphs(EpisodicImages):
         samples_per_class: int = 20,
         image_size: int = 28,
         rotations: bool = False,
+        shift: int = 0,
         seed: int = 0,
     ) -> None:
         if len(classes) != 3 or min(classes) < 1:
@@ -94,7 +95,7 @@ class Glyphs(EpisodicImages):
             s: torch.from_numpy(self._load(seed, s, n, samples_per_class, image_size))
             for s, n in zip(SPLITS, classes)
         }
-        super().__init__(splits, rotations=rotations)
+        super().__init__(splits, rotations=rotations, shift=shift)
         # How a user's own image becomes an input like these (metarun-predict).
         self.preprocess = {"size": image_size, "mode": "L", "invert": True}
 

@@ -159,6 +159,7 @@ class Omniglot(EpisodicImages):
         split: str = "lake",
         image_size: int = 28,
         rotations: bool = False,
+        shift: int = 0,
         download: bool = True,
         split_sizes: Sequence[int] = (1100, 100, 423),
         val_alphabets: int = 5,
@@ -209,7 +210,7 @@ class Omniglot(EpisodicImages):
             s: torch.from_numpy(np.stack([p[n] for n in self.class_names[s]]))
             for s, p in parts.items()
         }
-        super().__init__(splits, rotations=rotations)
+        super().__init__(splits, rotations=rotations, shift=shift)
         # How a user's own image becomes an input like these (metarun-predict).
         self.preprocess = {"size": image_size, "mode": "L", "invert": True}
 
