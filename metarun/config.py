@@ -33,6 +33,7 @@ class WandbMode(str, Enum):
 
 class TaskBatching(str, Enum):
     auto = "auto"
+    fold = "fold"
     loop = "loop"
     vmap = "vmap"
 
@@ -108,6 +109,7 @@ class MAMLConfig:
     eval_report_steps: List[int] = field(default_factory=list)
     first_order: bool = False
     task_batching: TaskBatching = TaskBatching.auto
+    task_chunk: int = 0  # tasks per forward + backward; 0: automatic (fold: ~1M input values)
     batch_norm: str = "transductive"  # read by backbones with batch norm; MAML needs this one
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: Optional[Any] = None

@@ -316,9 +316,8 @@ class Trainer:
         )
         if exp.learner.sequential:
             batch = batch.shuffled(self.sampler)
-        loss, metrics = exp.learner.meta_loss(batch)
         exp.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        metrics = exp.learner.meta_backward(batch)
         exp.optimizer.step()
         if exp.scheduler is not None:
             exp.scheduler.step()

@@ -1,4 +1,4 @@
-"""MAML training-step throughput: per-task loop vs vmap, second vs first order.
+"""MAML training-step throughput of metarun's three task paths (loop, vmap, fold), 2nd/1st order.
 
 Usage:
   python scripts/bench_maml.py                       # sinusoid MLP 1-40-40-1, meta-batch 25, K=10
@@ -48,9 +48,8 @@ def rate(first_order: bool, batching: str, args) -> float:
 
     def step() -> None:
         batch = dataset.sample("train", args.meta_batch, shape, generator)
-        loss, _ = learner.meta_loss(batch)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        learner.meta_backward(batch)
         optimizer.step()
 
     for _ in range(args.warmup):
@@ -89,14 +88,13 @@ def main() -> None:
         f"meta-batch {args.meta_batch}, K={args.shot}, Q={args.query}, "
         f"{args.inner_steps} inner step(s)"
     )
-    print(f"{'order':<8}{'loop it/s':>12}{'vmap it/s':>12}{'vmap/loop':>11}{'loop tasks/s':>14}")
+    paths = ("loop", "vmap", "fold")
+    print(f"{'order':<8}" + "".join(f"{p + ' it/s':>12}" for p in paths) + "  (x loop)")
     for first_order in (False, True):
-        loop, vmapped = rate(first_order, "loop", args), rate(first_order, "vmap", args)
+        rates = [rate(first_order, path, args) for path in paths]
         name = "first" if first_order else "second"
-        print(
-            f"{name:<8}{loop:>12.2f}{vmapped:>12.2f}{vmapped / loop:>10.2f}x"
-            f"{loop * args.meta_batch:>14.1f}"
-        )
+        ratios = " ".join(f"{r / rates[0]:.2f}" for r in rates[1:])
+        print(f"{name:<8}" + "".join(f"{r:>12.2f}" for r in rates) + f"  ({ratios})")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from metarun.algorithms import MAML
 from metarun.backbones import MLP
 from metarun.data import Sinusoid, TaskBatch, TaskShape
+from metarun.errors import MetarunError
 
 LR = 0.3
 
@@ -110,18 +111,62 @@ def test_fomaml_drops_exactly_the_second_order_term(batch):
     assert torch.allclose(second - first, correction, atol=1e-10, rtol=1e-8)
 
 
+@pytest.mark.parametrize("batching", ["vmap", "fold"])
 @pytest.mark.parametrize("first_order", [False, True])
-def test_vmap_and_loop_paths_agree(batch, first_order):
-    loop, vmapped = make(first_order, steps=2), make(first_order, steps=2, batching="vmap")
-    assert vmapped.task_batching == "vmap" and loop.task_batching == "loop"
-    assert torch.allclose(meta_grad(loop, batch), meta_grad(vmapped, batch), atol=1e-12)
-    ev_loop, ev_vmap = loop.evaluate(batch), vmapped.evaluate(batch)
+def test_batched_paths_agree_with_the_loop(batch, first_order, batching):
+    loop, other = make(first_order, steps=2), make(first_order, steps=2, batching=batching)
+    assert other.task_batching == batching and loop.task_batching == "loop"
+    assert torch.allclose(meta_grad(loop, batch), meta_grad(other, batch), atol=1e-12)
+    ev_loop, ev_other = loop.evaluate(batch), other.evaluate(batch)
+    assert set(ev_loop) == set(ev_other) == {"mse"}
     for key in ev_loop:
-        assert torch.allclose(ev_loop[key], ev_vmap[key], atol=1e-12)
+        assert torch.allclose(ev_loop[key], ev_other[key], atol=1e-12)
 
 
-def test_auto_batching_follows_the_backbone():
-    assert make(batching="auto").task_batching == "vmap"  # MLP.prefers_vmap
+@pytest.mark.parametrize("batching", ["loop", "vmap", "fold"])
+@pytest.mark.parametrize("chunk", [1, 2, 0])
+def test_chunked_backward_gives_the_whole_batch_gradient(batch, batching, chunk):
+    """``meta_backward`` frees each chunk's graph early; the gradient and metrics are the same."""
+    learner = make(steps=2, batching=batching)
+    learner.task_chunk = chunk
+    whole = meta_grad(learner, batch)
+    loss, metrics = learner.meta_loss(batch)
+    learner.zero_grad()
+    chunked = learner.meta_backward(batch)
+    got = torch.cat([p.grad.flatten() for p in learner.parameters()])
+    assert torch.allclose(whole, got, atol=1e-12)
+    assert set(chunked) == set(metrics) and torch.isclose(chunked["mse"], metrics["mse"])
+
+
+def test_auto_batching_folds_where_folding_wins():
+    from metarun.backbones import Conv4, ResNet12
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    mlp = make(batching="auto")
+    assert mlp.batching_for(cpu) == mlp.batching_for(cuda) == "fold"
+    sgd = functools.partial(torch.optim.SGD, lr=0.1)
+    conv = MAML(Conv4((1, 8, 8), 3, hidden=4, blocks=2), sgd)
+    assert conv.batching_for(cpu) == "loop" and conv.batching_for(cuda) == "fold"
+    resnet = ResNet12((3, 16, 16), 3, channels=(4, 4, 4, 4), batch_norm="transductive")
+    assert MAML(resnet, sgd).batching_for(cuda) == "loop"
+    assert MAML(resnet, sgd, task_batching="vmap").batching_for(cuda) == "vmap"
+    with pytest.raises(MetarunError, match="algo.task_batching=fold needs a backbone of plain"):
+        MAML(resnet, sgd, task_batching="fold")
+
+
+def test_automatic_chunks_bound_the_input_per_call(batch):
+    from metarun.algorithms.maml import FOLD_ELEMENTS
+
+    assert make(batching="fold").chunk_size(batch) == FOLD_ELEMENTS // 11  # 5 + 6 points
+    images = TaskBatch(
+        torch.zeros(32, 5, 1, 28, 28), torch.zeros(32, 5), torch.zeros(32, 75, 1, 28, 28), None
+    )
+    assert make(batching="fold").chunk_size(images) == FOLD_ELEMENTS // (80 * 784) == 16
+    assert make(batching="loop").chunk_size(batch) == 1
+    assert make(batching="vmap").chunk_size(batch) == 3
+    learner = make(batching="fold")
+    learner.task_chunk = 2
+    assert learner.chunk_size(batch) == 2
 
 
 def test_evaluate_reports_each_step_of_one_trajectory(batch):
@@ -155,11 +200,11 @@ def test_inner_loop_fits_a_task(batch):
 
 
 @pytest.mark.parametrize("first_order", [False, True])
-def test_conv4_with_batch_norm_vmap_matches_loop_and_finite_differences(first_order):
-    """The batched path through conv + batch norm gives the per-task path's meta-gradient.
+def test_conv4_with_batch_norm_batched_paths_match_loop_and_finite_differences(first_order):
+    """Folded and vmapped tasks through conv + batch norm give the per-task meta-gradient.
 
     (vmap through ``F.batch_norm(training=True)`` is known to give a wrong second-order
-    gradient; metarun's transductive batch norm is plain tensor ops, checked here.)
+    gradient; under vmap metarun's transductive batch norm switches to plain tensor ops.)
     """
     from metarun.backbones import Conv4
 
@@ -172,7 +217,7 @@ def test_conv4_with_batch_norm_vmap_matches_loop_and_finite_differences(first_or
         torch.tensor([[0, 1, 2] * 3] * 2),
     )
     learners = []
-    for batching in ("loop", "vmap"):
+    for batching in ("loop", "vmap", "fold"):
         torch.manual_seed(1)
         net = Conv4((1, 8, 8), out_features=3, hidden=3, blocks=2).double()
         learners.append(
@@ -185,9 +230,13 @@ def test_conv4_with_batch_norm_vmap_matches_loop_and_finite_differences(first_or
                 task_batching=batching,
             )
         )
-    loop, vmapped = learners
+    loop, vmapped, folded = learners
     analytic = meta_grad(loop, batch)
     assert torch.allclose(analytic, meta_grad(vmapped, batch), atol=1e-10)
+    assert torch.allclose(analytic, meta_grad(folded, batch), atol=1e-10)
+    ev_loop, ev_fold = loop.evaluate(batch), folded.evaluate(batch)
+    for key in ("loss", "acc"):
+        assert torch.allclose(ev_loop[key], ev_fold[key], atol=1e-10)
     if first_order:
         return
     flat = torch.nn.utils.parameters_to_vector(loop.parameters()).detach()

@@ -65,6 +65,16 @@ class MetaLearner(nn.Module, ABC):
     def meta_loss(self, batch: TaskBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Meta-training objective of a task batch and detached scalar metrics (``loss``, ...)."""
 
+    def meta_backward(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
+        """Accumulate the meta-gradient of ``batch`` into ``.grad``; return detached metrics.
+
+        The default backpropagates :meth:`meta_loss`; learners that can free memory by
+        backpropagating task by task (MAML) override it.
+        """
+        loss, metrics = self.meta_loss(batch)
+        loss.backward()
+        return metrics
+
     @abstractmethod
     def evaluate(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
         """Adapt to each task's support set and score its query set, without an outer update.

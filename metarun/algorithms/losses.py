@@ -26,3 +26,20 @@ def task_metrics(
     if target.is_floating_point():
         return {"mse": loss}
     return {"loss": loss, "acc": (pred.argmax(-1) == target).float().mean()}
+
+
+def task_losses(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-task mean losses ``[B]`` of predictions ``[B, M, out]``, targets ``[B, M(, out)]``."""
+    if target.is_floating_point():
+        return (pred - target).pow(2).flatten(1).mean(1)
+    ce = F.cross_entropy(pred.flatten(0, 1), target.flatten(), reduction="none")
+    return ce.view(target.shape).mean(1)
+
+
+def batched_task_metrics(
+    pred: torch.Tensor, target: torch.Tensor, losses: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """:func:`task_metrics` of every task of ``[B, M, out]`` predictions at once (``[B]`` each)."""
+    if target.is_floating_point():
+        return {"mse": losses}
+    return {"loss": losses, "acc": (pred.argmax(-1) == target).float().mean(1)}

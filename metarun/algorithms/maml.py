@@ -1,12 +1,21 @@
 """Model-Agnostic Meta-Learning (Finn et al. 2017) and its first-order variant.
 
-The backbone is any ``nn.Module``: adaptation runs on a dict of "fast weights" through
-``torch.func.functional_call``, and inner gradients come from ``torch.func.grad``. The outer
-autograd graph runs through those inner gradients, which gives the exact second-order
-meta-gradient; ``first_order=True`` detaches them, which drops exactly the Hessian-vector terms
-(FOMAML). The tasks of a meta-batch run either in a Python loop or mapped with ``torch.func.vmap``
-(``task_batching``); ``auto`` asks the backbone (``prefers_vmap``), since vmap wins for small
-pure-op models and loses, or is unsafe, for others.
+The backbone is any ``nn.Module``. Adaptation runs on "fast weights" (a dict of tensors): inner
+gradients come from ``torch.autograd.grad``, with ``create_graph`` for second order, so the
+outer backward runs through them and gives the exact second-order meta-gradient;
+``first_order=True`` builds no graph of the inner gradients at all, which drops exactly the
+Hessian-vector terms (FOMAML) and their cost. The tasks of a meta-batch run in one of three ways
+(``task_batching``), all giving the same meta-gradient (float64 tests):
+
+- ``fold``: the tasks are folded into one network call with per-task weights (grouped
+  convolutions, batched matmuls; see :mod:`metarun.backbones.folded`), ``task_chunk`` tasks at a
+  time, each chunk backpropagated as soon as its loss is known so its graph is freed;
+- ``loop``: one task at a time through ``torch.func.functional_call``, each backpropagated at
+  once (what learn2learn and ``higher`` do);
+- ``vmap``: ``torch.func.vmap`` over the tasks (memory-hungry; kept for small MLPs).
+
+``auto`` (:meth:`MAML.batching_for`) folds where the backbone can and folding wins on the
+device (MLPs; conv nets on CUDA) and loops otherwise.
 """
 
 from __future__ import annotations
@@ -18,12 +27,17 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from metarun.algorithms.base import MetaLearner, OptimizerFactory, SchedulerFactory
-from metarun.algorithms.losses import task_loss, task_metrics
+from metarun.algorithms.losses import batched_task_metrics, task_loss, task_losses, task_metrics
+from metarun.backbones.norm import plain_op_batch_norm
 from metarun.data.batch import TaskBatch
 from metarun.errors import MetarunError
 
 Params = dict[str, torch.Tensor]
-_BATCHING = ("auto", "loop", "vmap")
+_BATCHING = ("auto", "fold", "loop", "vmap")
+#: ``task_chunk=0`` folds as many tasks into one call as keep its input (support + query values)
+#: under this many elements: every task of a sinusoid batch, 16 Omniglot 5-way 15-query tasks.
+#: Peak memory grows with the chunk; ``algo.task_chunk`` sets it by hand.
+FOLD_ELEMENTS = 2**20
 
 
 class MAML(MetaLearner):
@@ -36,7 +50,9 @@ class MAML(MetaLearner):
         eval_report_steps: extra step counts at which evaluation also reports query metrics
             (keys ``<metric>_step<k>``), all read off one adaptation trajectory.
         first_order: drop second-order terms (FOMAML).
-        task_batching: ``loop``, ``vmap`` or ``auto`` (the backbone's ``prefers_vmap``).
+        task_batching: ``fold``, ``loop``, ``vmap`` or ``auto`` (see the module docstring).
+        task_chunk: tasks per forward and backward; 0 picks it (``fold``: inputs of about
+            ``FOLD_ELEMENTS`` values per call; ``loop``: 1; ``vmap``: the whole meta-batch).
     """
 
     def __init__(
@@ -50,6 +66,7 @@ class MAML(MetaLearner):
         eval_report_steps: Sequence[int] = (),
         first_order: bool = False,
         task_batching: str = "auto",
+        task_chunk: int = 0,
         batch_norm: str = "transductive",
     ) -> None:
         super().__init__(backbone, optimizer, scheduler, batch_norm)
@@ -73,9 +90,27 @@ class MAML(MetaLearner):
         self.eval_inner_steps = eval_inner_steps
         self.eval_report_steps = tuple(sorted(set(eval_report_steps)))
         self.first_order = first_order
-        if task_batching == "auto":
-            task_batching = "vmap" if getattr(backbone, "prefers_vmap", False) else "loop"
+        if task_batching == "fold" and not getattr(backbone, "can_fold_tasks", False):
+            raise MetarunError(
+                f"algo.task_batching=fold needs a backbone of plain conv / batch-norm / "
+                f"element-wise layers (conv4, mlp); {type(backbone).__name__} is not one; use "
+                "algo.task_batching=loop or auto"
+            )
+        if task_chunk < 0:
+            raise MetarunError(f"algo.task_chunk={task_chunk} must be >= 0 (0: automatic)")
         self.task_batching = task_batching
+        self.task_chunk = task_chunk
+
+    def batching_for(self, device: torch.device) -> str:
+        """The path ``task_batching`` takes on ``device``: ``auto`` folds where the backbone
+        says folding wins on that device (``fold_devices``: MLPs everywhere, conv nets on CUDA,
+        where the per-task loop is launch-bound; on CPU a conv's cost is its arithmetic, which
+        folding does not reduce, see the README's performance section), else loops."""
+        if self.task_batching != "auto":
+            return self.task_batching
+        can_fold = getattr(self.backbone, "can_fold_tasks", False)
+        folds = device.type in getattr(self.backbone, "fold_devices", ())
+        return "fold" if can_fold and folds else "loop"
 
     # -- functional pieces -------------------------------------------------------------------
     def _forward(self, params: Params, x: torch.Tensor) -> torch.Tensor:
@@ -84,64 +119,152 @@ class MAML(MetaLearner):
     def _support_loss(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return task_loss(self._forward(params, x), y)
 
-    def adapt(self, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int) -> Params:
-        """``steps`` SGD updates of ``params`` on one task's support set ``(x, y)``."""
-        grad_fn = grad(self._support_loss)
-        for _ in range(steps):
-            params = self._sgd_step(params, grad_fn(params, x, y))
-        return params
+    def _inner_grads(self, loss: torch.Tensor, params: Params) -> Params:
+        """Gradients of ``loss`` for the fast weights; differentiable only in second order."""
+        grads = torch.autograd.grad(loss, list(params.values()), create_graph=not self.first_order)
+        return dict(zip(params, grads))
 
-    def _sgd_step(self, params: Params, grads: Params) -> Params:
-        if self.first_order:
-            # Detaching the inner gradient is all FOMAML is: the outer gradient then flows only
-            # through the identity path of each update.
-            return {k: p - self.inner_lr * grads[k].detach() for k, p in params.items()}
+    def _step(self, params: Params, grads: Params) -> Params:
         return {k: p - self.inner_lr * grads[k] for k, p in params.items()}
 
+    def _sgd_no_graph(self, loss_fn: Callable[[Params], torch.Tensor], params: Params) -> Params:
+        """One inner SGD step for evaluation: detached in, detached out, grad mode or not."""
+        with torch.enable_grad():
+            params = {k: p.detach().requires_grad_() for k, p in params.items()}
+            grads = torch.autograd.grad(loss_fn(params), list(params.values()))
+        return {k: (p - self.inner_lr * g).detach() for (k, p), g in zip(params.items(), grads)}
+
+    def adapt(self, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int) -> Params:
+        """``steps`` SGD updates of ``params`` on one task's support set ``(x, y)``."""
+        params = _trainable(params)
+        for _ in range(steps):
+            params = self._step(params, self._inner_grads(self._support_loss(params, x, y), params))
+        return params
+
+    def adapt_tasks(self, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int) -> Params:
+        """:meth:`adapt` for every task of ``x`` ``[B, M, ...]`` at once (folded); the result
+        has a leading task axis on every tensor."""
+        tasks = x.shape[0]
+        params = _trainable({k: p.expand(tasks, *p.shape) for k, p in params.items()})
+        for _ in range(steps):
+            loss = task_losses(self.backbone.forward_tasks(params, x), y).sum()
+            params = self._step(params, self._inner_grads(loss, params))
+        return params
+
+    # -- meta-training -------------------------------------------------------------------------
     def _train_task(self, params: Params, sx, sy, qx, qy) -> tuple[torch.Tensor, dict]:
         adapted = self.adapt(params, sx, sy, self.inner_steps)
         pred = self._forward(adapted, qx)
         loss = task_loss(pred, qy)
         return loss, task_metrics(pred.detach(), qy, loss.detach())
 
-    def _eval_task(self, params: Params, sx, sy, qx, qy) -> dict[str, torch.Tensor]:
+    def _train_task_vmap(self, params: Params, sx, sy, qx, qy) -> tuple[torch.Tensor, dict]:
         grad_fn = grad(self._support_loss)
+        for _ in range(self.inner_steps):
+            grads = grad_fn(params, sx, sy)
+            if self.first_order:
+                grads = {k: g.detach() for k, g in grads.items()}
+            params = self._step(params, grads)
+        pred = self._forward(params, qx)
+        loss = task_loss(pred, qy)
+        return loss, task_metrics(pred.detach(), qy, loss.detach())
+
+    def _train_tasks(self, params: Params, batch: TaskBatch) -> tuple[torch.Tensor, dict]:
+        """Per-task query losses ``[B]`` (differentiable) and detached per-task metrics."""
+        batching = self.batching_for(batch.support_x.device)
+        if batching == "fold":
+            sx, sy, qx, qy = batch
+            adapted = self.adapt_tasks(params, sx, sy, self.inner_steps)
+            pred = self.backbone.forward_tasks(adapted, qx)
+            losses = task_losses(pred, qy)
+            return losses, batched_task_metrics(pred.detach(), qy, losses.detach())
+        if batching == "vmap":
+            with plain_op_batch_norm():
+                return vmap(self._train_task_vmap, in_dims=(None, 0, 0, 0, 0))(params, *batch)
+        return _stack([self._train_task(params, *task) for task in zip(*batch)])
+
+    def chunk_size(self, batch: TaskBatch) -> int:
+        """Tasks per forward/backward in :meth:`meta_backward`."""
+        if self.task_chunk:
+            return self.task_chunk
+        batching = self.batching_for(batch.support_x.device)
+        if batching == "vmap":
+            return batch.num_tasks
+        if batching == "loop":
+            return 1
+        elements = (batch.support_x[0].numel() + batch.query_x[0].numel()) or 1
+        return max(1, FOLD_ELEMENTS // elements)
+
+    def meta_loss(self, batch: TaskBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        params = dict(self.backbone.named_parameters())
+        losses, metrics = self._train_tasks(params, batch)
+        loss = losses.mean()
+        return loss, {"loss": loss.detach(), **{k: v.mean() for k, v in metrics.items()}}
+
+    def meta_backward(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
+        """The meta-gradient, ``chunk_size`` tasks at a time: each chunk's graph is freed by its
+        own backward, so peak memory follows the chunk, not the meta-batch."""
+        params = dict(self.backbone.named_parameters())
+        size, tasks = self.chunk_size(batch), batch.num_tasks
+        sums: dict[str, torch.Tensor] = {}
+        for start in range(0, tasks, size):
+            chunk = TaskBatch(*(t[start : start + size] for t in batch))
+            losses, metrics = self._train_tasks(params, chunk)
+            (losses.sum() / tasks).backward()
+            for k, v in {"loss": losses.detach(), **metrics}.items():
+                sums[k] = sums[k] + v.sum() if k in sums else v.sum()
+        return {k: v / tasks for k, v in sums.items()}
+
+    # -- evaluation --------------------------------------------------------------------------
+    def _eval_scores(self, forward: Callable, update: Callable, params: Params, qx, qy) -> dict:
+        """Query metrics after ``eval_inner_steps`` updates (and at each ``eval_report_steps``),
+        read off one adaptation trajectory."""
         last = max((self.eval_inner_steps, *self.eval_report_steps))
         out: dict[str, torch.Tensor] = {}
         for step in range(last + 1):
             if step == self.eval_inner_steps or step in self.eval_report_steps:
-                scores = task_metrics(self._forward(params, qx), qy)
+                with torch.no_grad():
+                    pred = forward(params, qx)
+                    scores = batched_task_metrics(pred, qy, task_losses(pred, qy))
                 if step == self.eval_inner_steps:
                     out.update(scores)
                 if step in self.eval_report_steps:
                     out.update({f"{k}_step{step}": v for k, v in scores.items()})
             if step < last:
-                params = self._sgd_step(params, grad_fn(params, sx, sy))
+                params = update(params)
         return out
-
-    def _map_tasks(self, fn: Callable, params: Params, batch: TaskBatch):
-        """Apply ``fn(params, sx, sy, qx, qy)`` to every task, stacking outputs along dim 0."""
-        if self.task_batching == "vmap":
-            return vmap(fn, in_dims=(None, 0, 0, 0, 0))(params, *batch)
-        return _stack([fn(params, *task) for task in zip(*batch)])
-
-    # -- MetaLearner interface ---------------------------------------------------------------
-    def meta_loss(self, batch: TaskBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        params = dict(self.backbone.named_parameters())
-        losses, metrics = self._map_tasks(self._train_task, params, batch)
-        loss = losses.mean()
-        return loss, {"loss": loss.detach(), **{k: v.mean() for k, v in metrics.items()}}
 
     def evaluate(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
         params = {k: p.detach() for k, p in self.backbone.named_parameters()}
-        with torch.no_grad():  # torch.func.grad still computes the inner gradients
-            return self._map_tasks(self._eval_task, params, batch)
+        sx, sy, qx, qy = batch
+        if self.batching_for(sx.device) == "fold":
+            tasks = {k: p.expand(batch.num_tasks, *p.shape) for k, p in params.items()}
+
+            def update(ps: Params) -> Params:
+                loss = lambda q: task_losses(self.backbone.forward_tasks(q, sx), sy).sum()  # noqa: E731
+                return self._sgd_no_graph(loss, ps)
+
+            return self._eval_scores(self.backbone.forward_tasks, update, tasks, qx, qy)
+        per_task = []
+        for t in range(batch.num_tasks):
+
+            def update(ps: Params, t=t) -> Params:
+                return self._sgd_no_graph(lambda q: self._support_loss(q, sx[t], sy[t]), ps)
+
+            def forward(ps: Params, x: torch.Tensor) -> torch.Tensor:
+                return self._forward(ps, x[0]).unsqueeze(0)  # one task, kept as a batch of 1
+
+            one = slice(t, t + 1)
+            per_task.append(self._eval_scores(forward, update, params, qx[one], qy[one]))
+        return {k: torch.cat([s[k] for s in per_task]) for k in per_task[0]}
 
     def predict(self, support_x, support_y, query_x) -> torch.Tensor:
         params = {k: p.detach() for k, p in self.backbone.named_parameters()}
-        with torch.no_grad():  # torch.func.grad still computes the inner gradients
-            adapted = self.adapt(params, support_x, support_y, self.eval_inner_steps)
-            return self._forward(adapted, query_x)
+        loss_fn = lambda q: self._support_loss(q, support_x, support_y)  # noqa: E731
+        for _ in range(self.eval_inner_steps):
+            params = self._sgd_no_graph(loss_fn, params)
+        with torch.no_grad():
+            return self._forward(params, query_x)
 
     def extra_repr(self) -> str:
         order = "first" if self.first_order else "second"
@@ -150,6 +273,13 @@ class MAML(MetaLearner):
             f"eval_inner_steps={self.eval_inner_steps}, {order}-order, "
             f"task_batching={self.task_batching}"
         )
+
+
+def _trainable(params: Params) -> Params:
+    """``params`` as given if the graph already tracks them, else detached leaves that do."""
+    if any(p.requires_grad for p in params.values()):
+        return params
+    return {k: p.detach().requires_grad_() for k, p in params.items()}
 
 
 def _stack(outs: list):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from metarun.backbones.folded import Params, can_fold, folded_linear, folded_sequential
+
 
 class ImageBackbone(nn.Module):
     """``features`` maps ``[n, ch, H, W]`` images to flat vectors; ``head`` (or None) to logits.
@@ -14,6 +16,9 @@ class ImageBackbone(nn.Module):
 
     features: nn.Module
     head: nn.Module | None
+    #: Devices where MAML's ``task_batching=auto`` folds tasks (when :attr:`can_fold_tasks`):
+    #: on CPU a conv's cost is its arithmetic, which folding does not cut (README, performance).
+    fold_devices: tuple[str, ...] = ("cuda",)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-3]
@@ -21,3 +26,14 @@ class ImageBackbone(nn.Module):
         if self.head is not None:
             z = self.head(z)
         return z.reshape(*lead, -1)
+
+    @property
+    def can_fold_tasks(self) -> bool:
+        """Whether :meth:`forward_tasks` can run this network (plain conv stacks can)."""
+        return can_fold(self.features)
+
+    def forward_tasks(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        """Every task of ``x`` ``[B, N, ch, H, W]`` through its own weights (``params``: this
+        module's parameters, each with a leading task axis ``B``); returns ``[B, N, out]``."""
+        z = folded_sequential(self.features, "features.", params, x)
+        return folded_linear(params, "head.", z) if self.head is not None else z

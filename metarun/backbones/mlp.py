@@ -8,6 +8,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from metarun.backbones.folded import folded_linear
 from metarun.errors import MetarunError
 
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "elu": nn.ELU}
@@ -19,9 +20,9 @@ class MLP(nn.Module):
     ``out_features=None`` drops the head and returns the last hidden layer (an embedding).
     """
 
-    #: Tasks of a meta-batch can be mapped with ``torch.func.vmap`` (no batch norm, pure ops),
-    #: and on CPU it is faster than a per-task loop for this size (see scripts/bench_maml.py).
-    prefers_vmap = True
+    #: Where MAML's ``task_batching=auto`` folds tasks into one call (see MAML.batching_for):
+    #: batched matmuls beat a per-task loop on every device for MLPs.
+    fold_devices = ("cpu", "cuda", "mps")
 
     def __init__(
         self,
@@ -50,3 +51,16 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[: x.dim() - len(self.input_shape)]
         return self.net(x.reshape(*lead, -1))
+
+    can_fold_tasks = True
+
+    def forward_tasks(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Every task of ``x`` ``[B, N, ...]`` through its own weights (each parameter with a
+        leading task axis ``B``), as batched matmuls; returns ``[B, N, out]``."""
+        h = x.reshape(*x.shape[:2], -1)
+        for name, layer in self.net.named_children():
+            if isinstance(layer, nn.Linear):
+                h = folded_linear(params, f"net.{name}.", h)
+            else:
+                h = layer(h)
+        return h
