@@ -272,7 +272,8 @@ def trainer_for(overrides: list[str], run_dir: Path):
     from metarun.logging.setup import build_logger
     from metarun.run import Trainer, build_experiment
 
-    cfg = compose([*overrides, "logger=none", f"hydra.run.dir={run_dir}"])
+    run_dir.mkdir(parents=True)
+    cfg = compose([*overrides, "logger=none"])
     exp = build_experiment(cfg, run_dir=run_dir)
     console = Console(file=open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the run
     logger = build_logger(cfg, exp.config, run_dir, console)
@@ -356,7 +357,8 @@ SAMPLING = {
 def bench_sampling(args, device, records: list[dict], run_root: Path) -> None:
     print("\nsampling one training batch, as a share of the training step (glyphs):")
     for algo, overrides in SAMPLING.items():
-        exp, trainer = trainer_for([*GLYPHS, *overrides, f"device={device.type}"], run_root / algo)
+        run_dir = run_root / f"sampling-{algo}"
+        exp, trainer = trainer_for([*GLYPHS, *overrides, f"device={device.type}"], run_dir)
         trainer_step(trainer)  # warm-up
         step = statistics.median(trainer_step(trainer) for _ in range(args.repeats))
         generator = torch.Generator().manual_seed(0)
@@ -402,6 +404,12 @@ def main() -> None:
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the memory probes")
     parser.add_argument(
+        "--parts",
+        nargs="*",
+        choices=["maml", "protonet", "sampling"],
+        help="which parts to run (default: all; --quick: maml and protonet)",
+    )
+    parser.add_argument(
         "--probe", nargs=3, metavar=("CONFIG", "ORDER", "IMPL"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
@@ -422,11 +430,14 @@ def main() -> None:
         f"{torch.get_num_threads()} threads, {os.cpu_count()} cores; "
         f"medians of {args.repeats} steps"
     )
+    parts = args.parts or (["maml", "protonet"] if args.quick else ["maml", "protonet", "sampling"])
     records: list[dict] = []
-    bench_maml(names, args, device, records)
+    if "maml" in parts:
+        bench_maml(names, args, device, records)
     with tempfile.TemporaryDirectory() as tmp:
-        bench_protonet(args, device, records, Path(tmp))
-        if not args.quick:
+        if "protonet" in parts:
+            bench_protonet(args, device, records, Path(tmp))
+        if "sampling" in parts:
             bench_sampling(args, device, records, Path(tmp))
     if args.json:
         meta = {
