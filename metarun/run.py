@@ -116,14 +116,29 @@ class Experiment:
 RESUME_MUST_MATCH = ("algo", "backbone", "dataset", "task", "seed", "checkpoint")
 
 
+# Options added after checkpoints may have been written, with the value that reproduces what
+# metarun did before they existed: a checkpoint without the key resumes if the run keeps it.
+ADDED_OPTIONS = {
+    "algo.task_chunk": 0,
+    "algo.write": "key",
+    "algo.key_strength": False,
+    "dataset.shift": 0,
+}
+_ABSENT = object()
+
+
 def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys where ``a`` (the checkpoint's config) and ``b`` (this run's) differ."""
     if isinstance(a, dict) and isinstance(b, dict):
         return [
             d
             for k in sorted(set(a) | set(b))
-            for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")
+            for d in _differences(a.get(k, _ABSENT), b.get(k, _ABSENT), f"{prefix}{k}.")
         ]
-    return [] if a == b else [prefix.rstrip(".")]
+    key = prefix.rstrip(".")
+    if a is _ABSENT and key in ADDED_OPTIONS and b == ADDED_OPTIONS[key]:
+        return []
+    return [] if a == b else [key]
 
 
 def _resume_checkpoint(

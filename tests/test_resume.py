@@ -52,6 +52,29 @@ def test_resume_refuses_a_missing_folder_and_a_changed_model(run_inprocess, tmp_
         run_inprocess([*QUIET, "resume=true"], name="c")
 
 
+def test_a_checkpoint_from_before_an_option_existed_resumes_at_its_neutral_value(run_inprocess):
+    """A checkpoint written before ``algo.task_chunk`` existed: resuming with the value that
+    reproduces the old behaviour works; another value is a change and is refused."""
+    import torch
+
+    from metarun.checkpoint import save_checkpoint
+
+    base = [*QUIET, "checkpoint.every=10"]
+    first, _ = run_inprocess([*base, "train.steps=10"], name="old")
+    path = first / "checkpoints" / "last.pt"
+    checkpoint = load_checkpoint(path)
+    del checkpoint["config"]["algo"]["task_chunk"]  # as an older metarun wrote it
+    save_checkpoint(path, **checkpoint)
+    assert "task_chunk" not in torch.load(path, weights_only=False)["config"]["algo"]
+    with pytest.raises(MetarunError, match="differs from the checkpoint's in algo.task_chunk"):
+        run_inprocess(
+            [*base, "train.steps=20", "algo.task_chunk=2", "resume=true", f"resume_dir={first}"],
+            name="changed",
+        )
+    run_inprocess([*base, "train.steps=20", "resume=true", f"resume_dir={first}"], name="ok")
+    assert load_checkpoint(path)["step"] == 20
+
+
 LONG = [
     "logger=none",
     "train.steps=3000",

@@ -226,7 +226,8 @@ class MANN(MetaLearner):
         memory = "none"
         if m is not None:
             write = "key" if m.add is None else "add"
-            memory = f"lrua {m.slots}x{m.width}, {m.heads} heads, write={write}"
+            heads = f"{m.heads} head" + ("s" if m.heads != 1 else "")
+            memory = f"lrua {m.slots}x{m.width}, {heads}, write={write}"
             memory += ", key strength" if m.strength is not None else ""
         return f"way={self.way}, controller={self.controller.hidden_size}, memory={memory}"
 
