@@ -29,7 +29,6 @@ import functools
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -200,9 +199,12 @@ def probe_memory(config: str, order: str, impl: str, device: torch.device) -> fl
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def _status_mb(field: str) -> float:
+    """``VmRSS`` (resident now) or ``VmHWM`` (peak resident) of this process, in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def run_probe(config: str, order: str, impl: str, device: torch.device) -> None:
@@ -217,11 +219,13 @@ def run_probe(config: str, order: str, impl: str, device: torch.device) -> None:
         torch.cuda.synchronize()
         print((torch.cuda.max_memory_allocated() - base) / 2**20)
         return
-    base = _rss_mb()
+    # Not getrusage's ru_maxrss: Linux carries it over from the parent across fork and exec.
+    # VmHWM belongs to this process's memory map; writing 5 to clear_refs resets it to now.
+    Path("/proc/self/clear_refs").write_text("5")
+    base = _status_mb("VmRSS")
     step()
     step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(peak - base)
+    print(_status_mb("VmHWM") - base)
 
 
 def bench_maml(names, args, device, records: list[dict]) -> None:
