@@ -254,6 +254,51 @@ def bench_maml(names, args, device, records: list[dict]) -> None:
                 print(f"  {order} order  {impl:<16}{rate:9.1f} tasks/s {mem} MB {ratio}")
 
 
+# -- a bound: the query set's convolutions alone ---------------------------------------------
+def convolutions_alone(case: MamlCase, device: torch.device):
+    """One meta-batch worth of only the query pass's convolutions (forward, weight gradients,
+    input gradients but the first layer's) at the case's shapes: the arithmetic no fp32
+    per-task implementation avoids, whatever it does about batch norm, pooling or Python."""
+    g = torch.Generator().manual_seed(0)
+    n, size, cin = case.way * case.query, case.size, case.channels
+    layers = []
+    for i in range(4):
+        x = torch.rand(n, cin, size, size, generator=g).to(device).requires_grad_(i > 0)
+        w = (0.1 * torch.randn(case.hidden, cin, 3, 3, generator=g)).to(device).requires_grad_()
+        layers.append((x, w))
+        cin, size = case.hidden, size // 2
+
+    def step() -> None:
+        for _ in range(case.meta_batch):
+            for x, w in layers:
+                y = F.conv2d(x, w, padding=1)
+                torch.autograd.grad(y, [x, w] if x.requires_grad else [w], torch.ones_like(y))
+
+    return step
+
+
+def bench_floor(names, args, device, records: list[dict]) -> None:
+    print("\nthe query pass's convolutions alone (an upper bound for fp32 per-task speed):")
+    for name in names:
+        case = MAML_CASES[name]
+        steps = {
+            "higher": make_impl("higher", case, False, device),
+            "convolutions": convolutions_alone(case, device),
+        }
+        seconds = time_alternating(steps, args.repeats, device)
+        bound = seconds["higher"] / seconds["convolutions"]
+        rate = case.meta_batch / seconds["convolutions"]
+        print(f"  {name:<20} {rate:8.1f} tasks/s = {bound:.2f}x higher's 2nd-order rate")
+        records.append(
+            {
+                "config": f"{name}/2nd",
+                "impl": "query-convolutions-alone",
+                "tasks_per_s": round(rate, 2),
+                "bound_vs_higher": round(bound, 2),
+            }
+        )
+
+
 # -- ProtoNet overhead and sampling, through the real config and trainer -------------------
 def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
@@ -410,7 +455,7 @@ def main() -> None:
     parser.add_argument(
         "--parts",
         nargs="*",
-        choices=["maml", "protonet", "sampling"],
+        choices=["maml", "floor", "protonet", "sampling"],
         help="which parts to run (default: all; --quick: maml and protonet)",
     )
     parser.add_argument(
@@ -434,10 +479,13 @@ def main() -> None:
         f"{torch.get_num_threads()} threads, {os.cpu_count()} cores; "
         f"medians of {args.repeats} steps"
     )
-    parts = args.parts or (["maml", "protonet"] if args.quick else ["maml", "protonet", "sampling"])
+    everything = ["maml", "floor", "protonet", "sampling"]
+    parts = args.parts or (["maml", "protonet"] if args.quick else everything)
     records: list[dict] = []
     if "maml" in parts:
         bench_maml(names, args, device, records)
+    if "floor" in parts:
+        bench_floor(names, args, device, records)
     with tempfile.TemporaryDirectory() as tmp:
         if "protonet" in parts:
             bench_protonet(args, device, records, Path(tmp))
