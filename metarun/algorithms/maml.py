@@ -152,11 +152,13 @@ class MAML(MetaLearner):
         return params
 
     # -- meta-training -------------------------------------------------------------------------
-    def _train_task(self, params: Params, sx, sy, qx, qy) -> tuple[torch.Tensor, dict]:
-        adapted = self.adapt(params, sx, sy, self.inner_steps)
-        pred = self._forward(adapted, qx)
+    def _query_loss(self, params: Params, qx, qy) -> tuple[torch.Tensor, dict]:
+        pred = self._forward(params, qx)
         loss = task_loss(pred, qy)
         return loss, task_metrics(pred.detach(), qy, loss.detach())
+
+    def _train_task(self, params: Params, sx, sy, qx, qy) -> tuple[torch.Tensor, dict]:
+        return self._query_loss(self.adapt(params, sx, sy, self.inner_steps), qx, qy)
 
     def _train_task_vmap(self, params: Params, sx, sy, qx, qy) -> tuple[torch.Tensor, dict]:
         grad_fn = grad(self._support_loss)
@@ -165,9 +167,7 @@ class MAML(MetaLearner):
             if self.first_order:
                 grads = {k: g.detach() for k, g in grads.items()}
             params = self._step(params, grads)
-        pred = self._forward(params, qx)
-        loss = task_loss(pred, qy)
-        return loss, task_metrics(pred.detach(), qy, loss.detach())
+        return self._query_loss(params, qx, qy)
 
     def _train_tasks(self, params: Params, batch: TaskBatch) -> tuple[torch.Tensor, dict]:
         """Per-task query losses ``[B]`` (differentiable) and detached per-task metrics."""

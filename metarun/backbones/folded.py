@@ -28,7 +28,9 @@ def can_fold(module: nn.Module) -> bool:
     from metarun.backbones.norm import TransductiveBatchNorm2d
 
     known = (nn.Conv2d, TransductiveBatchNorm2d, nn.Flatten, *_AGNOSTIC)
-    return isinstance(module, nn.Sequential) and all(isinstance(m, known) for m in module)
+    return isinstance(module, nn.Sequential) and all(
+        isinstance(m, known) and getattr(m, "padding_mode", "zeros") == "zeros" for m in module
+    )
 
 
 def folded_sequential(seq: nn.Sequential, prefix: str, params: Params, x: torch.Tensor):
