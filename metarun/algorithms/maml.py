@@ -169,9 +169,10 @@ class MAML(MetaLearner):
             params = self._step(params, grads)
         return self._query_loss(params, qx, qy)
 
-    def _train_tasks(self, params: Params, batch: TaskBatch) -> tuple[torch.Tensor, dict]:
+    def _train_tasks(
+        self, params: Params, batch: TaskBatch, batching: str
+    ) -> tuple[torch.Tensor, dict]:
         """Per-task query losses ``[B]`` (differentiable) and detached per-task metrics."""
-        batching = self.batching_for(batch.support_x.device)
         if batching == "fold":
             sx, sy, qx, qy = batch
             adapted = self.adapt_tasks(params, sx, sy, self.inner_steps)
@@ -183,11 +184,12 @@ class MAML(MetaLearner):
                 return vmap(self._train_task_vmap, in_dims=(None, 0, 0, 0, 0))(params, *batch)
         return _stack([self._train_task(params, *task) for task in zip(*batch)])
 
-    def chunk_size(self, batch: TaskBatch) -> int:
-        """Tasks per forward/backward in :meth:`meta_backward`."""
+    def chunk_size(self, batch: TaskBatch, batching: str | None = None) -> int:
+        """Tasks per forward/backward in :meth:`meta_backward` (``batching``: the path taken,
+        by default :meth:`batching_for` the batch's device)."""
         if self.task_chunk:
             return self.task_chunk
-        batching = self.batching_for(batch.support_x.device)
+        batching = batching or self.batching_for(batch.support_x.device)
         if batching == "vmap":
             return batch.num_tasks
         if batching == "loop":
@@ -197,7 +199,8 @@ class MAML(MetaLearner):
 
     def meta_loss(self, batch: TaskBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         params = dict(self.backbone.named_parameters())
-        losses, metrics = self._train_tasks(params, batch)
+        batching = self.batching_for(batch.support_x.device)
+        losses, metrics = self._train_tasks(params, batch, batching)
         loss = losses.mean()
         return loss, {"loss": loss.detach(), **{k: v.mean() for k, v in metrics.items()}}
 
@@ -205,11 +208,12 @@ class MAML(MetaLearner):
         """The meta-gradient, ``chunk_size`` tasks at a time: each chunk's graph is freed by its
         own backward, so peak memory follows the chunk, not the meta-batch."""
         params = dict(self.backbone.named_parameters())
-        size, tasks = self.chunk_size(batch), batch.num_tasks
+        batching = self.batching_for(batch.support_x.device)
+        size, tasks = self.chunk_size(batch, batching), batch.num_tasks
         sums: dict[str, torch.Tensor] = {}
         for start in range(0, tasks, size):
             chunk = TaskBatch(*(t[start : start + size] for t in batch))
-            losses, metrics = self._train_tasks(params, chunk)
+            losses, metrics = self._train_tasks(params, chunk, batching)
             (losses.sum() / tasks).backward()
             for k, v in {"loss": losses.detach(), **metrics}.items():
                 sums[k] = sums[k] + v.sum() if k in sums else v.sum()

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metarun.backbones.norm import TransductiveBatchNorm2d
+
 Params = dict[str, torch.Tensor]
 
 #: Layers that act per channel or per element, so they run unchanged on the folded layout.
@@ -25,8 +27,6 @@ _AGNOSTIC = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.GELU, nn.MaxPool2d, nn.I
 
 def can_fold(module: nn.Module) -> bool:
     """Whether :func:`folded_sequential` can run every layer of a ``Sequential``."""
-    from metarun.backbones.norm import TransductiveBatchNorm2d
-
     known = (nn.Conv2d, TransductiveBatchNorm2d, nn.Flatten, *_AGNOSTIC)
     return isinstance(module, nn.Sequential) and all(
         isinstance(m, known) and getattr(m, "padding_mode", "zeros") == "zeros" for m in module
@@ -36,8 +36,6 @@ def can_fold(module: nn.Module) -> bool:
 def folded_sequential(seq: nn.Sequential, prefix: str, params: Params, x: torch.Tensor):
     """``seq`` (conv / transductive BN / element-wise layers, optionally a final ``Flatten``) on
     images ``x`` ``[B, N, C, H, W]`` with per-task weights; returns ``[B, N, ...]``."""
-    from metarun.backbones.norm import TransductiveBatchNorm2d
-
     tasks, n = x.shape[:2]
     h = x.transpose(0, 1).reshape(n, tasks * x.shape[2], *x.shape[3:])
     flatten = False
