@@ -7,7 +7,9 @@ partial metric sums and its best-so-far record, and the resolved config.
 
 from __future__ import annotations
 
+import pickle
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -51,4 +53,23 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     """Load a checkpoint without unpickling arbitrary objects (``weights_only=True``)."""
     if not path.is_file():
         raise MetarunError(f"no checkpoint at {path}; check the path")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        raise MetarunError(
+            f"{path} is not a readable metarun checkpoint ({str(e).splitlines()[0][:160]}); "
+            "use another checkpoint (best.pt or last.pt of the run)"
+        ) from None
+    if not isinstance(checkpoint, dict) or not {"config", "model", "step"} <= set(checkpoint):
+        raise MetarunError(
+            f"{path} is a PyTorch file but not a metarun checkpoint (no config, model and step)"
+        )
+    return checkpoint
+
+
+def remove_partial_writes(folder: Path) -> list[Path]:
+    """Delete temporary files a killed checkpoint write left (never read: last.pt is intact)."""
+    leftovers = sorted(folder.glob(".*.pt.*.tmp")) if folder.is_dir() else []
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers

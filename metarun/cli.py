@@ -1,16 +1,33 @@
-"""``metarun``: Hydra entry point. Thin on purpose: compose, then hand the config to ``run``."""
+"""``metarun``: Hydra entry point. Thin on purpose: compose, then hand the config to ``run``.
+
+User errors end as one line on stderr and exit code 2 (``HYDRA_FULL_ERROR=1`` shows the
+traceback instead); internal bugs keep their traceback. In a multirun a failing job prints its
+line, writes ``status: failed`` to its ``summary.json`` and lets the other jobs run; the sweep
+then exits non-zero.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import errno
 import os
 import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from metarun.config import register_configs
 from metarun.errors import Interrupted, MetarunError
+
+# OSErrors that the machine or the user's paths cause, never a bug in metarun.
+ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+_TRACEBACK_ENV = "METARUN_TRACEBACK"  # the user's HYDRA_FULL_ERROR=1, seen by sweep jobs too
 
 
 def config_dir() -> str:
@@ -25,24 +42,97 @@ def config_dir() -> str:
 register_configs()
 
 
+def _want_traceback() -> bool:
+    return os.environ.get(_TRACEBACK_ENV) == "1"
+
+
+_job_started = False  # False while Hydra itself prepares the job (run folder, .hydra/, logs)
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def _main(cfg: DictConfig) -> float:
     from metarun.run import run  # heavy imports (torch, wandb) after Hydra handled --help etc.
 
+    global _job_started
+    _job_started = True
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         return run(cfg)
     except Interrupted as e:
         print(f"metarun: {e}", file=sys.stderr)
+        if multirun:  # the sweep stops too: the user asked the whole process to stop
+            raise KeyboardInterrupt from None
         sys.exit(128 + e.signum)
     except MetarunError as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        job = f"job {HydraConfig.get().job.num}: " if multirun else ""
+        print(f"metarun: error: {job}{e}", file=sys.stderr)
+        if multirun:
+            e.job = HydraConfig.get().job.num  # Hydra records the job as failed, runs the others
             raise
-        print(f"metarun: error: {e}", file=sys.stderr)
+        if _want_traceback():
+            raise
         sys.exit(2)
 
 
+def _close_keys(error: OmegaConfBaseException) -> str:
+    """``; did you mean ...?`` for a misspelt key of a structured config, else ``""``."""
+    key, schema = getattr(error, "key", None), getattr(error, "object_type", None)
+    if not isinstance(key, str) or not dataclasses.is_dataclass(schema):
+        return ""
+    names = [f.name for f in dataclasses.fields(schema) if not f.name.startswith("_")]
+    close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(close)}?" if close else ""
+
+
+def _one_line(e: BaseException) -> str | None:
+    """The one-line message for an error the user caused, or None for a bug."""
+    if isinstance(e, MetarunError):
+        return str(e)
+    if isinstance(e, (CompactHydraException, OmegaConfBaseException)):
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        cause = e.__cause__ if isinstance(e, CompactHydraException) else e
+        if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+            first = str(cause).splitlines()[0]
+            hint = _close_keys(cause) or "; see metarun --help for the groups and keys"
+            return f"{cause.full_key}: {first}{hint}"
+        if lines and lines[0].startswith("In '") and "Could not find" in lines[0]:
+            # "In 'train': Could not find 'algo/mamll'" followed by the available options
+            options = [line for line in lines[2:] if not line.startswith(("provider=", "Config"))]
+            if lines[1:2] and lines[1].startswith("Available options"):
+                return f"{lines[0].split(': ', 1)[1]}; valid options: {', '.join(options)}"
+        hint = " (see metarun --help)" if not lines[-1:] or "--help" not in lines[-1] else ""
+        return "; ".join(lines[:3]) + hint
+    if isinstance(e, OSError) and not _job_started:  # Hydra could not set the run folder up
+        return (
+            f"cannot create the run folder ({e.strerror}: {e.filename}); set hydra.run.dir "
+            "(hydra.sweep.dir in a multirun) to a writable folder"
+        )
+    if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
+        return f"cannot write {e.filename} ({e.strerror}); free space or choose a writable folder"
+    return None
+
+
 def main() -> None:
-    _main()
+    """Run Hydra with its own error printing off, so that every user error is one line."""
+    user_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ[_TRACEBACK_ENV] = "1" if user_traceback else "0"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing several lines
+    try:
+        _main()
+    except Exception as e:
+        message = _one_line(e)
+        if message is None or user_traceback:
+            raise
+        job = getattr(e, "job", None)
+        if job is not None:  # the sweep ran every job; the first failure reaches us here
+            message = (
+                f"sweep job {job} failed ({message}); the other jobs ran: each job's "
+                "summary.json has its status (metarun-report <sweep folder> lists them)"
+            )
+        print(f"metarun: error: {message}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """Errors a user can cause. The CLI prints them as one line and exits non-zero."""
 
+import sys
+
 
 class MetarunError(Exception):
     """A problem with the user's config, data or environment, explained in one line.
@@ -19,3 +21,11 @@ class Interrupted(Exception):
             f"stopped by {name} at step {step}; checkpoint saved. Resume with: metarun "
             f"resume=true resume_dir={run_dir} (plus the run's original overrides)"
         )
+
+    def __reduce__(self):  # sweep jobs in worker processes send their exceptions back pickled
+        return type(self), (self.signum, self.step, self.run_dir)
+
+
+def warn(message: str) -> None:
+    """A problem the run works around (it goes on): one line on stderr."""
+    print(f"metarun: warning: {message}", file=sys.stderr)

@@ -50,13 +50,34 @@ def find_runs(patterns: list[str]) -> list[Run]:
         items = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
         overrides = dict(item.split("=", 1) for item in items or [] if "=" in item)
         metrics = folder / "metrics.jsonl"
-        rows = (
-            [json.loads(line) for line in metrics.read_text().splitlines()]
-            if (metrics.is_file())
-            else []
-        )
-        runs.append(Run(folder, overrides, json.loads((folder / "summary.json").read_text()), rows))
+        rows = _read_jsonl(metrics) if metrics.is_file() else []
+        try:
+            summary = json.loads((folder / "summary.json").read_text())
+        except json.JSONDecodeError:  # not written by metarun (its writes are atomic)
+            summary = {"status": "unreadable", "error": "summary.json is not valid JSON"}
+        runs.append(Run(folder, overrides, summary, rows))
     return runs
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    """The records of a metrics file, skipping a last line a killed run left half-written."""
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def unfinished_table(runs: list[Run]) -> Table:
+    """Runs that did not finish: folder, status and the one-line error they ended with."""
+    table = Table(title=f"{len(runs)} runs did not finish (left out of the comparison)")
+    for column in ("run", "status", "error"):
+        table.add_column(column)
+    for run in runs:
+        table.add_row(str(run.path), run.summary.get("status", "?"), run.summary.get("error", ""))
+    return table
 
 
 def main_metric(runs: list[Run]) -> tuple[str, bool]:
@@ -190,6 +211,15 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         sys.exit(2)
+    # Piped output (CI logs, files) gets a wide table instead of Rich's 80-column default.
+    console = Console(width=None if sys.stdout.isatty() else 220)
+    unfinished = [r for r in runs if r.summary.get("status") != "finished"]
+    runs = [r for r in runs if r.summary.get("status") == "finished"]
+    if unfinished:
+        console.print(unfinished_table(unfinished))
+    if not runs:
+        print("metarun-report: error: none of these runs finished", file=sys.stderr)
+        sys.exit(1)
     metric, higher = main_metric(runs)
     groups = group(runs)
     columns, rows = table_rows(groups, metric, higher)
@@ -199,8 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         table.add_column(column, justify="left" if column in differing else "right")
     for row in rows:
         table.add_row(*(_fmt(v) for v in row))
-    # Piped output (CI logs, files) gets a wide table instead of Rich's 80-column default.
-    Console(width=None if sys.stdout.isatty() else 220).print(table)
+    console.print(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "report.csv", "w", newline="") as f:

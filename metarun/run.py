@@ -22,13 +22,21 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from metarun.algorithms.base import MetaLearner
-from metarun.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from metarun.checkpoint import (
+    load_checkpoint,
+    remove_partial_writes,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from metarun.data.batch import TaskBatch, TaskShape
 from metarun.device import resolve_device
 from metarun.errors import Interrupted, MetarunError
 from metarun.evaluate import evaluate, fixed_episodes
 from metarun.logging import Logger
+from metarun.logging.local import atomic_write_json
 from metarun.logging.setup import build_logger
+from metarun.logging.wandb_sink import check_wandb_settings
 
 # The metric the validation objective and "best" checkpoint follow, by kind of problem.
 MONITOR = {"regression": ("mse", "min"), "classification": ("acc", "max")}
@@ -48,6 +56,18 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
         if isinstance(e.__cause__, MetarunError):
             raise e.__cause__ from None
         raise
+
+
+# Numbers in an algorithm's config that only make sense above zero, checked where present.
+POSITIVE_ALGO_OPTIONS = (
+    "optimizer.lr",
+    "inner_lr",
+    "inner_steps",
+    "controller_size",
+    "memory_slots",
+    "memory_width",
+    "read_heads",
+)
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -72,6 +92,12 @@ def check_config(cfg: DictConfig) -> None:
         raise MetarunError(f"task.query={cfg.task.query} must be >= 0")
     if cfg.train.steps < 0:
         raise MetarunError(f"train.steps={cfg.train.steps} must be >= 0")
+    for key in POSITIVE_ALGO_OPTIONS:
+        value = OmegaConf.select(cfg.algo, key)
+        if value is not None and value <= 0:
+            raise MetarunError(f"algo.{key}={value} must be positive")
+    if cfg.logger is not None and cfg.logger.mode != "disabled":
+        check_wandb_settings(cfg.logger)
     if cfg.test.episodes < 2:
         raise MetarunError(
             f"test.episodes={cfg.test.episodes} gives no confidence interval; use 2 or more"
@@ -228,13 +254,26 @@ def meta_test(exp: Experiment) -> dict[str, float]:
     return evaluate(exp.learner, exp.episodes("test"), "test")
 
 
+def _failure_summary(run_dir: Path, error: BaseException) -> None:
+    """``summary.json`` of a run that failed before its logger existed (bad config or data)."""
+    with contextlib.suppress(OSError):
+        atomic_write_json(run_dir / "summary.json", {"status": "failed", "error": str(error)})
+
+
 def run(cfg: DictConfig) -> float:
-    """Meta-train, validate and meta-test as ``cfg`` says; return the best validation objective."""
-    exp = build_experiment(cfg)
+    """Meta-train, validate and meta-test as ``cfg`` says; return the best validation objective.
+
+    However it ends, the run folder gets a ``summary.json`` whose ``status`` says how (finished,
+    failed with its ``error``, or interrupted) and the W&B run is closed with the same verdict."""
+    job_dir = Path(HydraConfig.get().runtime.output_dir)
     console = Console(log_path=False)
-    resume_step = exp.resume_from["step"] if exp.resume_from else None
-    logger = build_logger(cfg, exp.config, exp.run_dir, console, resume_step)
-    status = "failed"
+    try:
+        exp = build_experiment(cfg)
+        resume_step = exp.resume_from["step"] if exp.resume_from else None
+        logger = build_logger(cfg, exp.config, exp.run_dir, console, resume_step)
+    except BaseException as e:
+        _failure_summary(job_dir, e)
+        raise
     try:
         console.print(
             f"run dir: {exp.run_dir}\ndevice: {exp.device}  algorithm: "
@@ -242,13 +281,17 @@ def run(cfg: DictConfig) -> float:
             soft_wrap=True,
         )
         objective = Trainer(exp, logger).fit()
-        status = "finished"
-        return objective
-    except (KeyboardInterrupt, Interrupted):
-        status = "interrupted"
+    except BaseException as e:
+        interrupted = isinstance(e, (KeyboardInterrupt, Interrupted))
+        try:
+            if not interrupted:
+                logger.summary({"error": str(e) or type(e).__name__})
+            logger.close("interrupted" if interrupted else "failed")
+        except Exception as close_error:  # e.g. the disk is full: keep the original error
+            console.print(f"[yellow]warning:[/] could not close the run's logs ({close_error})")
         raise
-    finally:
-        logger.close(status)
+    logger.close("finished")
+    return objective
 
 
 class Trainer:
@@ -266,17 +309,20 @@ class Trainer:
         self.best_state: dict | None = None
         self.eval_time = 0.0  # kept out of the training throughput
         self.stop_signal: int | None = None
+        self.saved_step: int | None = None  # step of the last last.pt written
         if exp.resume_from is not None:
             self._restore(exp.resume_from)
 
     def _restore(self, checkpoint: dict) -> None:
         exp = self.exp
+        remove_partial_writes(exp.run_dir / "checkpoints")  # from a kill during a save
         exp.learner.load_state_dict(checkpoint["model"])
         exp.optimizer.load_state_dict(checkpoint["optimizer"])
         if exp.scheduler is not None:
             exp.scheduler.load_state_dict(checkpoint["scheduler"])
         set_rng_state(checkpoint["rng"], self.sampler)
         loop = checkpoint["loop"]
+        self.saved_step = checkpoint["step"]
         self.step, self.sums, self.count = checkpoint["step"], loop["sums"], loop["count"]
         self.best_value, self.best_step = loop["best_value"], loop["best_step"]
         if self.best_step is not None:
@@ -288,12 +334,49 @@ class Trainer:
             return True
         return value < self.best_value if self.exp.mode == "min" else value > self.best_value
 
+    def check_finite(self) -> None:
+        """Stop on a NaN or inf loss or weight before it reaches a checkpoint or a validation.
+
+        Checked when a step's results are read anyway (logging, validating, saving), so there is
+        no device sync per step; the message names the steps in which it happened."""
+        losses = self.sums.get("loss")
+        bad_loss = losses is not None and not bool(torch.isfinite(losses).all())
+        weights = [torch.isfinite(p).all() for p in self.exp.learner.parameters()]
+        if not bad_loss and bool(torch.stack(weights).all()):  # one device sync
+            return
+        what = "training loss" if bad_loss else "model's weights"
+        first = self.step - self.count + 1 if bad_loss else self.step
+        steps = f"step {self.step}" if first == self.step else f"steps {first}-{self.step}"
+        kept = (
+            f"; checkpoints/last.pt from step {self.saved_step} is kept"
+            if self.saved_step is not None
+            else ""
+        )
+        raise MetarunError(
+            f"the {what} became NaN or inf in {steps}{kept}; lower algo.optimizer.lr or "
+            "algo.inner_lr"
+        )
+
     def save(self, name: str, metrics: dict[str, float]) -> None:
         if not self.cfg.checkpoint.save:
             return
+        self.check_finite()
+        exp = self.exp
+        path = exp.run_dir / "checkpoints" / name
+        try:
+            self._write_checkpoint(path, metrics)
+        except OSError as e:
+            raise MetarunError(
+                f"could not write {path} ({e.strerror or e}); the previous checkpoint is intact: "
+                "free space (or fix the folder's permissions) and resume the run"
+            ) from e
+        if name == "last.pt":
+            self.saved_step = self.step
+
+    def _write_checkpoint(self, path: Path, metrics: dict[str, float]) -> None:
         exp = self.exp
         save_checkpoint(
-            exp.run_dir / "checkpoints" / name,
+            path,
             step=self.step,
             model=exp.learner.state_dict(),
             optimizer=exp.optimizer.state_dict(),
@@ -314,6 +397,7 @@ class Trainer:
         )
 
     def validate(self) -> None:
+        self.check_finite()
         start = time.perf_counter()
         scores = evaluate(self.exp.learner, self.val_batches, "val")
         self.eval_time += time.perf_counter() - start
@@ -343,12 +427,8 @@ class Trainer:
         self.count += 1
 
     def log_train(self) -> None:
+        self.check_finite()
         means = {f"train/{k}": (v / self.count).item() for k, v in self.sums.items()}
-        if not np.isfinite(means["train/loss"]):
-            raise MetarunError(
-                f"the training loss became {means['train/loss']} by step {self.step}; lower "
-                "algo.optimizer.lr or algo.inner_lr"
-            )
         self.logger.log(means, self.step)
         self.sums, self.count = {}, 0
 

@@ -74,9 +74,12 @@ class MAML(MetaLearner):
             raise MetarunError(
                 f"algo.task_batching={task_batching!r} is unknown; use one of {list(_BATCHING)}"
             )
-        if inner_steps < 1 or eval_inner_steps < 0 or any(s < 0 for s in eval_report_steps):
+        if inner_steps < 1:
+            raise MetarunError(f"algo.inner_steps={inner_steps} must be >= 1")
+        if eval_inner_steps < 0 or any(s < 0 for s in eval_report_steps):
             raise MetarunError(
-                "algo.inner_steps must be >= 1 and algo.eval_inner_steps / eval_report_steps >= 0"
+                f"algo.eval_inner_steps={eval_inner_steps} and algo.eval_report_steps="
+                f"{list(eval_report_steps)} must be >= 0"
             )
         running = any(getattr(m, "track_running_stats", False) for m in backbone.modules())
         if running or batch_norm != "transductive":

@@ -138,7 +138,17 @@ def _download(url: str, md5: str, target: Path) -> None:
             f"downloaded {target.name} from {url} but its md5 checksum does not match {md5} "
             "(a changed or broken mirror, or a proxy page); nothing was kept"
         ) from e
-    except (requests.RequestException, OSError) as e:
+    except OSError as e:
+        if e.errno is None:  # requests' connection errors are OSErrors without an errno
+            raise MetarunError(
+                f"could not download {target.name} from {url} ({type(e).__name__}); check the "
+                f"network, or download it by hand into {target.parent}"
+            ) from e
+        raise MetarunError(
+            f"could not write {target.name} into {target.parent} ({e.strerror}); free space "
+            f"there or point dataset.root (or ${CACHE_ENV}) at another folder"
+        ) from e
+    except requests.RequestException as e:
         raise MetarunError(
             f"could not download {target.name} from {url} ({type(e).__name__}); check the "
             f"network, or download it by hand into {target.parent}"

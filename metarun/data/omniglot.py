@@ -31,7 +31,7 @@ from PIL import Image
 from metarun.atomic import atomic_write
 from metarun.data.download import cache_dir, fetch, writable_dir
 from metarun.data.episodes import EpisodicImages
-from metarun.errors import MetarunError
+from metarun.errors import MetarunError, warn
 
 URL = "https://github.com/brendenlake/omniglot/raw/master/python/{name}"
 ARCHIVES = {
@@ -121,9 +121,15 @@ def load_archive(
         if arrays is None:
             images, names = decode_archive(archive, image_size)
             meta = np.array(json.dumps({"archive": name, "md5": md5}))
-            atomic_write(
-                cache, lambda f: np.savez(f, images=images, names=np.array(names), meta=meta)
-            )
+            try:
+                atomic_write(
+                    cache, lambda f: np.savez(f, images=images, names=np.array(names), meta=meta)
+                )
+            except OSError as e:  # a full disk costs the cache, not the run
+                warn(
+                    f"could not write the decoded cache {cache} ({e.strerror or e}); continuing "
+                    "without it: the next run decodes the archive again"
+                )
             arrays = images, names
     return arrays
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import netrc
 import os
 import re
@@ -11,6 +12,7 @@ from urllib.parse import urlparse
 
 from rich.console import Console
 
+from metarun.errors import MetarunError
 from metarun.logging.logger import Sink
 
 
@@ -34,6 +36,40 @@ def resolve_mode(mode: str) -> str:
     if env in ("online", "offline", "disabled"):
         return env
     return "online" if wandb_credentials_present() else "offline"
+
+
+# W&B refuses project and entity names holding these (its "invalid project name" error).
+_FORBIDDEN = set("/\\#?%:")
+
+
+def check_wandb_settings(logger_cfg: Any) -> None:
+    """Problems W&B would only report after the dataset is built: no package, bad names."""
+    try:
+        installed = importlib.util.find_spec("wandb") is not None
+    except (ImportError, ValueError):  # a broken install, or a module set to None
+        installed = False
+    if not installed:
+        raise MetarunError(
+            "logger=wandb needs the wandb package, which is not installed: pip install wandb, "
+            "or run with logger=none"
+        )
+    for key in ("project", "entity"):
+        value = logger_cfg[key]
+        if value is None and key == "entity":
+            continue
+        bad = sorted(_FORBIDDEN & set(value or "")) + ([" "] if " " in (value or "") else [])
+        if not value or bad or len(value) > 128:
+            why = f"contains {''.join(bad)!r}" if bad else "must have 1 to 128 characters"
+            raise MetarunError(
+                f"logger.{key}={value!r} is not a valid W&B {key} name ({why}); W&B names "
+                "cannot hold spaces or any of / \\ # ? % :"
+            )
+
+
+def _refused(error: Exception) -> bool:
+    """True when W&B answered and refused the entity or project (not a network failure)."""
+    text = str(error).lower()
+    return any(s in text for s in ("404", "403", "401", "not found", "permission denied"))
 
 
 def instance_curve(summary: dict[str, Any]) -> list[list[float]]:
@@ -88,6 +124,12 @@ class WandbSink(Sink):
             if self.mode != "online":
                 self._warn(f"W&B could not start ({type(e).__name__}: {e}); logging locally only")
                 return
+            if _refused(e):
+                raise MetarunError(
+                    f"W&B refused project {project!r} / entity {entity!r} ("
+                    f"{str(e).splitlines()[0][:200]}); fix logger.project / logger.entity, or "
+                    "use logger.mode=offline"
+                ) from e
             self._warn(f"W&B online init failed ({type(e).__name__}: {e}); continuing offline")
             self.mode = "offline"
             try:
