@@ -53,6 +53,11 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     """Load a checkpoint without unpickling arbitrary objects (``weights_only=True``)."""
     if not path.is_file():
         raise MetarunError(f"no checkpoint at {path}; check the path")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise MetarunError(
+            f"{path} is not a checkpoint file (truncated, or not written by metarun); use "
+            "another checkpoint (best.pt or last.pt of the run)"
+        )
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:

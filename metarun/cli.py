@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from metarun.config import register_configs
 from metarun.errors import Interrupted, MetarunError
@@ -93,15 +93,23 @@ def _one_line(e: BaseException) -> str | None:
         cause = e.__cause__ if isinstance(e, CompactHydraException) else e
         if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
             first = str(cause).splitlines()[0]
-            hint = _close_keys(cause) or "; see metarun --help for the groups and keys"
+            hint = (
+                _close_keys(cause)
+                if isinstance(cause, (ConfigAttributeError, ConfigKeyError))
+                else ""
+            ) or "; every key and its current value: metarun --cfg job"
             return f"{cause.full_key}: {first}{hint}"
         if lines and lines[0].startswith("In '") and "Could not find" in lines[0]:
             # "In 'train': Could not find 'algo/mamll'" followed by the available options
             options = [line for line in lines[2:] if not line.startswith(("provider=", "Config"))]
             if lines[1:2] and lines[1].startswith("Available options"):
                 return f"{lines[0].split(': ', 1)[1]}; valid options: {', '.join(options)}"
-        hint = " (see metarun --help)" if not lines[-1:] or "--help" not in lines[-1] else ""
-        return "; ".join(lines[:3]) + hint
+        if lines and lines[0].startswith("Error parsing override"):
+            return (
+                f"{lines[0]}: check quotes and brackets (values with special characters go in "
+                "quotes: key='a(b)'); grammar: https://hydra.cc/docs/advanced/override_grammar/basic/"
+            )
+        return "; ".join(lines[:3]) + " (see metarun --help)"
     if isinstance(e, OSError) and not _job_started:  # Hydra could not set the run folder up
         return (
             f"cannot create the run folder ({e.strerror}: {e.filename}); set hydra.run.dir "
@@ -114,7 +122,10 @@ def _one_line(e: BaseException) -> str | None:
 
 def main() -> None:
     """Run Hydra with its own error printing off, so that every user error is one line."""
-    user_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    global _job_started
+    _job_started = False
+    original = os.environ.get("HYDRA_FULL_ERROR")
+    user_traceback = original == "1"
     os.environ[_TRACEBACK_ENV] = "1" if user_traceback else "0"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing several lines
     try:
@@ -133,6 +144,11 @@ def main() -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+    finally:
+        if original is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = original
 
 
 if __name__ == "__main__":

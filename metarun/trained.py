@@ -16,7 +16,7 @@ import torch
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from rich.console import Console
 from rich.table import Table
 
@@ -104,8 +104,10 @@ def load_image(path: Path, preprocess: dict) -> torch.Tensor:
                 (preprocess["size"], preprocess["size"]), Image.Resampling.BOX
             )
             array = np.asarray(img, dtype=np.uint8)
+    except UnidentifiedImageError:
+        raise MetarunError(f"{path} is not an image Pillow can read; remove it") from None
     except OSError as e:
-        raise MetarunError(f"{path} is not a readable image ({e})") from None
+        raise MetarunError(f"{path} is not a readable image ({e.strerror or e})") from None
     if preprocess.get("invert"):
         array = 255 - array
     x = torch.from_numpy(array.copy()).float() / 255

@@ -116,3 +116,24 @@ def metarun_cli(tmp_path):
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--error-catalogue",
+        metavar="FILE",
+        help="write tests/test_errors.py's cases and the exact message each produced (markdown)",
+    )
+
+
+def pytest_sessionfinish(session):
+    path = session.config.getoption("--error-catalogue")
+    module = sys.modules.get("tests.test_errors") or sys.modules.get("test_errors")
+    recorded = getattr(module, "RECORDED", None)
+    if not path or not recorded:
+        return
+    rows = ["| case | command | message (stderr, exit code 2) |", "|---|---|---|"]
+    for case, command, message in recorded:
+        cells = (c.replace("|", "\\|") for c in (case, command, message))
+        rows.append("| {} | `{}` | `{}` |".format(*cells))
+    Path(path).write_text("\n".join(rows) + "\n")

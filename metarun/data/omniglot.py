@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from filelock import FileLock
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from metarun.atomic import atomic_write
 from metarun.data.download import cache_dir, fetch, writable_dir
@@ -99,8 +99,9 @@ def _decode(archive: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, size: int
             grey = img.convert("L").resize((size, size), Image.Resampling.BOX)
             return 255 - np.asarray(grey, dtype=np.uint8)  # strokes bright on black
     except (OSError, zipfile.BadZipFile, ValueError) as e:
+        why = "not an image format Pillow knows" if isinstance(e, UnidentifiedImageError) else e
         raise MetarunError(
-            f"{archive.name}: {info.filename} is not a readable image ({e}); the archive is "
+            f"{archive.name}: {info.filename} is not a readable image ({why}); the archive is "
             "corrupt: delete it and download it again"
         ) from e
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from metarun.atomic import atomic_write
+from metarun.errors import MetarunError
 from metarun.logging.logger import Sink
 
 
@@ -51,8 +52,14 @@ class LocalFilesSink(Sink):
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         record = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+        except OSError as e:  # a reader skips a cut last line; resuming drops it
+            raise MetarunError(
+                f"could not append to {self.metrics_path} ({e.strerror or e}); free space "
+                "there and resume the run from its last checkpoint"
+            ) from e
 
     def summary(self, summary: dict[str, Any]) -> None:
         self._summary.update(summary)

@@ -1,0 +1,358 @@
+"""The catalogue of bad inputs and faults: each ends in one line on stderr and exit code 2.
+
+Every case runs the real entry point (``metarun.cli.main`` or ``metarun-predict``) in this
+process, so that a case costs a fraction of a second and faults can be injected with
+``monkeypatch``. ``pytest tests/test_errors.py --error-catalogue FILE`` writes the table of
+cases and their messages (docs/errors.md holds it).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import re
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+
+from metarun import cli, trained
+from metarun.checkpoint import load_checkpoint
+from tests.conftest import GLYPHS_SMALL, SHARED_OMNIGLOT, TINY
+
+QUIET = [*(o for o in TINY if not o.startswith("algo.")), "logger=none"]
+GLYPHS = ["dataset=glyphs", *GLYPHS_SMALL]
+SMALL1 = "images_background_small1.zip"
+RECORDED: list[tuple[str, str, str]] = []  # (case, command, message) for --error-catalogue
+
+
+@dataclass
+class Case:
+    id: str
+    args: list[str]  # "{tmp}" stands for the test's temporary folder
+    message: str  # a regular expression the error line must match after "metarun: error: "
+    prepare: Callable[[Path, pytest.MonkeyPatch], None] | None = None
+    check: Callable[[Path], None] | None = None  # what must hold afterwards (nothing lost)
+    tool: str = "metarun"
+    marks: list = field(default_factory=list)
+
+
+@pytest.fixture
+def entry(tmp_path, monkeypatch, capsys):
+    """``entry(tool, args)`` runs a console script's main in ``tmp_path``: (exit code, stderr)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    monkeypatch.setenv("NETRC", str(tmp_path / "home" / ".netrc"))
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+
+    def _run(tool: str, args: list[str]) -> tuple[int | None, str]:
+        capsys.readouterr()
+        monkeypatch.setattr(sys, "argv", [tool, *args])
+        main = {"metarun": cli.main, "metarun-predict": trained.predict_main}[tool]
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        return code, capsys.readouterr().err
+
+    return _run
+
+
+# ---- preparations: files and faults a case needs ---------------------------------------------
+
+
+def _small1_copy(tmp: Path, transform: Callable[[bytes], bytes] = lambda b: b) -> None:
+    root = tmp / "data"
+    root.mkdir(exist_ok=True)
+    (root / SMALL1).write_bytes(transform((SHARED_OMNIGLOT / SMALL1).read_bytes()))
+
+
+def _fake_small1(extra: dict, mp: pytest.MonkeyPatch, tmp: Path) -> None:
+    from metarun.data import omniglot
+    from tests.test_images import fake_archive
+
+    (tmp / "data").mkdir(exist_ok=True)
+    md5 = fake_archive(tmp / "data" / SMALL1, extra=extra)
+    mp.setitem(omniglot.ARCHIVES, "small1", (SMALL1, md5))
+
+
+def _corrupt_png(tmp: Path, mp: pytest.MonkeyPatch) -> None:
+    from tests.test_images import _png
+
+    member = "images_background_small1/Broken/character01/9_{:02d}.png"
+    extra = {member.format(d): b"garbage" if d == 7 else _png(d) for d in range(1, 21)}
+    _fake_small1(extra, mp, tmp)
+
+
+def _disk_full_at_third_save(tmp: Path, mp: pytest.MonkeyPatch) -> None:
+    from metarun import checkpoint
+
+    real_save, calls = torch.save, []
+
+    def save(obj, f):  # half a file, then the disk is full, as a real ENOSPC would leave it
+        calls.append(1)
+        if len(calls) == 3:
+            f.write(b"PK\x03\x04 partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, f)
+
+    mp.setattr(checkpoint.torch, "save", save)
+
+
+def _disk_full_at_fifth_metrics_line(tmp: Path, mp: pytest.MonkeyPatch) -> None:
+    from metarun.logging import local
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f, self.lines = f, 0
+
+        def write(self, text: str) -> int:
+            self.lines += 1
+            if self.lines == 5:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(text)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    real_init = local.LocalFilesSink.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        self._file = FullDisk(self._file)
+
+    mp.setattr(local.LocalFilesSink, "__init__", init)
+
+
+def _metrics_whole_lines(tmp: Path) -> None:
+    lines = (tmp / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [5, 10, 10, 15]
+    assert load_checkpoint(tmp / "run" / "checkpoints" / "last.pt")["step"] == 10
+    _failed_summary(tmp / "run", "No space left on device")
+
+
+def _nan_from_step_25(tmp: Path, mp: pytest.MonkeyPatch) -> None:
+    from metarun.algorithms.maml import MAML
+
+    real, calls = MAML.meta_backward, []
+
+    def meta_backward(self, batch):
+        calls.append(1)
+        metrics = real(self, batch)
+        if len(calls) >= 25:  # the loss (and so the update) goes bad: the model diverged
+            for p in self.parameters():
+                p.grad.fill_(float("nan"))
+            metrics["loss"] = metrics["loss"] * float("nan")
+        return metrics
+
+    mp.setattr(MAML, "meta_backward", meta_backward)
+
+
+def _finished_run(tmp: Path, mp: pytest.MonkeyPatch) -> None:
+    args = [*QUIET, "train.steps=10", "hydra.run.dir=" + str(tmp / "done")]
+    sys_argv, sys.argv = sys.argv, ["metarun", *args]
+    try:
+        cli.main()
+    finally:
+        sys.argv = sys_argv
+
+
+def _garbage_checkpoint(tmp: Path, mp: pytest.MonkeyPatch) -> None:
+    _finished_run(tmp, mp)
+    (tmp / "done" / "checkpoints" / "last.pt").write_bytes(b"<html>not a checkpoint</html>")
+
+
+def _no_wandb(tmp: Path, mp: pytest.MonkeyPatch) -> None:
+    mp.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
+
+
+def _wandb_refuses(tmp: Path, mp: pytest.MonkeyPatch) -> None:
+    import wandb
+
+    def init(**kwargs):
+        raise wandb.errors.CommError("returned error 404 Not Found: entity nobody not found")
+
+    mp.setattr(wandb, "init", init)
+
+
+def _support_folders(tmp: Path, classes: dict[str, list[str]]) -> None:
+    from PIL import Image
+
+    for name, files in classes.items():
+        (tmp / "support" / name).mkdir(parents=True)
+        for f in files:
+            path = tmp / "support" / name / f
+            if f.endswith(".png"):
+                Image.new("L", (40, 30), 255).save(path)
+            else:
+                path.write_text("not an image")
+    (tmp / "query").mkdir(exist_ok=True)
+    Image.new("RGB", (50, 50)).save(tmp / "query" / "q.png")
+
+
+def _glyph_checkpoint(tmp: Path, mp: pytest.MonkeyPatch) -> None:
+    args = [*QUIET, *GLYPHS, "algo=protonet", "task.train_way=null", "train.steps=4"]
+    args.append(f"hydra.run.dir={tmp / 'done'}")
+    sys_argv, sys.argv = sys.argv, ["metarun", *args]
+    try:
+        cli.main()
+    finally:
+        sys.argv = sys_argv
+
+
+def _predict_setup(classes: dict[str, list[str]], bad_png: bool = False):
+    def prepare(tmp: Path, mp: pytest.MonkeyPatch) -> None:
+        _glyph_checkpoint(tmp, mp)
+        _support_folders(tmp, classes)
+        if bad_png:
+            (tmp / "support" / "a" / "broken.png").write_bytes(b"\x89PNG garbage")
+
+    return prepare
+
+
+# ---- checks: nothing already written is lost ------------------------------------------------
+
+
+def _failed_summary(run_dir: Path, message: str) -> None:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and message in summary["error"]
+
+
+def _previous_checkpoints_intact(tmp: Path) -> None:
+    ckpt = tmp / "run" / "checkpoints"
+    assert load_checkpoint(ckpt / "best.pt")["step"] == 10
+    assert load_checkpoint(ckpt / "last.pt")["step"] == 10  # the interrupted write left no trace
+    assert not list(ckpt.glob(".*.tmp"))
+    _failed_summary(tmp / "run", "No space left on device")
+
+
+def _last_good_checkpoint_kept(tmp: Path) -> None:
+    last = load_checkpoint(tmp / "run" / "checkpoints" / "last.pt")
+    assert last["step"] == 20
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+    lines = (tmp / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [5, 10, 10, 15, 20, 20]
+    _failed_summary(tmp / "run", "NaN or inf in steps 21-25")
+
+
+def _run_untouched(tmp: Path) -> None:
+    assert json.loads((tmp / "done" / "summary.json").read_text())["status"] == "finished"
+    assert load_checkpoint(tmp / "done" / "checkpoints" / "last.pt")["step"] == 10
+
+
+RUN = ["hydra.run.dir={tmp}/run"]
+OMNI = ["dataset=omniglot", "dataset.root={tmp}/data", "dataset.background=small1"]
+OMNI += ["dataset.split=random", "dataset.download=false", *QUIET]
+CASES = [
+    # -- config
+    Case("unknown group option", ["algo=mamll"], "Could not find 'algo/mamll'; valid options: "
+         "fomaml, lstm, maml, mann, protonet$"),
+    Case("unknown key", ["algo.inner_lrr=0.1"], "algo.inner_lrr: Key 'inner_lrr' not in "
+         "'MAMLConfig'; did you mean inner_lr"),
+    Case("wrong type", ["task.way=five"], "task.way: Value 'five' of type 'str' could not be "
+         "converted to Integer; every key and its current value: metarun --cfg job"),
+    Case("override syntax", ["algo.inner_lr=(1"], "Error parsing override 'algo.inner_lr=\\(1'"),
+    *(
+        Case(f"bad {key}", [*algo, *QUIET, f"{key}={value}"], f"{key}={value} must be ")
+        for key, value, algo in [
+            ("algo.optimizer.lr", 0.0, []), ("algo.inner_lr", -0.1, []),
+            ("algo.inner_steps", 0, []), ("train.steps", -1, []), ("task.way", 0, []),
+            ("task.shot", 0, []), ("task.query", -1, []), ("task.meta_batch", 0, []),
+            ("val.episodes", 0, []), ("algo.read_heads", 0, ["algo=mann"]),
+        ]
+    ),
+    Case("test episodes < 2", ["test.episodes=1"], "test.episodes=1 gives no confidence interval"),
+    Case("way > classes", [*GLYPHS, *QUIET, "task.way=13"], "validation: 13-way tasks need 13 "
+         "classes but the val split has 12; lower task.way"),
+    Case("shot + query > samples", [*GLYPHS, *QUIET, "task.shot=10", "task.query=15"],
+         "shot 10 \\+ query 15 needs 25 samples per class but the train split has 20"),
+    Case("image too small", [*GLYPHS, *QUIET, "dataset.image_size=8", "backbone=conv4"],
+         "a 8x8 image is too small for 4 downsampling blocks; raise dataset.image_size"),
+    Case("incompatible algo and dataset", ["algo=protonet", "dataset=sinusoid"],
+         "algo=protonet classifies; it cannot run on a regression dataset"),
+    Case("absent CUDA", ["device=cuda"], "device=cuda was requested but no CUDA GPU is usable",
+         marks=[pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present")]),
+    Case("absent MPS", ["device=mps"], "device=mps was requested but Apple MPS is not available"),
+    # -- data
+    Case("missing dataset, download=false", OMNI, f"{SMALL1} was not found in .*/data .*"
+         "dataset.download=false; put the file there"),
+    Case("wrong checksum (truncated archive)", OMNI, f"{SMALL1} has the wrong md5 checksum",
+         lambda tmp, mp: _small1_copy(tmp, lambda b: b[: len(b) // 2])),
+    Case("member outside the target folder", OMNI, "'../../escape.png', which points outside",
+         lambda tmp, mp: _fake_small1({"../../escape.png": b"x"}, mp, tmp)),
+    Case("corrupt image in archive", OMNI, "Broken/character01/9_07.png is not a readable image",
+         _corrupt_png),
+    # -- run
+    Case("run folder not creatable", [*QUIET, "hydra.run.dir={tmp}/file/run"],
+         "cannot create the run folder \\(Not a directory: .*/file/run.*\\); set hydra.run.dir",
+         lambda tmp, mp: (tmp / "file").write_text("")),
+    Case("disk full while checkpointing", [*QUIET, *RUN, "checkpoint.every=10"],
+         "could not write .*/checkpoints/(best|last).pt \\(No space left on device\\); the previous "
+         "checkpoint is intact", _disk_full_at_third_save, _previous_checkpoints_intact),
+    Case("disk full while logging", [*QUIET, *RUN, "checkpoint.every=10"], "could not append "
+         "to .*/run/metrics.jsonl \\(No space left on device\\); free space there and resume",
+         _disk_full_at_fifth_metrics_line, _metrics_whole_lines),
+    Case("NaN loss", [*QUIET, *RUN, "checkpoint.every=10", "train.steps=30"], "the training loss became NaN or inf "
+         "in steps 21-25; checkpoints/last.pt from step 20 is kept; lower algo.optimizer.lr",
+         _nan_from_step_25, _last_good_checkpoint_kept),
+    Case("resume from a missing folder", ["resume=true", "resume_dir={tmp}/nope", *QUIET],
+         "no checkpoint at .*/nope/checkpoints/last.pt; check the path"),
+    Case("resume with another model shape",
+         ["resume=true", "resume_dir={tmp}/done", *QUIET, "train.steps=10", "backbone.hidden=[8]"],
+         "cannot resume .*/done: the config differs from the checkpoint's in backbone.hidden",
+         _finished_run, _run_untouched),
+    Case("resume from an unreadable checkpoint",
+         ["resume=true", "resume_dir={tmp}/done", *QUIET, "train.steps=10"],
+         "last.pt is not a checkpoint file \\(truncated, or not written by metarun\\)", _garbage_checkpoint),
+    # -- W&B
+    Case("W&B not installed", [*TINY, "logger=wandb"], "logger=wandb needs the wandb package, "
+         "which is not installed: pip install wandb, or run with logger=none", _no_wandb),
+    Case("invalid W&B project", [*TINY, "logger.project=my/project"], "logger.project="
+         "'my/project' is not a valid W&B project name \\(contains '/'\\)"),
+    Case("W&B refuses the entity", [*TINY, *RUN, "logger.mode=online", "logger.entity=nobody"],
+         "W&B refused project 'metarun' / entity 'nobody' .*404 Not Found", _wandb_refuses,
+         lambda tmp: _failed_summary(tmp / "run", "W&B refused")),
+    # -- metarun-predict
+    *(
+        Case(f"predict: {what}", ["checkpoint={tmp}/done/checkpoints/best.pt",
+             "support={tmp}/support", "query={tmp}/query", "out={tmp}/p.csv"], message,
+             _predict_setup(classes, bad), tool="metarun-predict")
+        for what, classes, bad, message in [
+            ("empty support folder", {}, False, "support=.*/support needs one sub-folder per "
+             "class \\(two or more\\)"),
+            ("class folder without images", {"a": ["x.png"], "b": ["notes.txt"]}, False,
+             "support classes without images: b"),
+            ("file that is not an image", {"a": ["x.png"], "b": ["y.png"]}, True,
+             "support/a/broken.png is not an image Pillow can read; remove it"),
+        ]
+    ),
+    Case("predict: checkpoint of a regression model",
+         ["checkpoint={tmp}/done/checkpoints/best.pt", "support={tmp}", "query={tmp}"],
+         "this checkpoint's dataset has no image preprocessing", _finished_run,
+         tool="metarun-predict"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES])
+def test_bad_input_is_one_line_and_loses_nothing(entry, tmp_path, monkeypatch, case):
+    if case.prepare:
+        case.prepare(tmp_path, monkeypatch)
+    args = [a.replace("{tmp}", str(tmp_path)) for a in case.args]
+    code, err = entry(case.tool, args)
+    lines = [line for line in err.splitlines() if not line.startswith("metarun: warning:")]
+    assert code == 2, err
+    assert len(lines) == 1, err
+    prefix = f"{case.tool}: error: "
+    assert lines[0].startswith(prefix), err
+    assert re.search(case.message, lines[0][len(prefix) :]), lines[0]
+    if case.check:
+        case.check(tmp_path)
+    shown = " ".join(a.replace("{tmp}", "/tmp/x") for a in case.args if a not in QUIET)
+    RECORDED.append((case.id, f"{case.tool} {shown}", lines[0].replace(str(tmp_path), "/tmp/x")))
