@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import json
 import re
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -294,13 +293,13 @@ CASES = [
          "cannot create the run folder \\(Not a directory: .*/file/run.*\\); set hydra.run.dir",
          lambda tmp, mp: (tmp / "file").write_text("")),
     Case("disk full while checkpointing", [*QUIET, *RUN, "checkpoint.every=10"],
-         "could not write .*/checkpoints/(best|last).pt \\(No space left on device\\); the previous "
-         "checkpoint is intact", _disk_full_at_third_save, _previous_checkpoints_intact),
+         "could not write .*/checkpoints/(best|last).pt \\(No space left on device\\); the "
+         "previous checkpoint is intact", _disk_full_at_third_save, _previous_checkpoints_intact),
     Case("disk full while logging", [*QUIET, *RUN, "checkpoint.every=10"], "could not append "
          "to .*/run/metrics.jsonl \\(No space left on device\\); free space there and resume",
          _disk_full_at_fifth_metrics_line, _metrics_whole_lines),
-    Case("NaN loss", [*QUIET, *RUN, "checkpoint.every=10", "train.steps=30"], "the training loss became NaN or inf "
-         "in steps 21-25; checkpoints/last.pt from step 20 is kept; lower algo.optimizer.lr",
+    Case("NaN loss", [*QUIET, *RUN, "checkpoint.every=10", "train.steps=30"],
+         "the training loss became NaN or inf in steps 21-25; checkpoints/last.pt from step 20 is kept; lower algo.optimizer.lr",
          _nan_from_step_25, _last_good_checkpoint_kept),
     Case("resume from a missing folder", ["resume=true", "resume_dir={tmp}/nope", *QUIET],
          "no checkpoint at .*/nope/checkpoints/last.pt; check the path"),
@@ -310,7 +309,8 @@ CASES = [
          _finished_run, _run_untouched),
     Case("resume from an unreadable checkpoint",
          ["resume=true", "resume_dir={tmp}/done", *QUIET, "train.steps=10"],
-         "last.pt is not a checkpoint file \\(truncated, or not written by metarun\\)", _garbage_checkpoint),
+         "last.pt is not a checkpoint file \\(truncated, or not written by metarun\\)",
+         _garbage_checkpoint),
     # -- W&B
     Case("W&B not installed", [*TINY, "logger=wandb"], "logger=wandb needs the wandb package, "
          "which is not installed: pip install wandb, or run with logger=none", _no_wandb),
