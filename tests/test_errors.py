@@ -299,7 +299,8 @@ CASES = [
          "to .*/run/metrics.jsonl \\(No space left on device\\); free space there and resume",
          _disk_full_at_fifth_metrics_line, _metrics_whole_lines),
     Case("NaN loss", [*QUIET, *RUN, "checkpoint.every=10", "train.steps=30"],
-         "the training loss became NaN or inf in steps 21-25; checkpoints/last.pt from step 20 is kept; lower algo.optimizer.lr",
+         "the training loss became NaN or inf in steps 21-25; checkpoints/last.pt from step 20 "
+         "is kept; lower algo.optimizer.lr",
          _nan_from_step_25, _last_good_checkpoint_kept),
     Case("resume from a missing folder", ["resume=true", "resume_dir={tmp}/nope", *QUIET],
          "no checkpoint at .*/nope/checkpoints/last.pt; check the path"),
