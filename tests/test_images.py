@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import http.server
@@ -164,6 +165,46 @@ def test_cache_is_used_and_keyed_by_preprocessing(omniglot_root, monkeypatch):
         )
 
 
+def test_a_stale_or_broken_cache_file_is_rebuilt_not_used(omniglot_root, monkeypatch):
+    """A cache file under the current name that holds something else (another preprocessing's
+    shape, a file cut short) is decoded again; one from an older PREPROCESS_VERSION is never
+    even opened, because the version is part of the name."""
+    kwargs = dict(root=str(omniglot_root), background="small1", split="random", download=False)
+    reference = Omniglot(**kwargs).splits["train"]
+    (cache,) = (omniglot_root / "omniglot-cache").glob("*.npz")
+    assert cache.name.endswith(f"-v{omniglot_module.PREPROCESS_VERSION}.npz")
+    decoded = []
+    real_decode = omniglot_module.decode_archive
+    monkeypatch.setattr(
+        omniglot_module, "decode_archive", lambda *a: decoded.append(1) or real_decode(*a)
+    )
+    for stale in (
+        lambda: np.savez(
+            cache, images=np.zeros((3, 20, 20, 20), np.uint8), names=np.array(["a"] * 3)
+        ),
+        lambda: cache.write_bytes(cache.read_bytes()[:1000]),
+    ):
+        stale()
+        assert torch.equal(Omniglot(**kwargs).splits["train"], reference)
+    assert len(decoded) == 2
+    older = cache.with_name(cache.name.replace(f"-v{omniglot_module.PREPROCESS_VERSION}", "-v0"))
+    np.savez(older, images=np.zeros((3, 20, 28, 28), np.uint8), names=np.array(["a"] * 3))
+    assert torch.equal(Omniglot(**kwargs).splits["train"], reference) and len(decoded) == 2
+
+
+def test_a_full_disk_costs_the_cache_not_the_run(omniglot_root, monkeypatch, capsys):
+    def full(path, write):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(omniglot_module, "atomic_write", full)
+    ds = Omniglot(root=str(omniglot_root), background="small1", split="random", download=False)
+    assert sum(ds.num_classes(s) for s in ("train", "val", "test")) == 136
+    assert not list((omniglot_root / "omniglot-cache").glob("*.npz"))
+    err = capsys.readouterr().err
+    assert err.startswith("metarun: warning: could not write the decoded cache ")
+    assert "(No space left on device); continuing without it" in err
+
+
 def test_read_only_root_caches_elsewhere(omniglot_root, tmp_path, monkeypatch):
     monkeypatch.setenv("METARUN_CACHE_DIR", str(tmp_path / "cache"))
     omniglot_root.chmod(0o555)
@@ -250,6 +291,34 @@ def test_download_verifies_and_loads(http_server, tmp_path, monkeypatch):
     ds = Omniglot(root=str(root), background="small1", split="random", split_sizes=[4, 1, 1])
     assert sum(ds.num_classes(s) for s in ("train", "val", "test")) == 6
     assert hashlib.md5((root / "images_background_small1.zip").read_bytes()).hexdigest() == md5
+
+
+def test_a_corrupt_local_archive_is_downloaded_again(http_server, tmp_path, monkeypatch):
+    served, url = http_server
+    md5 = fake_archive(served / "images_background_small1.zip")
+    _point_small1_at(monkeypatch, url, md5)
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "images_background_small1.zip").write_bytes(b"<html>virus scan warning</html>")
+    ds = Omniglot(root=str(root), background="small1", split="random", split_sizes=[4, 1, 1])
+    assert sum(ds.num_classes(s) for s in ("train", "val", "test")) == 6
+    assert hashlib.md5((root / "images_background_small1.zip").read_bytes()).hexdigest() == md5
+
+
+def test_a_download_onto_a_full_disk_says_so(http_server, tmp_path, monkeypatch):
+    import pooch
+
+    served, url = http_server
+    _point_small1_at(monkeypatch, url, fake_archive(served / "images_background_small1.zip"))
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pooch, "retrieve", full)
+    with pytest.raises(MetarunError, match=r"could not write images_background_small1.zip into "
+                       r".*/root \(No space left on device\); free space there or point "
+                       r"dataset.root"):  # fmt: skip
+        Omniglot(root=str(tmp_path / "root"), background="small1", split="random")
 
 
 def test_download_with_wrong_checksum_keeps_nothing(http_server, tmp_path, monkeypatch):

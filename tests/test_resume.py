@@ -77,7 +77,7 @@ def test_a_checkpoint_from_before_an_option_existed_resumes_at_its_neutral_value
 
 LONG = [
     "logger=none",
-    "train.steps=3000",
+    "train.steps=1500",
     "train.log_every=40",
     "val.every=500",
     "val.episodes=20",
@@ -114,7 +114,9 @@ def reference(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=["SIGKILL", "SIGTERM", "SIGINT"]
+)
 def test_killed_run_resumes_to_the_same_metrics(reference, tmp_path, sig):
     proc = _metarun(tmp_path, *LONG)
     deadline = time.time() + 120
@@ -129,10 +131,10 @@ def test_killed_run_resumes_to_the_same_metrics(reference, tmp_path, sig):
     proc.send_signal(sig)
     code = proc.wait(timeout=60)
     run_dir = _run_dir(tmp_path)
-    if sig == signal.SIGTERM:
+    if sig != signal.SIGKILL:
         stderr = proc.stderr.read().strip()
-        assert code == 128 + signal.SIGTERM
-        assert stderr.startswith("metarun: stopped by SIGTERM at step ")
+        assert code == 128 + sig
+        assert stderr.startswith(f"metarun: stopped by {sig.name} at step ")
         assert f"resume=true resume_dir={run_dir}" in stderr and "\n" not in stderr
         assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
     else:
@@ -169,3 +171,43 @@ def test_a_requeued_submitit_job_continues_in_its_own_folder(
         del cfg["hydra"]
     run(cfg)
     assert (job / "metrics.jsonl").read_text() == (full / "metrics.jsonl").read_text()
+
+
+# `metarun` whose checkpoint writer is killed (SIGKILL, no chance to clean up) half-way through
+# the file of its KILL_AT_WRITE-th checkpoint write.
+KILLED_MID_WRITE = """
+import os, signal, sys
+import metarun.checkpoint as checkpoint
+from metarun.cli import main
+real, count = checkpoint.atomic_write, [0]
+def atomic_write(path, write):
+    count[0] += 1
+    if count[0] != int(os.environ["KILL_AT_WRITE"]):
+        return real(path, write)
+    def half_then_killed(f):
+        f.write(b"PK" + bytes(4096))
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(path, half_then_killed)
+checkpoint.atomic_write = atomic_write
+main()
+"""
+
+
+@pytest.mark.slow
+def test_a_kill_in_the_middle_of_a_checkpoint_write_loses_nothing(reference, tmp_path):
+    # Writes: last.pt at 130, 260, 390, best.pt at 500, last.pt at 520, then the 6th: 650.
+    env = {**clean_env(tmp_path), "KILL_AT_WRITE": "6"}
+    code = subprocess.run(
+        [sys.executable, "-c", KILLED_MID_WRITE, *LONG], cwd=tmp_path, env=env, timeout=300
+    ).returncode
+    assert code == -signal.SIGKILL
+    run_dir = _run_dir(tmp_path)
+    (partial,) = (run_dir / "checkpoints").glob(".last.pt.*.tmp")  # what the kill left
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 520
+    resumed = _metarun(tmp_path / "again", *LONG, "resume=true", f"resume_dir={run_dir}")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    assert not partial.exists()
+    assert (run_dir / "metrics.jsonl").read_text() == (reference / "metrics.jsonl").read_text()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["test/mse"] == json.loads((reference / "summary.json").read_text())["test/mse"]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -45,3 +48,33 @@ def test_optuna_search_optimises_the_returned_objective(metarun_cli, tmp_path):
     best = yaml.safe_load(results.read_text())
     assert best["best_value"] == pytest.approx(min(s["best_val/mse"] for s in summaries.values()))
     assert set(best["best_params"]) == {"algo.inner_lr", "algo.inner_steps", "algo.optimizer.lr"}
+
+
+@pytest.mark.parametrize(
+    "launcher",
+    [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]],
+    ids=["basic", "joblib"],
+)
+def test_a_failing_job_leaves_the_others_alone_and_the_report_marks_it(
+    metarun_cli, tmp_path, launcher
+):
+    """Job 1 diverges (NaN) mid-training; jobs 0 and 2 still run to the end."""
+    proc = metarun_cli("-m", *launcher, "algo.inner_lr=0.01,1e30,0.02", *QUIET)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("metarun: error:")]
+    assert errors[0].startswith("metarun: error: job 1: the training loss became NaN or inf")
+    assert errors[-1].startswith("metarun: error: sweep job 1 failed (the training loss became")
+    summaries = job_summaries(tmp_path)
+    assert [summaries[j]["status"] for j in ("0", "1", "2")] == ["finished", "failed", "finished"]
+    assert "NaN or inf in steps 1-5" in summaries["1"]["error"]
+    assert all("test/mse" in summaries[j] for j in ("0", "2"))
+    (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    out = subprocess.run(
+        [str(Path(sys.executable).with_name("metarun-report")), str(sweep), "--out", "rep"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "1 runs did not finish" in out.stdout and "failed" in out.stdout
+    assert "2 runs, 2 configurations" in out.stdout
