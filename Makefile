@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.metarun-installed
 
-.PHONY: run test lint install clean
+.PHONY: run test soak lint install clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "metarun needs Python >= 3.10; set PYTHON=python3.11 (for example)")'
@@ -28,6 +28,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# 200 short jobs with random overrides in one multirun: each finishes or fails in one line.
+soak: $(STAMP)
+	$(BIN)/python scripts/soak.py --runs 200
 
 lint: $(STAMP)
 	$(BIN)/ruff check metarun tests scripts

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from metarun.config import register_configs
-from metarun.errors import Interrupted, MetarunError
+from metarun.errors import Interrupted, MetarunError, print_line
 
 # OSErrors that the machine or the user's paths cause, never a bug in metarun.
 ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
@@ -59,13 +59,13 @@ def _main(cfg: DictConfig) -> float:
     try:
         return run(cfg)
     except Interrupted as e:
-        print(f"metarun: {e}", file=sys.stderr)
+        print_line(f"metarun: {e}")
         if multirun:  # the sweep stops too: the user asked the whole process to stop
             raise KeyboardInterrupt from None
         sys.exit(128 + e.signum)
     except MetarunError as e:
         job = f"job {HydraConfig.get().job.num}: " if multirun else ""
-        print(f"metarun: error: {job}{e}", file=sys.stderr)
+        print_line(f"metarun: error: {job}{e}")
         if multirun:
             e.job = HydraConfig.get().job.num  # Hydra records the job as failed, runs the others
             raise
@@ -140,7 +140,7 @@ def main() -> None:
                 f"sweep job {job} failed ({message}); the other jobs ran: each job's "
                 "summary.json has its status (metarun-report <sweep folder> lists them)"
             )
-        print(f"metarun: error: {message}", file=sys.stderr)
+        print_line(f"metarun: error: {message}")
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)

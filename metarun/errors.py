@@ -26,6 +26,13 @@ class Interrupted(Exception):
         return type(self), (self.signum, self.step, self.run_dir)
 
 
+def print_line(line: str) -> None:
+    """``line`` on stderr in one write: parallel sweep jobs share the stream, and ``print``
+    writes the newline separately, so two jobs' lines could interleave."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def warn(message: str) -> None:
     """A problem the run works around (it goes on): one line on stderr."""
-    print(f"metarun: warning: {message}", file=sys.stderr)
+    print_line(f"metarun: warning: {message}")

@@ -23,7 +23,7 @@ from rich.table import Table
 from metarun.checkpoint import load_checkpoint
 from metarun.config import MetarunConfig
 from metarun.device import resolve_device
-from metarun.errors import MetarunError
+from metarun.errors import MetarunError, print_line
 from metarun.run import build, build_experiment, meta_test, seed_everything
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -67,7 +67,7 @@ def _run_tool(fn, argv) -> None:
     try:
         fn(sys.argv[1:] if argv is None else argv)
     except MetarunError as e:
-        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
+        print_line(f"{Path(sys.argv[0]).name}: error: {e}")
         sys.exit(2)
 
 
