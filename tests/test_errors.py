@@ -357,3 +357,20 @@ def test_bad_input_is_one_line_and_loses_nothing(entry, tmp_path, monkeypatch, c
         case.check(tmp_path)
     shown = " ".join(a.replace("{tmp}", "/tmp/x") for a in case.args if a not in QUIET)
     RECORDED.append((case.id, f"{case.tool} {shown}", lines[0].replace(str(tmp_path), "/tmp/x")))
+
+
+def test_hydra_full_error_shows_the_traceback_and_bugs_keep_theirs(entry, monkeypatch):
+    from metarun.errors import MetarunError
+    from metarun.run import Trainer
+
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(MetarunError, match="test.episodes=1 gives no confidence interval"):
+        entry("metarun", ["test.episodes=1"])
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+
+    def bug(self):
+        raise ZeroDivisionError("a bug in metarun")
+
+    monkeypatch.setattr(Trainer, "fit", bug)
+    with pytest.raises(ZeroDivisionError, match="a bug in metarun"):  # not a one-line exit
+        entry("metarun", QUIET)

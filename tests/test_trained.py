@@ -56,17 +56,22 @@ def test_eval_reproduces_the_runs_test_result_and_accepts_new_shots(run_inproces
 
 
 def _write_folders(tmp_path, classes: int, shot: int) -> tuple:
-    """Support/query folders of glyph images, saved dark-on-light like Omniglot's files."""
+    """Support/query folders of glyph images, saved dark-on-light like Omniglot's files; the
+    queries as 3x larger RGB images (preprocessing brings them back to the model's input), and
+    each class folder holds a stray non-image file (ignored)."""
     ds = Glyphs(classes=[40, 12, 12], samples_per_class=20)
     support, query = tmp_path / "support", tmp_path / "query"
     query.mkdir()
     for c in range(classes):
         (support / f"class{c}").mkdir(parents=True)
+        (support / f"class{c}" / "notes.txt").write_text("not an image")
         for s in range(20):
             img = Image.fromarray(255 - ds.splits["test"][c, s, 0].numpy().astype(np.uint8))
-            img.save(
-                support / f"class{c}" / f"{s}.png" if s < shot else query / f"class{c}__{s}.png"
-            )
+            if s < shot:
+                img.save(support / f"class{c}" / f"{s}.png")
+            else:
+                big = img.resize((84, 84), Image.Resampling.NEAREST).convert("RGB")
+                big.save(query / f"class{c}__{s}.png")
     return support, query
 
 
