@@ -96,8 +96,6 @@ def check_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg.algo, key)
         if value is not None and value <= 0:
             raise MetarunError(f"algo.{key}={value} must be positive")
-    if cfg.logger is not None and cfg.logger.mode != "disabled":
-        check_wandb_settings(cfg.logger)
     if cfg.test.episodes < 2:
         raise MetarunError(
             f"test.episodes={cfg.test.episodes} gives no confidence interval; use 2 or more"
@@ -268,6 +266,8 @@ def run(cfg: DictConfig) -> float:
     job_dir = Path(HydraConfig.get().runtime.output_dir)
     console = Console(log_path=False)
     try:
+        if cfg.logger is not None and cfg.logger.mode != "disabled":
+            check_wandb_settings(cfg.logger)  # before the dataset is built
         exp = build_experiment(cfg)
         resume_step = exp.resume_from["step"] if exp.resume_from else None
         logger = build_logger(cfg, exp.config, exp.run_dir, console, resume_step)
