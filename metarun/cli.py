@@ -116,7 +116,8 @@ def _one_line(e: BaseException) -> str | None:
             "(hydra.sweep.dir in a multirun) to a writable folder"
         )
     if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
-        return f"cannot write {e.filename} ({e.strerror}); free space or choose a writable folder"
+        where = f" {e.filename}" if e.filename else ""
+        return f"cannot write{where} ({e.strerror}); free space or choose a writable folder"
     return None
 
 

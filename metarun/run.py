@@ -253,9 +253,13 @@ def meta_test(exp: Experiment) -> dict[str, float]:
 
 
 def _failure_summary(run_dir: Path, error: BaseException) -> None:
-    """``summary.json`` of a run that failed before its logger existed (bad config or data)."""
+    """``summary.json`` of a run that ended before its logger existed (bad config or data)."""
+    if isinstance(error, (KeyboardInterrupt, Interrupted)):
+        summary = {"status": "interrupted"}
+    else:
+        summary = {"status": "failed", "error": str(error) or type(error).__name__}
     with contextlib.suppress(OSError):
-        atomic_write_json(run_dir / "summary.json", {"status": "failed", "error": str(error)})
+        atomic_write_json(run_dir / "summary.json", summary)
 
 
 def run(cfg: DictConfig) -> float:
