@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -181,6 +181,28 @@ class GlyphsConfig:
 
 
 @dataclass
+class MiniImageNetConfig:
+    _target_: str = "metarun.data.MiniImageNet"
+    root: Optional[str] = None  # null: <metarun's cache dir>/miniimagenet
+    image_size: int = 84
+    download: bool = False  # true: fetch dataset.files (there is no official download)
+    files: Dict[str, Any] = field(default_factory=dict)  # name -> {url: ..., md5: ...}
+    rotations: bool = False
+    shift: int = 0
+
+
+@dataclass
+class CIFARConfig:
+    _target_: str = "metarun.data.CIFARFS"
+    root: Optional[str] = None  # null: <metarun's cache dir>/cifar100
+    download: bool = True
+    url: str = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+    md5: str = "eb9058c3a382ffc7106e4002c42a8d85"
+    rotations: bool = False
+    shift: int = 0
+
+
+@dataclass
 class Conv4Config:
     _target_: str = "metarun.backbones.Conv4"
     hidden: int = 64
@@ -235,6 +257,8 @@ def register_configs() -> None:
     cs.store(group="schema/dataset", name="sinusoid", node=SinusoidConfig)
     cs.store(group="schema/dataset", name="omniglot", node=OmniglotConfig)
     cs.store(group="schema/dataset", name="glyphs", node=GlyphsConfig)
+    cs.store(group="schema/dataset", name="miniimagenet", node=MiniImageNetConfig)
+    cs.store(group="schema/dataset", name="cifar", node=CIFARConfig)
     cs.store(group="schema/backbone", name="mlp", node=MLPConfig)
     cs.store(group="schema/backbone", name="conv4", node=Conv4Config)
     cs.store(group="schema/backbone", name="resnet12", node=ResNet12Config)

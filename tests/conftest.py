@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -37,6 +40,41 @@ TINY = [
     "test.batch_size=4",
     "algo.eval_inner_steps=2",
 ]
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A local HTTP server for ``tmp_path/served``; yields (that folder, its base URL)."""
+    served = tmp_path / "served"
+    served.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield served, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def fewshot_data(tmp_path_factory) -> dict[str, list[str]]:
+    """Overrides that point each RGB dataset at tiny generated files in its real format."""
+    from tests.fewshot_fixtures import write_cifar_archive, write_mini_pickles
+
+    base = tmp_path_factory.mktemp("fewshot")
+    mini = write_mini_pickles(base / "miniimagenet")
+    md5 = write_cifar_archive(base / "cifar" / "cifar-100-python.tar.gz")
+    cifar = [f"dataset.root={base / 'cifar'}", f"dataset.md5={md5}", "dataset.download=false"]
+    cifar.append("task.query=2")
+    return {
+        "metarun.data.MiniImageNet": [f"dataset.root={mini}", "task.query=2"],
+        "metarun.data.CIFARFS": cifar,
+        "metarun.data.FC100": cifar,
+    }
 
 
 def options(group: str) -> list[str]:

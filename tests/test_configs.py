@@ -41,10 +41,11 @@ def _build(cfg):
     [f"{g}={o}" for g in ("algo", "dataset", "backbone", "device", "logger") for o in options(g)]
     + [f"experiment={o}" for o in options("experiment")],
 )
-def test_every_option_composes_and_instantiates(compose_cfg, override):
+def test_every_option_composes_and_instantiates(compose_cfg, fewshot_data, override):
     overrides = [override, *NEEDS_IMAGES.get(override, [])]
     cfg = compose_cfg(overrides)
-    cfg = compose_cfg([*overrides, *SMALL_DATA.get(cfg.dataset._target_, [])])
+    small = {**SMALL_DATA, **fewshot_data}
+    cfg = compose_cfg([*overrides, *small.get(cfg.dataset._target_, [])])
     dataset, learner, optimizer = _build(cfg)
     assert isinstance(learner, MetaLearner)
     assert len(optimizer.param_groups[0]["params"]) == len(list(learner.parameters())) > 0

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import errno
-import functools
 import hashlib
-import http.server
 import io
 import shutil
-import threading
 import zipfile
 from pathlib import Path
 
@@ -258,24 +255,6 @@ def fake_archive(path: Path, alphabets: int = 2, chars: int = 3, extra: dict | N
         for name, data in (extra or {}).items():
             zf.writestr(name, data)
     return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture
-def http_server(tmp_path):
-    """A local HTTP server for ``tmp_path/served``; yields its base URL."""
-    served = tmp_path / "served"
-    served.mkdir()
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args) -> None:
-            pass
-
-    handler = functools.partial(Quiet, directory=str(served))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield served, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
 
 
 def _point_small1_at(monkeypatch, url: str, md5: str) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tarfile
+import zipfile
 from pathlib import Path
 
 from filelock import FileLock
@@ -153,3 +155,32 @@ def _download(url: str, md5: str, target: Path) -> None:
             f"could not download {target.name} from {url} ({type(e).__name__}); check the "
             f"network, or download it by hand into {target.parent}"
         ) from e
+
+
+def extract(archive: Path, dest: Path) -> None:
+    """Unpack a .tar(.gz) or .zip into ``dest`` once (a marker file remembers it), refusing any
+    member that would land outside ``dest`` (absolute paths, ``..``, links out of it)."""
+    marker = dest / f".{archive.name}.extracted"
+    if marker.is_file():
+        return
+    dest = dest.resolve()
+    try:
+        if archive.name.endswith(".zip"):
+            with zipfile.ZipFile(archive) as zf:
+                for name in zf.namelist():
+                    if not (dest / name).resolve().is_relative_to(dest):
+                        raise MetarunError(
+                            f"{archive.name} holds the member {name!r}, which points outside "
+                            f"{dest}; refusing to unpack it"
+                        )
+                zf.extractall(dest)
+        else:
+            with tarfile.open(archive) as tar:
+                tar.extractall(dest, filter="data")  # refuses absolute paths, .., unsafe links
+    except (tarfile.TarError, zipfile.BadZipFile) as e:
+        message = str(e)
+        raise MetarunError(
+            f"{archive} could not be unpacked ({type(e).__name__}: {message[:160]}); delete it "
+            "and download it again"
+        ) from None
+    marker.touch()
