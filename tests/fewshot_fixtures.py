@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import pickle
+import shlex
 import tarfile
 from pathlib import Path
 
@@ -66,13 +68,13 @@ def write_mini_csv(root: Path, per_class: int = 4, size: int = 100) -> Path:
 
 
 class Payload:
-    """Unpickling this runs ``open(marker, "w")``: what a malicious pickle would do."""
+    """Unpickling this runs a shell command that creates ``marker``: a malicious pickle."""
 
     def __init__(self, marker: Path) -> None:
         self.marker = str(marker)
 
     def __reduce__(self):
-        return (open, (self.marker, "w"))
+        return (os.system, (f"touch {shlex.quote(self.marker)}",))
 
 
 def cifar_batches(train: int = 6, test: int = 2) -> dict[str, dict]:
