@@ -154,6 +154,20 @@ def _nan_from_step_25(tmp: Path, mp: pytest.MonkeyPatch) -> None:
     mp.setattr(MAML, "meta_backward", meta_backward)
 
 
+def _malicious_pickle(tmp: Path, mp: pytest.MonkeyPatch) -> None:
+    import pickle
+
+    from tests.fewshot_fixtures import Payload, write_mini_pickles
+
+    write_mini_pickles(tmp / "mini")
+    payload = {"image_data": Payload(tmp / "pwned"), "class_dict": {}}
+    (tmp / "mini" / "mini-imagenet-cache-val.pkl").write_bytes(pickle.dumps(payload))
+
+
+def _nothing_ran(tmp: Path) -> None:
+    assert not (tmp / "pwned").exists()  # the payload would have created it
+
+
 def _finished_run(tmp: Path, mp: pytest.MonkeyPatch) -> None:
     args = [*QUIET, "train.steps=10", "hydra.run.dir=" + str(tmp / "done")]
     sys_argv, sys.argv = sys.argv, ["metarun", *args]
@@ -288,6 +302,12 @@ CASES = [
          lambda tmp, mp: _fake_small1({"../../escape.png": b"x"}, mp, tmp)),
     Case("corrupt image in archive", OMNI, "Broken/character01/9_07.png is not a readable image",
          _corrupt_png),
+    Case("miniImageNet in neither layout", ["dataset=miniimagenet", "dataset.root={tmp}", *QUIET],
+         "no miniImageNet files in /.*; put there either images/ with train.csv, val.csv and "
+         "test.csv \\(header filename,label\\), or mini-imagenet-cache-train.pkl"),
+    Case("pickle that runs code", ["dataset=miniimagenet", "dataset.root={tmp}/mini", *QUIET],
+         "mini-imagenet-cache-val.pkl asks to run (os|posix).system while unpickling; .* refused",
+         _malicious_pickle, _nothing_ran),
     # -- run
     Case("run folder not creatable", [*QUIET, "hydra.run.dir={tmp}/file/run"],
          "cannot create the run folder \\(Not a directory: .*/file/run.*\\); set hydra.run.dir",

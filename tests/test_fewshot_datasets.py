@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import pickle
 import shutil
 
@@ -261,3 +262,23 @@ def test_cifar_archive_in_a_read_only_root_caches_elsewhere(fewshot_data, tmp_pa
     assert ds.splits["val"].shape[0] == 20
     assert list((tmp_path / "cache" / "cifar100-cache").glob("*.npy"))
     assert not (copy / "cifar100-cache").exists()
+
+
+@pytest.mark.parametrize(
+    "preset, target",
+    [
+        ("maml_miniimagenet_5w1s", "metarun.data.MiniImageNet"),
+        ("protonet_cifar_fs_5w1s", "metarun.data.CIFARFS"),
+        ("maml_fc100_5w5s", "metarun.data.FC100"),
+    ],
+)
+def test_a_paper_preset_runs_end_to_end_on_the_tiny_files(
+    run_inprocess, fewshot_data, preset, target
+):
+    short = ["train.steps=4", "train.log_every=2", "val.every=2", "val.episodes=4"]
+    short += ["test.episodes=4", "logger=none", "task.train_way=null", "task.meta_batch=2"]
+    if "maml" in preset:
+        short += ["algo.inner_steps=1", "algo.eval_inner_steps=1"]
+    run_dir, _ = run_inprocess([f"experiment={preset}", *fewshot_data[target], *short])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and 0 <= summary["test/acc"] <= 1
