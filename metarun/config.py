@@ -111,7 +111,27 @@ class MAMLConfig:
     task_batching: TaskBatching = TaskBatching.auto
     task_chunk: int = 0  # tasks per forward + backward; 0: automatic (fold: ~1M input values)
     batch_norm: str = "transductive"  # read by backbones with batch norm; MAML needs this one
+    adapt: str = "all"  # all (MAML) | head (ANIL: the inner loop adapts the last layer only)
+    learn_inner_lr: bool = False  # Meta-SGD: a learned inner step size per weight
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: Optional[Any] = None
+
+
+@dataclass
+class SGDConfig(OptimizerConfig):
+    _target_: str = "torch.optim.SGD"
+    lr: float = 1.0
+
+
+@dataclass
+class ReptileConfig:
+    _target_: str = "metarun.algorithms.Reptile"
+    inner_lr: float = 0.001
+    inner_steps: int = 5
+    eval_inner_steps: int = 50
+    inner_optimizer: str = "adam"  # adam (beta1 = 0, the paper's) | sgd
+    batch_norm: str = "transductive"
+    optimizer: OptimizerConfig = field(default_factory=SGDConfig)  # lr: the outer step size
     scheduler: Optional[Any] = None
 
 
@@ -254,6 +274,7 @@ def register_configs() -> None:
     cs.store(group="schema/algo", name="maml", node=MAMLConfig)
     cs.store(group="schema/algo", name="protonet", node=ProtoNetConfig)
     cs.store(group="schema/algo", name="mann", node=MANNConfig)
+    cs.store(group="schema/algo", name="reptile", node=ReptileConfig)
     cs.store(group="schema/dataset", name="sinusoid", node=SinusoidConfig)
     cs.store(group="schema/dataset", name="omniglot", node=OmniglotConfig)
     cs.store(group="schema/dataset", name="glyphs", node=GlyphsConfig)

@@ -147,6 +147,8 @@ ADDED_OPTIONS = {
     "algo.write": "key",
     "algo.key_strength": False,
     "dataset.shift": 0,
+    "algo.adapt": "all",
+    "algo.learn_inner_lr": False,
 }
 _ABSENT = object()
 

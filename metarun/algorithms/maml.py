@@ -53,6 +53,10 @@ class MAML(MetaLearner):
         task_batching: ``fold``, ``loop``, ``vmap`` or ``auto`` (see the module docstring).
         task_chunk: tasks per forward and backward; 0 picks it (``fold``: inputs of about
             ``FOLD_ELEMENTS`` values per call; ``loop``: 1; ``vmap``: the whole meta-batch).
+        adapt: ``all`` parameters in the inner loop (MAML) or only the ``head`` (ANIL, Raghu
+            et al. 2020: the last layer; the body gets outer updates only).
+        learn_inner_lr: Meta-SGD (Li et al. 2017): a learned inner step size per adapted
+            parameter element, initialised to ``inner_lr`` and meta-trained with the weights.
     """
 
     def __init__(
@@ -68,8 +72,12 @@ class MAML(MetaLearner):
         task_batching: str = "auto",
         task_chunk: int = 0,
         batch_norm: str = "transductive",
+        adapt: str = "all",
+        learn_inner_lr: bool = False,
     ) -> None:
         super().__init__(backbone, optimizer, scheduler, batch_norm)
+        if adapt not in ("all", "head"):
+            raise MetarunError(f"algo.adapt={adapt!r} is unknown; use all (MAML) or head (ANIL)")
         if task_batching not in _BATCHING:
             raise MetarunError(
                 f"algo.task_batching={task_batching!r} is unknown; use one of {list(_BATCHING)}"
@@ -103,6 +111,21 @@ class MAML(MetaLearner):
             raise MetarunError(f"algo.task_chunk={task_chunk} must be >= 0 (0: automatic)")
         self.task_batching = task_batching
         self.task_chunk = task_chunk
+        self.adapt_names = adapted_names(backbone, adapt)
+        self.adapt_mode = adapt
+        # Meta-SGD's step sizes, one per element of each adapted tensor (ParameterDict keys
+        # cannot hold dots, hence the "/" spelling of the parameter names).
+        self.inner_lrs = (
+            nn.ParameterDict(
+                {
+                    name.replace(".", "/"): nn.Parameter(torch.full_like(p, inner_lr))
+                    for name, p in backbone.named_parameters()
+                    if name in self.adapt_names
+                }
+            )
+            if learn_inner_lr
+            else None
+        )
 
     def batching_for(self, device: torch.device) -> str:
         """The path ``task_batching`` takes on ``device``: ``auto`` folds where the backbone
@@ -123,19 +146,39 @@ class MAML(MetaLearner):
         return task_loss(self._forward(params, x), y)
 
     def _inner_grads(self, loss: torch.Tensor, params: Params) -> Params:
-        """Gradients of ``loss`` for the fast weights; differentiable only in second order."""
-        grads = torch.autograd.grad(loss, list(params.values()), create_graph=not self.first_order)
-        return dict(zip(params, grads))
+        """Gradients of ``loss`` for the adapted fast weights; differentiable only in second
+        order."""
+        names = [k for k in params if k in self.adapt_names]
+        grads = torch.autograd.grad(
+            loss, [params[k] for k in names], create_graph=not self.first_order
+        )
+        return dict(zip(names, grads))
+
+    def _lr(self, name: str) -> torch.Tensor | float:
+        """The inner step size of parameter ``name``: learned (Meta-SGD) or ``inner_lr``."""
+        return (
+            self.inner_lrs[name.replace(".", "/")] if self.inner_lrs is not None else self.inner_lr
+        )
 
     def _step(self, params: Params, grads: Params) -> Params:
-        return {k: p - self.inner_lr * grads[k] for k, p in params.items()}
+        """One inner update of the adapted weights; the others pass through unchanged."""
+        return {k: p - self._lr(k) * grads[k] if k in grads else p for k, p in params.items()}
 
     def _sgd_no_graph(self, loss_fn: Callable[[Params], torch.Tensor], params: Params) -> Params:
         """One inner SGD step for evaluation: detached in, detached out, grad mode or not."""
         with torch.enable_grad():
-            params = {k: p.detach().requires_grad_() for k, p in params.items()}
-            grads = torch.autograd.grad(loss_fn(params), list(params.values()))
-        return {k: (p - self.inner_lr * g).detach() for (k, p), g in zip(params.items(), grads)}
+            params = {
+                k: p.detach().requires_grad_(k in self.adapt_names) for k, p in params.items()
+            }
+            names = [k for k in params if k in self.adapt_names]
+            grads = dict(
+                zip(names, torch.autograd.grad(loss_fn(params), [params[k] for k in names]))
+            )
+        with torch.no_grad():
+            return {
+                k: (p - self._lr(k) * grads[k] if k in grads else p).detach()
+                for k, p in params.items()
+            }
 
     def adapt(self, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int) -> Params:
         """``steps`` SGD updates of ``params`` on one task's support set ``(x, y)``."""
@@ -166,7 +209,7 @@ class MAML(MetaLearner):
     def _train_task_vmap(self, params: Params, sx, sy, qx, qy) -> tuple[torch.Tensor, dict]:
         grad_fn = grad(self._support_loss)
         for _ in range(self.inner_steps):
-            grads = grad_fn(params, sx, sy)
+            grads = {k: g for k, g in grad_fn(params, sx, sy).items() if k in self.adapt_names}
             if self.first_order:
                 grads = {k: g.detach() for k, g in grads.items()}
             params = self._step(params, grads)
@@ -275,11 +318,29 @@ class MAML(MetaLearner):
 
     def extra_repr(self) -> str:
         order = "first" if self.first_order else "second"
+        lr = "learned (Meta-SGD), from " if self.inner_lrs is not None else ""
         return (
-            f"inner_lr={self.inner_lr}, inner_steps={self.inner_steps}, "
-            f"eval_inner_steps={self.eval_inner_steps}, {order}-order, "
-            f"task_batching={self.task_batching}"
+            f"inner_lr={lr}{self.inner_lr}, inner_steps={self.inner_steps}, "
+            f"eval_inner_steps={self.eval_inner_steps}, {order}-order, adapt={self.adapt_mode}, "
+            f"task_batching={getattr(self.task_batching, 'value', self.task_batching)}"
         )
+
+
+def adapted_names(backbone: nn.Module, adapt: str) -> frozenset[str]:
+    """Names of the parameters the inner loop updates: all of them, or (``head``, ANIL) those of
+    the last module that holds parameters of its own: the linear head of Conv4 / ResNet-12, the
+    output layer of an MLP."""
+    names = [name for name, _ in backbone.named_parameters()]
+    if adapt == "all":
+        return frozenset(names)
+    owners = [m for m, mod in backbone.named_modules() if list(mod.parameters(recurse=False))]
+    if not owners or not owners[-1]:
+        raise MetarunError(
+            "algo.adapt=head needs a backbone with a separate last layer; "
+            f"{type(backbone).__name__} has none: use algo.adapt=all"
+        )
+    prefix = owners[-1] + "."
+    return frozenset(n for n in names if n.startswith(prefix))
 
 
 def _trainable(params: Params) -> Params:

@@ -1,0 +1,149 @@
+"""ANIL, Meta-SGD and Reptile: each update rule against a hand computation on a tiny model."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from metarun.algorithms import MAML, Reptile
+from metarun.algorithms.maml import adapted_names
+from metarun.backbones import MLP, Conv4
+from metarun.data import Sinusoid, TaskBatch, TaskShape
+from metarun.errors import MetarunError
+from tests.test_maml import by_hand
+
+LR = 0.3
+
+
+@pytest.fixture
+def batch() -> TaskBatch:
+    b = Sinusoid().sample("train", 3, TaskShape(1, 5, 6), torch.Generator().manual_seed(1))
+    return TaskBatch(*(t.double() for t in b))
+
+
+def maml(batching="loop", **kwargs) -> MAML:
+    torch.manual_seed(0)
+    net = MLP((1,), 1, hidden=(4, 4)).double()
+    sgd = functools.partial(torch.optim.SGD, lr=0.1)
+    return MAML(net, sgd, inner_lr=LR, inner_steps=1, task_batching=batching, **kwargs)
+
+
+def meta_grads(learner, batch) -> dict[str, torch.Tensor]:
+    learner.zero_grad()
+    learner.meta_backward(batch)
+    return {k: p.grad.clone() for k, p in learner.named_parameters()}
+
+
+def test_anil_adapts_the_last_layer_only():
+    assert adapted_names(MLP((1,), 1, hidden=(4, 4)), "head") == {"net.4.weight", "net.4.bias"}
+    conv = Conv4((1, 28, 28), 5, hidden=8, batch_norm="transductive")
+    assert adapted_names(conv, "head") == {"head.weight", "head.bias"}
+    assert len(adapted_names(conv, "all")) == len(list(conv.parameters()))
+    with pytest.raises(MetarunError, match="algo.adapt='body' is unknown"):
+        maml(adapt="body")
+
+
+@pytest.mark.parametrize("batching", ["loop", "vmap", "fold"])
+def test_anil_meta_gradient_matches_the_unrolled_rule(batch, batching):
+    learner = maml(batching, adapt="head")
+    params = list(learner.backbone.parameters())
+    total = 0.0
+    for sx, sy, qx, qy in zip(*batch):  # only w3, b3 take the inner step
+        head = params[4:]
+        grads = torch.autograd.grad(F.mse_loss(by_hand(params, sx), sy), head, create_graph=True)
+        fast = params[:4] + [p - LR * g for p, g in zip(head, grads)]
+        total = total + F.mse_loss(by_hand(fast, qx), qy)
+    expected = torch.autograd.grad(total / batch.num_tasks, params)
+    got = meta_grads(learner, batch)
+    for (name, g), e in zip(got.items(), expected):
+        assert torch.allclose(g, e, atol=1e-10, rtol=1e-8), name
+
+
+@pytest.mark.parametrize("batching", ["loop", "vmap", "fold"])
+def test_meta_sgd_learns_a_step_size_per_weight_by_the_hand_computed_gradient(batch, batching):
+    learner = maml(batching, learn_inner_lr=True)
+    lrs = dict(learner.inner_lrs.items())
+    assert set(lrs) == {n.replace(".", "/") for n, _ in learner.backbone.named_parameters()}
+    with torch.no_grad():  # distinct step sizes, so a mix-up between weights would show
+        for i, lr in enumerate(lrs.values()):
+            lr.uniform_(0.05 + 0.1 * i, 0.1 + 0.1 * i)
+    names = [n for n, _ in learner.backbone.named_parameters()]
+    params = list(learner.backbone.parameters())
+    alphas = [learner.inner_lrs[n.replace(".", "/")] for n in names]
+    total = 0.0
+    for sx, sy, qx, qy in zip(*batch):
+        grads = torch.autograd.grad(F.mse_loss(by_hand(params, sx), sy), params, create_graph=True)
+        fast = [p - a * g for p, a, g in zip(params, alphas, grads)]
+        total = total + F.mse_loss(by_hand(fast, qx), qy)
+    expected = torch.autograd.grad(total / batch.num_tasks, params + alphas)
+    got = meta_grads(learner, batch)
+    order = [f"backbone.{n}" for n in names] + [f"inner_lrs.{n.replace('.', '/')}" for n in names]
+    for name, e in zip(order, expected):
+        assert torch.allclose(got[name], e, atol=1e-10, rtol=1e-8), name
+    # Evaluation steps with the learned sizes: zeroing them leaves the weights unadapted.
+    learner.eval_inner_steps = 1
+    adapted = learner.evaluate(batch)["mse"]
+    with torch.no_grad():
+        for lr in alphas:
+            lr.zero_()
+    unadapted = learner.evaluate(batch)["mse"]
+    learner.eval_inner_steps = 0
+    assert torch.allclose(unadapted, learner.evaluate(batch)["mse"])
+    assert not torch.allclose(adapted, unadapted)
+
+
+def reptile(inner="sgd", steps=1, outer_lr=0.5) -> Reptile:
+    torch.manual_seed(0)
+    net = MLP((1,), 1, hidden=(4, 4)).double()
+    outer = functools.partial(torch.optim.SGD, lr=outer_lr)
+    return Reptile(net, outer, inner_lr=LR, inner_steps=steps, inner_optimizer=inner)
+
+
+@pytest.mark.parametrize("inner, steps", [("sgd", 1), ("sgd", 3), ("adam", 2)])
+def test_reptile_moves_the_weights_toward_each_tasks_adapted_weights(batch, inner, steps):
+    learner = reptile(inner, steps, outer_lr=0.5)
+    theta = [p.detach().clone() for p in learner.parameters()]
+    adapted = []
+    for sx, sy, qx, qy in zip(*batch):  # each task's data: support and query together
+        x, y = torch.cat([sx, qx]), torch.cat([sy, qy])
+        phi = [p.clone() for p in theta]
+        m = [torch.zeros_like(p) for p in phi]
+        v = [torch.zeros_like(p) for p in phi]
+        for step in range(1, steps + 1):
+            grads = torch.autograd.grad(
+                F.mse_loss(by_hand([p.requires_grad_() for p in phi], x), y), phi
+            )
+            with torch.no_grad():
+                if inner == "sgd":
+                    phi = [p - LR * g for p, g in zip(phi, grads)]
+                else:  # Adam with beta1 = 0: m is the gradient itself
+                    m = list(grads)
+                    v = [0.999 * vi + 0.001 * g * g for vi, g in zip(v, grads)]
+                    vhat = [vi / (1 - 0.999**step) for vi in v]
+                    phi = [p - LR * mi / (vh.sqrt() + 1e-8) for p, mi, vh in zip(phi, m, vhat)]
+        adapted.append(phi)
+    optimizer, _ = learner.configure_optimizers()
+    optimizer.zero_grad()
+    learner.meta_backward(batch)
+    optimizer.step()
+    for i, p in enumerate(learner.parameters()):
+        mean_phi = torch.stack([a[i] for a in adapted]).mean(0)
+        expected = theta[i] + 0.5 * (mean_phi - theta[i])  # theta + eps * mean(phi - theta)
+        assert torch.allclose(p.detach(), expected, atol=1e-10, rtol=1e-8)
+
+
+def test_reptile_evaluates_by_fine_tuning_on_the_support_set(batch):
+    learner = reptile("sgd", 1)
+    learner.eval_inner_steps = 0
+    before = learner.evaluate(batch)["mse"]
+    learner.eval_inner_steps = 20
+    after = learner.evaluate(batch)["mse"]
+    assert before.shape == after.shape == (3,) and after.mean() < before.mean()
+    support_x, support_y, query_x, _ = (t[0] for t in batch)
+    pred = learner.predict(support_x, support_y, query_x)
+    assert pred.shape == (6, 1)
+    with pytest.raises(MetarunError, match="algo.inner_optimizer='rmsprop' is unknown"):
+        Reptile(learner.backbone, learner._optimizer_factory, inner_optimizer="rmsprop")
