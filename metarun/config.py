@@ -113,6 +113,10 @@ class MAMLConfig:
     batch_norm: str = "transductive"  # read by backbones with batch norm; MAML needs this one
     adapt: str = "all"  # all (MAML) | head (ANIL: the inner loop adapts the last layer only)
     learn_inner_lr: bool = False  # Meta-SGD: a learned inner step size per weight
+    # MAML++ (Antoniou et al. 2019):
+    per_step_inner_lr: bool = False  # LSLR: a learned step size per layer and inner step
+    multi_step_loss: int = 0  # MSL over the first N meta-iterations (0: off)
+    first_order_until: int = 0  # derivative-order annealing: first order before this step
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: Optional[Any] = None
 

@@ -149,6 +149,9 @@ ADDED_OPTIONS = {
     "dataset.shift": 0,
     "algo.adapt": "all",
     "algo.learn_inner_lr": False,
+    "algo.per_step_inner_lr": False,
+    "algo.multi_step_loss": 0,
+    "algo.first_order_until": 0,
 }
 _ABSENT = object()
 
@@ -422,6 +425,7 @@ class Trainer:
         if exp.learner.sequential:
             batch = batch.shuffled(self.sampler)
         exp.optimizer.zero_grad(set_to_none=True)
+        exp.learner.meta_step = self.step
         metrics = exp.learner.meta_backward(batch)
         exp.optimizer.step()
         if exp.scheduler is not None:

@@ -147,3 +147,70 @@ def test_reptile_evaluates_by_fine_tuning_on_the_support_set(batch):
     assert pred.shape == (6, 1)
     with pytest.raises(MetarunError, match="algo.inner_optimizer='rmsprop' is unknown"):
         Reptile(learner.backbone, learner._optimizer_factory, inner_optimizer="rmsprop")
+
+
+def mamlpp(batching="loop", **kwargs) -> MAML:
+    torch.manual_seed(0)
+    net = MLP((1,), 1, hidden=(4, 4)).double()
+    sgd = functools.partial(torch.optim.SGD, lr=0.1)
+    return MAML(net, sgd, inner_lr=LR, inner_steps=2, task_batching=batching, **kwargs)
+
+
+@pytest.mark.parametrize("batching", ["loop", "vmap", "fold"])
+def test_mamlpp_lslr_and_multi_step_loss_match_the_unrolled_rule(batch, batching):
+    learner = mamlpp(batching, per_step_inner_lr=True, multi_step_loss=10)
+    names = [n for n, _ in learner.backbone.named_parameters()]
+    lrs = [learner.step_lrs[n.replace(".", "/")] for n in names]
+    with torch.no_grad():
+        for i, lr in enumerate(lrs):  # a step size per layer and step, all different
+            lr.copy_(torch.tensor([0.1 + 0.05 * i, 0.2 + 0.03 * i]))
+    learner.meta_step = 4  # 40% through the annealing: last-step weight 0.5 + 0.5 * 0.4
+    weights = torch.tensor([0.3, 0.7], dtype=torch.float64)
+    assert torch.allclose(learner.step_weights().double(), weights)
+    params = list(learner.backbone.parameters())
+    total = 0.0
+    for sx, sy, qx, qy in zip(*batch):
+        fast = params
+        for step in range(2):
+            loss = F.mse_loss(by_hand(fast, sx), sy)
+            grads = torch.autograd.grad(loss, fast, create_graph=True)
+            fast = [p - lr[step] * g for p, lr, g in zip(fast, lrs, grads)]
+            total = total + weights[step] * F.mse_loss(by_hand(fast, qx), qy)
+    expected = torch.autograd.grad(total / batch.num_tasks, params + lrs)
+    got = meta_grads(learner, batch)
+    order = [f"backbone.{n}" for n in names] + [f"step_lrs.{n.replace('.', '/')}" for n in names]
+    for name, e in zip(order, expected):
+        assert torch.allclose(got[name], e, atol=1e-10, rtol=1e-8), name
+    learner.meta_step = 10  # annealing over: the last step's loss alone, as in MAML
+    assert learner.step_weights() is None
+
+
+def test_mamlpp_derivative_order_annealing_switches_to_second_order(batch):
+    annealed = mamlpp(first_order_until=5)
+    first, second = mamlpp(first_order=True), mamlpp()
+    annealed.meta_step = 4
+    assert torch.equal(
+        torch.cat([g.flatten() for g in meta_grads(annealed, batch).values()]),
+        torch.cat([g.flatten() for g in meta_grads(first, batch).values()]),
+    )
+    annealed.meta_step = 5
+    assert torch.equal(
+        torch.cat([g.flatten() for g in meta_grads(annealed, batch).values()]),
+        torch.cat([g.flatten() for g in meta_grads(second, batch).values()]),
+    )
+    with pytest.raises(MetarunError, match="both learn the inner step size; choose one"):
+        mamlpp(learn_inner_lr=True, per_step_inner_lr=True)
+
+
+def test_the_trainer_tells_the_learner_its_meta_iteration(run_inprocess, monkeypatch):
+    seen = []
+    real = MAML.meta_backward
+
+    def spy(self, batch):
+        seen.append(self.meta_step)
+        return real(self, batch)
+
+    monkeypatch.setattr(MAML, "meta_backward", spy)
+    quiet = ["logger=none", "train.steps=4", "val.every=2", "test.episodes=4", "algo=mamlpp"]
+    run_inprocess([*quiet, "train.log_every=2", "algo.multi_step_loss=3"])
+    assert seen == [0, 1, 2, 3]

@@ -29,6 +29,10 @@ class MetaLearner(nn.Module, ABC):
     #: episodes then shuffle each task's support set, with the run's task generator.
     sequential = False
 
+    #: The meta-iteration about to be trained, set by the trainer before each step (restored on
+    #: resume with the step), for schedules inside an algorithm (MAML++'s annealing).
+    meta_step = 0
+
     def __init__(
         self,
         backbone: nn.Module,

@@ -57,6 +57,13 @@ class MAML(MetaLearner):
             et al. 2020: the last layer; the body gets outer updates only).
         learn_inner_lr: Meta-SGD (Li et al. 2017): a learned inner step size per adapted
             parameter element, initialised to ``inner_lr`` and meta-trained with the weights.
+        per_step_inner_lr: MAML++ LSLR (Antoniou et al. 2019): a learned step size per adapted
+            tensor and inner step (evaluation beyond ``inner_steps`` reuses the last one).
+        multi_step_loss: MAML++ MSL: over the first this-many meta-iterations the meta-loss is
+            a weighted sum of the query losses after every inner step, the weights moving
+            linearly from uniform to the last step alone; 0 turns it off.
+        first_order_until: MAML++ derivative-order annealing: first order before this
+            meta-iteration, second order from it on (0: ``first_order`` decides throughout).
     """
 
     def __init__(
@@ -74,6 +81,9 @@ class MAML(MetaLearner):
         batch_norm: str = "transductive",
         adapt: str = "all",
         learn_inner_lr: bool = False,
+        per_step_inner_lr: bool = False,
+        multi_step_loss: int = 0,
+        first_order_until: int = 0,
     ) -> None:
         super().__init__(backbone, optimizer, scheduler, batch_norm)
         if adapt not in ("all", "head"):
@@ -126,6 +136,29 @@ class MAML(MetaLearner):
             if learn_inner_lr
             else None
         )
+        if learn_inner_lr and per_step_inner_lr:
+            raise MetarunError(
+                "algo.learn_inner_lr (Meta-SGD) and algo.per_step_inner_lr (MAML++) both learn "
+                "the inner step size; choose one"
+            )
+        self.step_lrs = (
+            nn.ParameterDict(
+                {
+                    name.replace(".", "/"): nn.Parameter(p.new_full((inner_steps,), inner_lr))
+                    for name, p in backbone.named_parameters()
+                    if name in self.adapt_names
+                }
+            )
+            if per_step_inner_lr
+            else None
+        )
+        if multi_step_loss < 0 or first_order_until < 0:
+            raise MetarunError(
+                f"algo.multi_step_loss={multi_step_loss} and algo.first_order_until="
+                f"{first_order_until} must be >= 0 (meta-iterations; 0 turns them off)"
+            )
+        self.multi_step_loss = multi_step_loss
+        self.first_order_until = first_order_until
 
     def batching_for(self, device: torch.device) -> str:
         """The path ``task_batching`` takes on ``device``: ``auto`` folds where the backbone
@@ -150,22 +183,45 @@ class MAML(MetaLearner):
         order."""
         names = [k for k in params if k in self.adapt_names]
         grads = torch.autograd.grad(
-            loss, [params[k] for k in names], create_graph=not self.first_order
+            loss, [params[k] for k in names], create_graph=not self.first_order_now()
         )
         return dict(zip(names, grads))
 
-    def _lr(self, name: str) -> torch.Tensor | float:
-        """The inner step size of parameter ``name``: learned (Meta-SGD) or ``inner_lr``."""
-        return (
-            self.inner_lrs[name.replace(".", "/")] if self.inner_lrs is not None else self.inner_lr
-        )
+    def first_order_now(self) -> bool:
+        """First order by choice, or (MAML++ annealing) before ``first_order_until``."""
+        return self.first_order or self.meta_step < self.first_order_until
 
-    def _step(self, params: Params, grads: Params) -> Params:
-        """One inner update of the adapted weights; the others pass through unchanged."""
-        return {k: p - self._lr(k) * grads[k] if k in grads else p for k, p in params.items()}
+    def step_weights(self) -> torch.Tensor | None:
+        """MAML++ multi-step loss: weights of the query losses after each inner step, or None
+        when only the last counts. Uniform at first, all on the last step once
+        ``multi_step_loss`` meta-iterations have passed."""
+        if not self.multi_step_loss or self.meta_step >= self.multi_step_loss:
+            return None
+        n = self.inner_steps
+        last = 1 / n + (1 - 1 / n) * self.meta_step / self.multi_step_loss
+        weights = torch.full((n,), (1 - last) / max(n - 1, 1), dtype=torch.float64)
+        weights[-1] = last
+        return weights
 
-    def _sgd_no_graph(self, loss_fn: Callable[[Params], torch.Tensor], params: Params) -> Params:
-        """One inner SGD step for evaluation: detached in, detached out, grad mode or not."""
+    def _lr(self, name: str, step: int) -> torch.Tensor | float:
+        """The step size of parameter ``name`` at inner step ``step``: learned per element
+        (Meta-SGD), per tensor and step (MAML++ LSLR), or ``inner_lr``."""
+        key = name.replace(".", "/")
+        if self.inner_lrs is not None:
+            return self.inner_lrs[key]
+        if self.step_lrs is not None:
+            lrs = self.step_lrs[key]
+            return lrs[min(step, len(lrs) - 1)]
+        return self.inner_lr
+
+    def _step(self, params: Params, grads: Params, step: int = 0) -> Params:
+        """Inner update number ``step`` of the adapted weights; the others pass unchanged."""
+        return {k: p - self._lr(k, step) * grads[k] if k in grads else p for k, p in params.items()}
+
+    def _sgd_no_graph(
+        self, loss_fn: Callable[[Params], torch.Tensor], params: Params, step: int = 0
+    ) -> Params:
+        """Inner step ``step`` for evaluation: detached in, detached out, grad mode or not."""
         with torch.enable_grad():
             params = {
                 k: p.detach().requires_grad_(k in self.adapt_names) for k, p in params.items()
@@ -176,15 +232,16 @@ class MAML(MetaLearner):
             )
         with torch.no_grad():
             return {
-                k: (p - self._lr(k) * grads[k] if k in grads else p).detach()
+                k: (p - self._lr(k, step) * grads[k] if k in grads else p).detach()
                 for k, p in params.items()
             }
 
     def adapt(self, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int) -> Params:
         """``steps`` SGD updates of ``params`` on one task's support set ``(x, y)``."""
         params = _trainable(params)
-        for _ in range(steps):
-            params = self._step(params, self._inner_grads(self._support_loss(params, x, y), params))
+        for i in range(steps):
+            loss = self._support_loss(params, x, y)
+            params = self._step(params, self._inner_grads(loss, params), i)
         return params
 
     def adapt_tasks(self, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int) -> Params:
@@ -192,39 +249,67 @@ class MAML(MetaLearner):
         has a leading task axis on every tensor."""
         tasks = x.shape[0]
         params = _trainable({k: p.expand(tasks, *p.shape) for k, p in params.items()})
-        for _ in range(steps):
+        for i in range(steps):
             loss = task_losses(self.backbone.forward_tasks(params, x), y).sum()
-            params = self._step(params, self._inner_grads(loss, params))
+            params = self._step(params, self._inner_grads(loss, params), i)
         return params
 
     # -- meta-training -------------------------------------------------------------------------
+    # Each path adapts with the support set and returns the query loss after the last inner
+    # step, or, under the multi-step loss, the weighted sum of the query losses after each step.
     def _query_loss(self, params: Params, qx, qy) -> tuple[torch.Tensor, dict]:
         pred = self._forward(params, qx)
         loss = task_loss(pred, qy)
         return loss, task_metrics(pred.detach(), qy, loss.detach())
 
     def _train_task(self, params: Params, sx, sy, qx, qy) -> tuple[torch.Tensor, dict]:
-        return self._query_loss(self.adapt(params, sx, sy, self.inner_steps), qx, qy)
+        weights = self.step_weights()
+        params = _trainable(params)
+        total = 0.0
+        for i in range(self.inner_steps):
+            loss = self._support_loss(params, sx, sy)
+            params = self._step(params, self._inner_grads(loss, params), i)
+            if weights is not None and i < self.inner_steps - 1:
+                total = total + weights[i] * self._query_loss(params, qx, qy)[0]
+        loss, metrics = self._query_loss(params, qx, qy)
+        return (loss if weights is None else total + weights[-1] * loss), metrics
 
     def _train_task_vmap(self, params: Params, sx, sy, qx, qy) -> tuple[torch.Tensor, dict]:
+        weights = self.step_weights()
         grad_fn = grad(self._support_loss)
-        for _ in range(self.inner_steps):
+        total = 0.0
+        for i in range(self.inner_steps):
             grads = {k: g for k, g in grad_fn(params, sx, sy).items() if k in self.adapt_names}
-            if self.first_order:
+            if self.first_order_now():
                 grads = {k: g.detach() for k, g in grads.items()}
-            params = self._step(params, grads)
-        return self._query_loss(params, qx, qy)
+            params = self._step(params, grads, i)
+            if weights is not None and i < self.inner_steps - 1:
+                total = total + weights[i] * self._query_loss(params, qx, qy)[0]
+        loss, metrics = self._query_loss(params, qx, qy)
+        return (loss if weights is None else total + weights[-1] * loss), metrics
+
+    def _train_tasks_folded(self, params: Params, batch: TaskBatch) -> tuple[torch.Tensor, dict]:
+        sx, sy, qx, qy = batch
+        weights = self.step_weights()
+        params = _trainable({k: p.expand(batch.num_tasks, *p.shape) for k, p in params.items()})
+        total = 0.0
+        for i in range(self.inner_steps):
+            loss = task_losses(self.backbone.forward_tasks(params, sx), sy).sum()
+            params = self._step(params, self._inner_grads(loss, params), i)
+            if weights is not None and i < self.inner_steps - 1:
+                query = task_losses(self.backbone.forward_tasks(params, qx), qy)
+                total = total + weights[i] * query
+        pred = self.backbone.forward_tasks(params, qx)
+        losses = task_losses(pred, qy)
+        metrics = batched_task_metrics(pred.detach(), qy, losses.detach())
+        return (losses if weights is None else total + weights[-1] * losses), metrics
 
     def _train_tasks(
         self, params: Params, batch: TaskBatch, batching: str
     ) -> tuple[torch.Tensor, dict]:
         """Per-task query losses ``[B]`` (differentiable) and detached per-task metrics."""
         if batching == "fold":
-            sx, sy, qx, qy = batch
-            adapted = self.adapt_tasks(params, sx, sy, self.inner_steps)
-            pred = self.backbone.forward_tasks(adapted, qx)
-            losses = task_losses(pred, qy)
-            return losses, batched_task_metrics(pred.detach(), qy, losses.detach())
+            return self._train_tasks_folded(params, batch)
         if batching == "vmap":
             with plain_op_batch_norm():
                 return vmap(self._train_task_vmap, in_dims=(None, 0, 0, 0, 0))(params, *batch)
@@ -281,7 +366,7 @@ class MAML(MetaLearner):
                 if step in self.eval_report_steps:
                     out.update({f"{k}_step{step}": v for k, v in scores.items()})
             if step < last:
-                params = update(params)
+                params = update(params, step)
         return out
 
     def evaluate(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
@@ -290,16 +375,17 @@ class MAML(MetaLearner):
         if self.batching_for(sx.device) == "fold":
             tasks = {k: p.expand(batch.num_tasks, *p.shape) for k, p in params.items()}
 
-            def update(ps: Params) -> Params:
+            def update(ps: Params, step: int) -> Params:
                 loss = lambda q: task_losses(self.backbone.forward_tasks(q, sx), sy).sum()  # noqa: E731
-                return self._sgd_no_graph(loss, ps)
+                return self._sgd_no_graph(loss, ps, step)
 
             return self._eval_scores(self.backbone.forward_tasks, update, tasks, qx, qy)
         per_task = []
         for t in range(batch.num_tasks):
 
-            def update(ps: Params, t=t) -> Params:
-                return self._sgd_no_graph(lambda q: self._support_loss(q, sx[t], sy[t]), ps)
+            def update(ps: Params, step: int, t=t) -> Params:
+                loss = lambda q: self._support_loss(q, sx[t], sy[t])  # noqa: E731
+                return self._sgd_no_graph(loss, ps, step)
 
             def forward(ps: Params, x: torch.Tensor) -> torch.Tensor:
                 return self._forward(ps, x[0]).unsqueeze(0)  # one task, kept as a batch of 1
@@ -311,18 +397,22 @@ class MAML(MetaLearner):
     def predict(self, support_x, support_y, query_x) -> torch.Tensor:
         params = {k: p.detach() for k, p in self.backbone.named_parameters()}
         loss_fn = lambda q: self._support_loss(q, support_x, support_y)  # noqa: E731
-        for _ in range(self.eval_inner_steps):
-            params = self._sgd_no_graph(loss_fn, params)
+        for step in range(self.eval_inner_steps):
+            params = self._sgd_no_graph(loss_fn, params, step)
         with torch.no_grad():
             return self._forward(params, query_x)
 
     def extra_repr(self) -> str:
         order = "first" if self.first_order else "second"
+        if self.first_order_until and not self.first_order:
+            order = f"first-order until step {self.first_order_until}, then second"
         lr = "learned (Meta-SGD), from " if self.inner_lrs is not None else ""
+        lr = "learned per step (LSLR), from " if self.step_lrs is not None else lr
         return (
             f"inner_lr={lr}{self.inner_lr}, inner_steps={self.inner_steps}, "
             f"eval_inner_steps={self.eval_inner_steps}, {order}-order, adapt={self.adapt_mode}, "
             f"task_batching={getattr(self.task_batching, 'value', self.task_batching)}"
+            + (f", multi_step_loss={self.multi_step_loss}" if self.multi_step_loss else "")
         )
 
 
