@@ -17,7 +17,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import CompactHydraException
+from hydra.errors import CompactHydraException, InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
@@ -88,6 +88,10 @@ def _one_line(e: BaseException) -> str | None:
     """The one-line message for an error the user caused, or None for a bug."""
     if isinstance(e, MetarunError):
         return str(e)
+    if isinstance(e, InstantiationException) and not isinstance(
+        e.__cause__, OmegaConfBaseException
+    ):
+        return None  # a constructor failed: a bug (user errors arrive unwrapped as MetarunError)
     if isinstance(e, (CompactHydraException, OmegaConfBaseException)):
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         cause = e.__cause__ if isinstance(e, CompactHydraException) else e

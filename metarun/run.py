@@ -152,6 +152,7 @@ ADDED_OPTIONS = {
     "algo.per_step_inner_lr": False,
     "algo.multi_step_loss": 0,
     "algo.first_order_until": 0,
+    "algo.per_step_bn": False,
 }
 _ABSENT = object()
 

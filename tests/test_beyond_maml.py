@@ -34,7 +34,7 @@ def maml(batching="loop", **kwargs) -> MAML:
 def meta_grads(learner, batch) -> dict[str, torch.Tensor]:
     learner.zero_grad()
     learner.meta_backward(batch)
-    return {k: p.grad.clone() for k, p in learner.named_parameters()}
+    return {k: p.grad.clone() for k, p in learner.named_parameters() if p.grad is not None}
 
 
 def test_anil_adapts_the_last_layer_only():
@@ -214,3 +214,63 @@ def test_the_trainer_tells_the_learner_its_meta_iteration(run_inprocess, monkeyp
     quiet = ["logger=none", "train.steps=4", "val.every=2", "test.episodes=4", "algo=mamlpp"]
     run_inprocess([*quiet, "train.log_every=2", "algo.multi_step_loss=3"])
     assert seen == [0, 1, 2, 3]
+
+
+def conv_batch() -> TaskBatch:
+    g = torch.Generator().manual_seed(0)
+    return TaskBatch(
+        torch.rand(2, 6, 1, 8, 8, generator=g).double(),
+        torch.tensor([[0, 0, 1, 1, 2, 2]] * 2),
+        torch.rand(2, 9, 1, 8, 8, generator=g).double(),
+        torch.tensor([[0, 1, 2] * 3] * 2),
+    )
+
+
+def conv_maml(batching="loop", **kwargs) -> MAML:
+    torch.manual_seed(1)
+    net = Conv4((1, 8, 8), out_features=3, hidden=3, blocks=2).double()
+    sgd = functools.partial(torch.optim.SGD, lr=0.1)
+    return MAML(net, sgd, inner_lr=0.5, inner_steps=2, task_batching=batching, **kwargs)
+
+
+def all_grads(learner, batch) -> torch.Tensor:
+    grads = meta_grads(learner, batch)
+    return torch.cat([g.flatten() for g in grads.values()])
+
+
+def test_mamlpp_per_step_batch_norm_is_the_same_on_every_path_and_uses_each_row():
+    batch = conv_batch()
+    loop, vmapped, folded = (conv_maml(b, per_step_bn=True) for b in ("loop", "vmap", "fold"))
+    assert not loop.adapt_names & loop.bn_names and len(loop.bn_names) == 4  # 2 blocks: w, b
+    with torch.no_grad():  # rows that differ per step and from the module's own values
+        for lrn in (loop, vmapped, folded):
+            for i, row in enumerate(lrn.step_bn.values()):
+                row.add_(torch.arange(2, dtype=row.dtype)[:, None] * 0.2 + 0.1 * i)
+    reference = all_grads(loop, batch)
+    assert torch.allclose(reference, all_grads(vmapped, batch), atol=1e-10)
+    assert torch.allclose(reference, all_grads(folded, batch), atol=1e-10)
+    for name, row in loop.step_bn.items():  # both steps' rows take part
+        assert (row.grad.abs().sum(dim=1) > 0).all(), name
+    for name in loop.bn_names:  # the module's own values are replaced, so never used
+        assert dict(loop.backbone.named_parameters())[name].grad is None
+    ev_loop, ev_fold = loop.evaluate(batch), folded.evaluate(batch)
+    assert torch.allclose(ev_loop["loss"], ev_fold["loss"], atol=1e-10)
+
+
+def test_per_step_batch_norm_with_equal_rows_is_maml_that_leaves_batch_norm_out_of_the_inner_loop():
+    batch = conv_batch()
+    per_step = conv_maml(per_step_bn=True)
+    plain = conv_maml()
+    plain.adapt_names = plain.adapt_names - plain.bn_names
+    loss_a, _ = per_step.meta_loss(batch)
+    loss_b, _ = plain.meta_loss(batch)
+    assert torch.allclose(loss_a, loss_b, atol=1e-12)
+    grads_a, grads_b = meta_grads(per_step, batch), meta_grads(plain, batch)
+    for name, g in grads_b.items():
+        if name.removeprefix("backbone.") in plain.bn_names:  # moved into the per-step rows
+            rows = grads_a[f"step_bn.{name.removeprefix('backbone.').replace('.', '/')}"]
+            assert torch.allclose(rows.sum(0), g, atol=1e-10)
+        else:
+            assert torch.allclose(grads_a[name], g, atol=1e-10), name
+    with pytest.raises(MetarunError, match="algo.per_step_bn needs a backbone with batch norm"):
+        maml(per_step_bn=True)

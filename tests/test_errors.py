@@ -21,7 +21,7 @@ import torch
 
 from metarun import cli, trained
 from metarun.checkpoint import load_checkpoint
-from tests.conftest import GLYPHS_SMALL, SHARED_OMNIGLOT, TINY
+from tests.conftest import GLYPHS_SMALL, SHARED_OMNIGLOT, TINY, options
 
 QUIET = [*(o for o in TINY if not o.startswith("algo.")), "logger=none"]
 GLYPHS = ["dataset=glyphs", *GLYPHS_SMALL]
@@ -266,7 +266,7 @@ OMNI += ["dataset.split=random", "dataset.download=false", *QUIET]
 CASES = [
     # -- config
     Case("unknown group option", ["algo=mamll"], "Could not find 'algo/mamll'; valid options: "
-         "fomaml, lstm, maml, mann, protonet$"),
+         + ", ".join(options("algo")) + "$"),
     Case("unknown key", ["algo.inner_lrr=0.1"], "algo.inner_lrr: Key 'inner_lrr' not in "
          "'MAMLConfig'; did you mean inner_lr"),
     Case("wrong type", ["task.way=five"], "task.way: Value 'five' of type 'str' could not be "
@@ -393,4 +393,14 @@ def test_hydra_full_error_shows_the_traceback_and_bugs_keep_theirs(entry, monkey
 
     monkeypatch.setattr(Trainer, "fit", bug)
     with pytest.raises(ZeroDivisionError, match="a bug in metarun"):  # not a one-line exit
+        entry("metarun", QUIET)
+    from hydra.errors import InstantiationException
+
+    from metarun.algorithms import MAML
+
+    def broken_init(self, *args, **kwargs):
+        raise NameError("name 'x' is not defined")
+
+    monkeypatch.setattr(MAML, "__init__", broken_init)
+    with pytest.raises(InstantiationException, match="NameError"):  # a constructor's bug too
         entry("metarun", QUIET)

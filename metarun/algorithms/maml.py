@@ -28,7 +28,7 @@ from torch.func import functional_call, grad, vmap
 
 from metarun.algorithms.base import MetaLearner, OptimizerFactory, SchedulerFactory
 from metarun.algorithms.losses import batched_task_metrics, task_loss, task_losses, task_metrics
-from metarun.backbones.norm import plain_op_batch_norm
+from metarun.backbones.norm import TransductiveBatchNorm2d, plain_op_batch_norm
 from metarun.data.batch import TaskBatch
 from metarun.errors import MetarunError
 
@@ -64,6 +64,9 @@ class MAML(MetaLearner):
             linearly from uniform to the last step alone; 0 turns it off.
         first_order_until: MAML++ derivative-order annealing: first order before this
             meta-iteration, second order from it on (0: ``first_order`` decides throughout).
+        per_step_bn: MAML++ BNWB: batch-norm weights and biases of their own for each inner
+            step (the support forward of step i and the query forward after it use row i),
+            meta-learned and not adapted in the inner loop.
     """
 
     def __init__(
@@ -84,6 +87,7 @@ class MAML(MetaLearner):
         per_step_inner_lr: bool = False,
         multi_step_loss: int = 0,
         first_order_until: int = 0,
+        per_step_bn: bool = False,
     ) -> None:
         super().__init__(backbone, optimizer, scheduler, batch_norm)
         if adapt not in ("all", "head"):
@@ -121,8 +125,34 @@ class MAML(MetaLearner):
             raise MetarunError(f"algo.task_chunk={task_chunk} must be >= 0 (0: automatic)")
         self.task_batching = task_batching
         self.task_chunk = task_chunk
-        self.adapt_names = adapted_names(backbone, adapt)
         self.adapt_mode = adapt
+        self.bn_names = frozenset(
+            f"{name}.{p}"
+            for name, module in backbone.named_modules()
+            if isinstance(module, TransductiveBatchNorm2d)
+            for p in ("weight", "bias")
+        )
+        if per_step_bn and not self.bn_names:
+            raise MetarunError(
+                f"algo.per_step_bn needs a backbone with batch norm; {type(backbone).__name__} "
+                "has none"
+            )
+        # With per-step batch norm the inner loop leaves the batch-norm parameters alone.
+        excluded = self.bn_names if per_step_bn else frozenset()
+        self.adapt_names = adapted_names(backbone, adapt) - excluded
+        self.step_bn = (
+            nn.ParameterDict(
+                {
+                    name.replace(".", "/"): nn.Parameter(
+                        p.detach().clone().unsqueeze(0).repeat(inner_steps, 1)
+                    )
+                    for name, p in backbone.named_parameters()
+                    if name in self.bn_names
+                }
+            )
+            if per_step_bn
+            else None
+        )
         # Meta-SGD's step sizes, one per element of each adapted tensor (ParameterDict keys
         # cannot hold dots, hence the "/" spelling of the parameter names).
         self.inner_lrs = (
@@ -172,11 +202,26 @@ class MAML(MetaLearner):
         return "fold" if can_fold and folds else "loop"
 
     # -- functional pieces -------------------------------------------------------------------
-    def _forward(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.backbone, params, (x,))
+    def _with_step_bn(self, params: Params, step: int) -> Params:
+        """``params`` with the batch-norm entries of inner step ``step`` (MAML++ BNWB)."""
+        if self.step_bn is None:
+            return params
+        out = dict(params)
+        for name in self.bn_names:
+            row = self.step_bn[name.replace(".", "/")][min(step, self.inner_steps - 1)]
+            out[name] = row.expand_as(params[name])  # folded weights carry a task axis
+        return out
 
-    def _support_loss(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return task_loss(self._forward(params, x), y)
+    def _forward(self, params: Params, x: torch.Tensor, step: int = 0) -> torch.Tensor:
+        return functional_call(self.backbone, self._with_step_bn(params, step), (x,))
+
+    def _forward_tasks(self, params: Params, x: torch.Tensor, step: int = 0) -> torch.Tensor:
+        return self.backbone.forward_tasks(self._with_step_bn(params, step), x)
+
+    def _support_loss(
+        self, params: Params, x: torch.Tensor, y: torch.Tensor, step: int = 0
+    ) -> torch.Tensor:
+        return task_loss(self._forward(params, x, step), y)
 
     def _inner_grads(self, loss: torch.Tensor, params: Params) -> Params:
         """Gradients of ``loss`` for the adapted fast weights; differentiable only in second
@@ -240,7 +285,7 @@ class MAML(MetaLearner):
         """``steps`` SGD updates of ``params`` on one task's support set ``(x, y)``."""
         params = _trainable(params)
         for i in range(steps):
-            loss = self._support_loss(params, x, y)
+            loss = self._support_loss(params, x, y, i)
             params = self._step(params, self._inner_grads(loss, params), i)
         return params
 
@@ -250,15 +295,15 @@ class MAML(MetaLearner):
         tasks = x.shape[0]
         params = _trainable({k: p.expand(tasks, *p.shape) for k, p in params.items()})
         for i in range(steps):
-            loss = task_losses(self.backbone.forward_tasks(params, x), y).sum()
+            loss = task_losses(self._forward_tasks(params, x, i), y).sum()
             params = self._step(params, self._inner_grads(loss, params), i)
         return params
 
     # -- meta-training -------------------------------------------------------------------------
     # Each path adapts with the support set and returns the query loss after the last inner
     # step, or, under the multi-step loss, the weighted sum of the query losses after each step.
-    def _query_loss(self, params: Params, qx, qy) -> tuple[torch.Tensor, dict]:
-        pred = self._forward(params, qx)
+    def _query_loss(self, params: Params, qx, qy, step: int = 0) -> tuple[torch.Tensor, dict]:
+        pred = self._forward(params, qx, step)
         loss = task_loss(pred, qy)
         return loss, task_metrics(pred.detach(), qy, loss.detach())
 
@@ -267,11 +312,11 @@ class MAML(MetaLearner):
         params = _trainable(params)
         total = 0.0
         for i in range(self.inner_steps):
-            loss = self._support_loss(params, sx, sy)
+            loss = self._support_loss(params, sx, sy, i)
             params = self._step(params, self._inner_grads(loss, params), i)
             if weights is not None and i < self.inner_steps - 1:
-                total = total + weights[i] * self._query_loss(params, qx, qy)[0]
-        loss, metrics = self._query_loss(params, qx, qy)
+                total = total + weights[i] * self._query_loss(params, qx, qy, i)[0]
+        loss, metrics = self._query_loss(params, qx, qy, self.inner_steps - 1)
         return (loss if weights is None else total + weights[-1] * loss), metrics
 
     def _train_task_vmap(self, params: Params, sx, sy, qx, qy) -> tuple[torch.Tensor, dict]:
@@ -279,13 +324,14 @@ class MAML(MetaLearner):
         grad_fn = grad(self._support_loss)
         total = 0.0
         for i in range(self.inner_steps):
-            grads = {k: g for k, g in grad_fn(params, sx, sy).items() if k in self.adapt_names}
+            grads = grad_fn(params, sx, sy, i)
+            grads = {k: g for k, g in grads.items() if k in self.adapt_names}
             if self.first_order_now():
                 grads = {k: g.detach() for k, g in grads.items()}
             params = self._step(params, grads, i)
             if weights is not None and i < self.inner_steps - 1:
-                total = total + weights[i] * self._query_loss(params, qx, qy)[0]
-        loss, metrics = self._query_loss(params, qx, qy)
+                total = total + weights[i] * self._query_loss(params, qx, qy, i)[0]
+        loss, metrics = self._query_loss(params, qx, qy, self.inner_steps - 1)
         return (loss if weights is None else total + weights[-1] * loss), metrics
 
     def _train_tasks_folded(self, params: Params, batch: TaskBatch) -> tuple[torch.Tensor, dict]:
@@ -294,12 +340,12 @@ class MAML(MetaLearner):
         params = _trainable({k: p.expand(batch.num_tasks, *p.shape) for k, p in params.items()})
         total = 0.0
         for i in range(self.inner_steps):
-            loss = task_losses(self.backbone.forward_tasks(params, sx), sy).sum()
+            loss = task_losses(self._forward_tasks(params, sx, i), sy).sum()
             params = self._step(params, self._inner_grads(loss, params), i)
             if weights is not None and i < self.inner_steps - 1:
-                query = task_losses(self.backbone.forward_tasks(params, qx), qy)
+                query = task_losses(self._forward_tasks(params, qx, i), qy)
                 total = total + weights[i] * query
-        pred = self.backbone.forward_tasks(params, qx)
+        pred = self._forward_tasks(params, qx, self.inner_steps - 1)
         losses = task_losses(pred, qy)
         metrics = batched_task_metrics(pred.detach(), qy, losses.detach())
         return (losses if weights is None else total + weights[-1] * losses), metrics
@@ -358,8 +404,8 @@ class MAML(MetaLearner):
         out: dict[str, torch.Tensor] = {}
         for step in range(last + 1):
             if step == self.eval_inner_steps or step in self.eval_report_steps:
-                with torch.no_grad():
-                    pred = forward(params, qx)
+                with torch.no_grad():  # the batch norm of the last step taken (MAML++ BNWB)
+                    pred = forward(params, qx, max(step - 1, 0))
                     scores = batched_task_metrics(pred, qy, task_losses(pred, qy))
                 if step == self.eval_inner_steps:
                     out.update(scores)
@@ -376,19 +422,19 @@ class MAML(MetaLearner):
             tasks = {k: p.expand(batch.num_tasks, *p.shape) for k, p in params.items()}
 
             def update(ps: Params, step: int) -> Params:
-                loss = lambda q: task_losses(self.backbone.forward_tasks(q, sx), sy).sum()  # noqa: E731
+                loss = lambda q: task_losses(self._forward_tasks(q, sx, step), sy).sum()  # noqa: E731
                 return self._sgd_no_graph(loss, ps, step)
 
-            return self._eval_scores(self.backbone.forward_tasks, update, tasks, qx, qy)
+            return self._eval_scores(self._forward_tasks, update, tasks, qx, qy)
         per_task = []
         for t in range(batch.num_tasks):
 
             def update(ps: Params, step: int, t=t) -> Params:
-                loss = lambda q: self._support_loss(q, sx[t], sy[t])  # noqa: E731
+                loss = lambda q: self._support_loss(q, sx[t], sy[t], step)  # noqa: E731
                 return self._sgd_no_graph(loss, ps, step)
 
-            def forward(ps: Params, x: torch.Tensor) -> torch.Tensor:
-                return self._forward(ps, x[0]).unsqueeze(0)  # one task, kept as a batch of 1
+            def forward(ps: Params, x: torch.Tensor, step: int) -> torch.Tensor:
+                return self._forward(ps, x[0], step).unsqueeze(0)  # one task, as a batch of 1
 
             one = slice(t, t + 1)
             per_task.append(self._eval_scores(forward, update, params, qx[one], qy[one]))
@@ -396,11 +442,11 @@ class MAML(MetaLearner):
 
     def predict(self, support_x, support_y, query_x) -> torch.Tensor:
         params = {k: p.detach() for k, p in self.backbone.named_parameters()}
-        loss_fn = lambda q: self._support_loss(q, support_x, support_y)  # noqa: E731
         for step in range(self.eval_inner_steps):
+            loss_fn = lambda q, s=step: self._support_loss(q, support_x, support_y, s)  # noqa: E731
             params = self._sgd_no_graph(loss_fn, params, step)
         with torch.no_grad():
-            return self._forward(params, query_x)
+            return self._forward(params, query_x, max(self.eval_inner_steps - 1, 0))
 
     def extra_repr(self) -> str:
         order = "first" if self.first_order else "second"
