@@ -117,7 +117,7 @@ class MAMLConfig:
     per_step_inner_lr: bool = False  # LSLR: a learned step size per layer and inner step
     multi_step_loss: int = 0  # MSL over the first N meta-iterations (0: off)
     first_order_until: int = 0  # derivative-order annealing: first order before this step
-    per_step_bn: bool = False  # BNWB: batch-norm weights and biases per inner step
+    per_step_bn: bool = False  # BNWB: batch-norm weights and biases per inner step (if any)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: Optional[Any] = None
 

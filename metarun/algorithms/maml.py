@@ -66,7 +66,7 @@ class MAML(MetaLearner):
             meta-iteration, second order from it on (0: ``first_order`` decides throughout).
         per_step_bn: MAML++ BNWB: batch-norm weights and biases of their own for each inner
             step (the support forward of step i and the query forward after it use row i),
-            meta-learned and not adapted in the inner loop.
+            meta-learned and not adapted in the inner loop; ignored without batch norm.
     """
 
     def __init__(
@@ -132,11 +132,7 @@ class MAML(MetaLearner):
             if isinstance(module, TransductiveBatchNorm2d)
             for p in ("weight", "bias")
         )
-        if per_step_bn and not self.bn_names:
-            raise MetarunError(
-                f"algo.per_step_bn needs a backbone with batch norm; {type(backbone).__name__} "
-                "has none"
-            )
+        per_step_bn = per_step_bn and bool(self.bn_names)  # nothing to do without batch norm
         # With per-step batch norm the inner loop leaves the batch-norm parameters alone.
         excluded = self.bn_names if per_step_bn else frozenset()
         self.adapt_names = adapted_names(backbone, adapt) - excluded
@@ -459,6 +455,7 @@ class MAML(MetaLearner):
             f"eval_inner_steps={self.eval_inner_steps}, {order}-order, adapt={self.adapt_mode}, "
             f"task_batching={getattr(self.task_batching, 'value', self.task_batching)}"
             + (f", multi_step_loss={self.multi_step_loss}" if self.multi_step_loss else "")
+            + (", per-step batch norm" if self.step_bn is not None else "")
         )
 
 
