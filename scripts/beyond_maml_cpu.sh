@@ -4,7 +4,7 @@
 # in its paper), strided Conv4-64, rotations as extra classes, 600 fixed test episodes; first on
 # glyphs, then on the real Omniglot "minimal" background sets (small1+small2, 164/15/63
 # characters). MAML-family runs train and test with 5 queries per class; Reptile trains on 10
-# examples per class (5 + 5) and fine-tunes 50 Adam steps at test. About 50 minutes in all.
+# examples per class (5 + 5) and fine-tunes 50 Adam steps at test. About 35 minutes in all.
 # Usage: scripts/beyond_maml_cpu.sh [OMNIGLOT_ROOT] [extra overrides...]
 set -euo pipefail
 root=${1:-../shared/data/omniglot}
