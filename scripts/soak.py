@@ -34,9 +34,12 @@ GLYPHS = {"dataset.classes": [30, 10, 10]}  # small splits: rendering and sampli
 
 def random_job(rng: random.Random) -> tuple[dict, dict]:
     """(config groups to override, values to set) for one job."""
-    algo = rng.choice(["maml", "fomaml", "protonet", "mann", "lstm"])
-    # Regression suits MAML only; one job in ten tries a classifier on it anyway.
-    regression = rng.random() < (0.4 if algo in ("maml", "fomaml") else 0.1)
+    algo = rng.choice(
+        ["maml", "fomaml", "anil", "metasgd", "mamlpp", "reptile", "protonet", "mann", "lstm"]
+    )
+    maml_like = algo in ("maml", "fomaml", "anil", "metasgd", "mamlpp")
+    # Regression suits the MAML family and Reptile; one job in ten tries a classifier anyway.
+    regression = rng.random() < (0.4 if maml_like or algo == "reptile" else 0.1)
     dataset = "sinusoid" if regression else "glyphs"
     groups = {"algo": algo, "dataset": dataset}
     values: dict = {
@@ -67,10 +70,17 @@ def random_job(rng: random.Random) -> tuple[dict, dict]:
         # ProtoNet may train with more classes than it tests with, the others may not.
         many = rng.random() < (0.5 if algo == "protonet" else 0.05)
         values["task.train_way"] = rng.randint(2, 12) if many else None
-    if algo in ("maml", "fomaml"):
-        values["algo.inner_steps"] = rng.randint(1, 2)
+    if maml_like:
+        values["algo.inner_steps"] = rng.randint(1, 3)
         values["algo.eval_inner_steps"] = rng.randint(0, 3)
         values["algo.task_batching"] = rng.choice(["auto", "loop", "vmap", "fold"])
+    if algo == "mamlpp":
+        values["algo.multi_step_loss"] = rng.randint(0, 8)
+        values["algo.first_order_until"] = rng.randint(0, 8)
+    if algo == "reptile":
+        values["algo.inner_steps"] = rng.randint(1, 3)
+        values["algo.eval_inner_steps"] = rng.randint(0, 5)
+        values["algo.inner_optimizer"] = rng.choice(["adam", "sgd"])
     if algo in ("mann", "lstm"):
         values["algo.controller_size"] = rng.choice([8, 16, 32])
         values["algo.memory_slots"] = rng.choice([4, 8, 16])
