@@ -118,6 +118,7 @@ class MAMLConfig:
     multi_step_loss: int = 0  # MSL over the first N meta-iterations (0: off)
     first_order_until: int = 0  # derivative-order annealing: first order before this step
     per_step_bn: bool = False  # BNWB: batch-norm weights and biases per inner step (if any)
+    per_step_bn_stats: bool = False  # BNRS: running statistics per step, used at evaluation
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: Optional[Any] = None
 

@@ -153,6 +153,7 @@ ADDED_OPTIONS = {
     "algo.multi_step_loss": 0,
     "algo.first_order_until": 0,
     "algo.per_step_bn": False,
+    "algo.per_step_bn_stats": False,
 }
 _ABSENT = object()
 

@@ -273,3 +273,30 @@ def test_per_step_batch_norm_with_equal_rows_is_maml_that_leaves_batch_norm_out_
         else:
             assert torch.allclose(grads_a[name], g, atol=1e-10), name
     assert maml(per_step_bn=True).step_bn is None  # an MLP has no batch norm: nothing to do
+
+
+def test_mamlpp_per_step_running_statistics_are_recorded_per_step_and_make_tests_inductive():
+    batch = conv_batch()
+    learner = conv_maml(per_step_bn=True, per_step_bn_stats=True)
+    assert learner.batching_for(torch.device("cpu")) == "loop"
+    bn = learner.backbone.features[1]
+    learner.meta_backward(TaskBatch(*(t[:1] for t in batch)))  # one task, 2 inner steps
+    # Row 0 saw one forward: the support set at step 0 (momentum 0.1 from zero).
+    with torch.no_grad():
+        conv1 = learner.backbone.features[0](batch.support_x[0])
+    assert torch.allclose(bn.step_mean[0], 0.1 * conv1.mean(dim=(0, 2, 3)), atol=1e-12)
+    assert not torch.allclose(bn.step_mean[1], bn.step_mean[0])  # step 1 has its own
+    assert {"step_mean", "step_var"} <= {k.split(".")[-1] for k in learner.state_dict()}
+    # At test time a query's logits no longer depend on the other queries (they do with batch
+    # statistics, the transductive default).
+    sx, sy, qx, _ = (t[0] for t in batch)
+    other = qx.clone()
+    other[1:] = torch.rand_like(other[1:])
+    for per_step, inductive in ((True, True), (False, False)):
+        lrn = conv_maml(per_step_bn=True, per_step_bn_stats=per_step)
+        lrn.eval_inner_steps = 2
+        lrn.meta_backward(batch)
+        same = torch.allclose(lrn.predict(sx, sy, qx)[0], lrn.predict(sx, sy, other)[0])
+        assert same == inductive
+    with pytest.raises(MetarunError, match="algo.task_batching=fold cannot; use loop or auto"):
+        conv_maml("fold", per_step_bn_stats=True)

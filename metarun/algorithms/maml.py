@@ -20,6 +20,7 @@ device (MLPs; conv nets on CUDA) and loops otherwise.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Sequence
 
 import torch
@@ -28,7 +29,11 @@ from torch.func import functional_call, grad, vmap
 
 from metarun.algorithms.base import MetaLearner, OptimizerFactory, SchedulerFactory
 from metarun.algorithms.losses import batched_task_metrics, task_loss, task_losses, task_metrics
-from metarun.backbones.norm import TransductiveBatchNorm2d, plain_op_batch_norm
+from metarun.backbones.norm import (
+    TransductiveBatchNorm2d,
+    plain_op_batch_norm,
+    step_statistics,
+)
 from metarun.data.batch import TaskBatch
 from metarun.errors import MetarunError
 
@@ -67,6 +72,9 @@ class MAML(MetaLearner):
         per_step_bn: MAML++ BNWB: batch-norm weights and biases of their own for each inner
             step (the support forward of step i and the query forward after it use row i),
             meta-learned and not adapted in the inner loop; ignored without batch norm.
+        per_step_bn_stats: MAML++ BNRS: batch-norm running statistics per inner step, recorded
+            in meta-training and used at evaluation instead of the batch's statistics (so a
+            query's prediction no longer depends on the other queries); per-task loop path only.
     """
 
     def __init__(
@@ -88,6 +96,7 @@ class MAML(MetaLearner):
         multi_step_loss: int = 0,
         first_order_until: int = 0,
         per_step_bn: bool = False,
+        per_step_bn_stats: bool = False,
     ) -> None:
         super().__init__(backbone, optimizer, scheduler, batch_norm)
         if adapt not in ("all", "head"):
@@ -133,6 +142,17 @@ class MAML(MetaLearner):
             for p in ("weight", "bias")
         )
         per_step_bn = per_step_bn and bool(self.bn_names)  # nothing to do without batch norm
+        self.bn_stats = per_step_bn_stats and bool(self.bn_names)
+        if self.bn_stats:
+            if task_batching in ("fold", "vmap"):
+                raise MetarunError(
+                    f"algo.per_step_bn_stats updates running statistics task by task, which "
+                    f"algo.task_batching={task_batching} cannot; use loop or auto"
+                )
+            for module in backbone.modules():
+                if isinstance(module, TransductiveBatchNorm2d):
+                    module.keep_step_statistics(inner_steps)
+        self._bn_mode = "record"  # "use" while evaluating (per-step running statistics)
         # With per-step batch norm the inner loop leaves the batch-norm parameters alone.
         excluded = self.bn_names if per_step_bn else frozenset()
         self.adapt_names = adapted_names(backbone, adapt) - excluded
@@ -193,6 +213,8 @@ class MAML(MetaLearner):
         folding does not reduce, see the README's performance section), else loops."""
         if self.task_batching != "auto":
             return self.task_batching
+        if self.bn_stats:
+            return "loop"
         can_fold = getattr(self.backbone, "can_fold_tasks", False)
         folds = device.type in getattr(self.backbone, "fold_devices", ())
         return "fold" if can_fold and folds else "loop"
@@ -209,6 +231,9 @@ class MAML(MetaLearner):
         return out
 
     def _forward(self, params: Params, x: torch.Tensor, step: int = 0) -> torch.Tensor:
+        if self.bn_stats:
+            with step_statistics(self._bn_mode, step):
+                return functional_call(self.backbone, self._with_step_bn(params, step), (x,))
         return functional_call(self.backbone, self._with_step_bn(params, step), (x,))
 
     def _forward_tasks(self, params: Params, x: torch.Tensor, step: int = 0) -> torch.Tensor:
@@ -412,6 +437,19 @@ class MAML(MetaLearner):
         return out
 
     def evaluate(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
+        with self._using_running_stats():
+            return self._evaluate(batch)
+
+    @contextlib.contextmanager
+    def _using_running_stats(self):
+        """Evaluation normalises with the per-step running statistics (when kept)."""
+        self._bn_mode = "use"
+        try:
+            yield
+        finally:
+            self._bn_mode = "record"
+
+    def _evaluate(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
         params = {k: p.detach() for k, p in self.backbone.named_parameters()}
         sx, sy, qx, qy = batch
         if self.batching_for(sx.device) == "fold":
@@ -437,6 +475,10 @@ class MAML(MetaLearner):
         return {k: torch.cat([s[k] for s in per_task]) for k in per_task[0]}
 
     def predict(self, support_x, support_y, query_x) -> torch.Tensor:
+        with self._using_running_stats():
+            return self._predict(support_x, support_y, query_x)
+
+    def _predict(self, support_x, support_y, query_x) -> torch.Tensor:
         params = {k: p.detach() for k, p in self.backbone.named_parameters()}
         for step in range(self.eval_inner_steps):
             loss_fn = lambda q, s=step: self._support_loss(q, support_x, support_y, s)  # noqa: E731
@@ -456,6 +498,7 @@ class MAML(MetaLearner):
             f"task_batching={getattr(self.task_batching, 'value', self.task_batching)}"
             + (f", multi_step_loss={self.multi_step_loss}" if self.multi_step_loss else "")
             + (", per-step batch norm" if self.step_bn is not None else "")
+            + (" and running statistics" if self.bn_stats else "")
         )
 
 

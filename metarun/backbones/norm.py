@@ -30,16 +30,56 @@ def plain_op_batch_norm() -> Iterator[None]:
         _PLAIN_OPS.reset(token)
 
 
+# (mode, step) while MAML++'s per-step running statistics are in use: "record" normalises with
+# the batch's statistics and folds them into step ``step``'s running ones; "use" normalises with
+# the running statistics of step ``step`` (evaluation without looking at the other queries).
+_STEP_STATS: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar(
+    "metarun_step_stats", default=None
+)
+
+
+@contextlib.contextmanager
+def step_statistics(mode: str, step: int) -> Iterator[None]:
+    """Within this block, batch norms that keep per-step running statistics use those of
+    ``step`` (``mode``: ``record`` or ``use``; see :class:`TransductiveBatchNorm2d`)."""
+    token = _STEP_STATS.set((mode, step))
+    try:
+        yield
+    finally:
+        _STEP_STATS.reset(token)
+
+
 class TransductiveBatchNorm2d(nn.Module):
-    """Batch norm that always uses the current batch's statistics and keeps no running ones."""
+    """Batch norm that always uses the current batch's statistics and keeps no running ones.
+
+    :meth:`keep_step_statistics` adds running statistics per inner step (MAML++ BNRS), read and
+    written only inside :func:`step_statistics`."""
 
     def __init__(self, channels: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
+        self.momentum = 0.1
+        self.register_buffer("step_mean", None)  # none until keep_step_statistics
+        self.register_buffer("step_var", None)
+
+    def keep_step_statistics(self, steps: int) -> None:
+        """Running mean and variance for each of ``steps`` inner steps (saved in checkpoints)."""
+        channels = self.weight.shape[0]
+        self.step_mean = self.weight.new_zeros(steps, channels)
+        self.step_var = self.weight.new_ones(steps, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        context = _STEP_STATS.get()
+        if context is not None and self.step_mean is not None:
+            mode, step = context
+            step = min(step, self.step_mean.shape[0] - 1)
+            mean, var = self.step_mean[step], self.step_var[step]
+            training = mode == "record"  # batch statistics, folded into the running ones
+            return F.batch_norm(
+                x, mean, var, self.weight, self.bias, training, self.momentum, self.eps
+            )
         if not _PLAIN_OPS.get():
             return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
         mean = x.mean(dim=(0, 2, 3), keepdim=True)
