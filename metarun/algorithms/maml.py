@@ -21,6 +21,7 @@ device (MLPs; conv nets on CUDA) and loops otherwise.
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Callable, Sequence
 
 import torch
@@ -135,6 +136,8 @@ class MAML(MetaLearner):
         self.task_batching = task_batching
         self.task_chunk = task_chunk
         self.adapt_mode = adapt
+        # ParameterDict keys cannot hold dots: each parameter's "/" spelling, computed once.
+        self._key = {name: name.replace(".", "/") for name, _ in backbone.named_parameters()}
         self.bn_names = frozenset(
             f"{name}.{p}"
             for name, module in backbone.named_modules()
@@ -159,7 +162,7 @@ class MAML(MetaLearner):
         self.step_bn = (
             nn.ParameterDict(
                 {
-                    name.replace(".", "/"): nn.Parameter(
+                    self._key[name]: nn.Parameter(
                         p.detach().clone().unsqueeze(0).repeat(inner_steps, 1)
                     )
                     for name, p in backbone.named_parameters()
@@ -169,12 +172,11 @@ class MAML(MetaLearner):
             if per_step_bn
             else None
         )
-        # Meta-SGD's step sizes, one per element of each adapted tensor (ParameterDict keys
-        # cannot hold dots, hence the "/" spelling of the parameter names).
+        # Meta-SGD's step sizes, one per element of each adapted tensor.
         self.inner_lrs = (
             nn.ParameterDict(
                 {
-                    name.replace(".", "/"): nn.Parameter(torch.full_like(p, inner_lr))
+                    self._key[name]: nn.Parameter(torch.full_like(p, inner_lr))
                     for name, p in backbone.named_parameters()
                     if name in self.adapt_names
                 }
@@ -190,7 +192,7 @@ class MAML(MetaLearner):
         self.step_lrs = (
             nn.ParameterDict(
                 {
-                    name.replace(".", "/"): nn.Parameter(p.new_full((inner_steps,), inner_lr))
+                    self._key[name]: nn.Parameter(p.new_full((inner_steps,), inner_lr))
                     for name, p in backbone.named_parameters()
                     if name in self.adapt_names
                 }
@@ -226,15 +228,14 @@ class MAML(MetaLearner):
             return params
         out = dict(params)
         for name in self.bn_names:
-            row = self.step_bn[name.replace(".", "/")][min(step, self.inner_steps - 1)]
+            row = self.step_bn[self._key[name]][min(step, self.inner_steps - 1)]
             out[name] = row.expand_as(params[name])  # folded weights carry a task axis
         return out
 
     def _forward(self, params: Params, x: torch.Tensor, step: int = 0) -> torch.Tensor:
-        if self.bn_stats:
-            with step_statistics(self._bn_mode, step):
-                return functional_call(self.backbone, self._with_step_bn(params, step), (x,))
-        return functional_call(self.backbone, self._with_step_bn(params, step), (x,))
+        stats = step_statistics(self._bn_mode, step) if self.bn_stats else contextlib.nullcontext()
+        with stats:
+            return functional_call(self.backbone, self._with_step_bn(params, step), (x,))
 
     def _forward_tasks(self, params: Params, x: torch.Tensor, step: int = 0) -> torch.Tensor:
         return self.backbone.forward_tasks(self._with_step_bn(params, step), x)
@@ -272,7 +273,7 @@ class MAML(MetaLearner):
     def _lr(self, name: str, step: int) -> torch.Tensor | float:
         """The step size of parameter ``name`` at inner step ``step``: learned per element
         (Meta-SGD), per tensor and step (MAML++ LSLR), or ``inner_lr``."""
-        key = name.replace(".", "/")
+        key = self._key[name]
         if self.inner_lrs is not None:
             return self.inner_lrs[key]
         if self.step_lrs is not None:
@@ -310,16 +311,6 @@ class MAML(MetaLearner):
             params = self._step(params, self._inner_grads(loss, params), i)
         return params
 
-    def adapt_tasks(self, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int) -> Params:
-        """:meth:`adapt` for every task of ``x`` ``[B, M, ...]`` at once (folded); the result
-        has a leading task axis on every tensor."""
-        tasks = x.shape[0]
-        params = _trainable({k: p.expand(tasks, *p.shape) for k, p in params.items()})
-        for i in range(steps):
-            loss = task_losses(self._forward_tasks(params, x, i), y).sum()
-            params = self._step(params, self._inner_grads(loss, params), i)
-        return params
-
     # -- meta-training -------------------------------------------------------------------------
     # Each path adapts with the support set and returns the query loss after the last inner
     # step, or, under the multi-step loss, the weighted sum of the query losses after each step.
@@ -328,8 +319,9 @@ class MAML(MetaLearner):
         loss = task_loss(pred, qy)
         return loss, task_metrics(pred.detach(), qy, loss.detach())
 
-    def _train_task(self, params: Params, sx, sy, qx, qy) -> tuple[torch.Tensor, dict]:
-        weights = self.step_weights()
+    def _train_task(
+        self, params: Params, sx, sy, qx, qy, weights: torch.Tensor | None
+    ) -> tuple[torch.Tensor, dict]:
         params = _trainable(params)
         total = 0.0
         for i in range(self.inner_steps):
@@ -340,8 +332,9 @@ class MAML(MetaLearner):
         loss, metrics = self._query_loss(params, qx, qy, self.inner_steps - 1)
         return (loss if weights is None else total + weights[-1] * loss), metrics
 
-    def _train_task_vmap(self, params: Params, sx, sy, qx, qy) -> tuple[torch.Tensor, dict]:
-        weights = self.step_weights()
+    def _train_task_vmap(
+        self, params: Params, sx, sy, qx, qy, weights: torch.Tensor | None
+    ) -> tuple[torch.Tensor, dict]:
         grad_fn = grad(self._support_loss)
         total = 0.0
         for i in range(self.inner_steps):
@@ -355,9 +348,10 @@ class MAML(MetaLearner):
         loss, metrics = self._query_loss(params, qx, qy, self.inner_steps - 1)
         return (loss if weights is None else total + weights[-1] * loss), metrics
 
-    def _train_tasks_folded(self, params: Params, batch: TaskBatch) -> tuple[torch.Tensor, dict]:
+    def _train_tasks_folded(
+        self, params: Params, batch: TaskBatch, weights: torch.Tensor | None
+    ) -> tuple[torch.Tensor, dict]:
         sx, sy, qx, qy = batch
-        weights = self.step_weights()
         params = _trainable({k: p.expand(batch.num_tasks, *p.shape) for k, p in params.items()})
         total = 0.0
         for i in range(self.inner_steps):
@@ -375,12 +369,14 @@ class MAML(MetaLearner):
         self, params: Params, batch: TaskBatch, batching: str
     ) -> tuple[torch.Tensor, dict]:
         """Per-task query losses ``[B]`` (differentiable) and detached per-task metrics."""
+        weights = self.step_weights()  # the same for every task of the batch
         if batching == "fold":
-            return self._train_tasks_folded(params, batch)
+            return self._train_tasks_folded(params, batch, weights)
         if batching == "vmap":
+            task_fn = functools.partial(self._train_task_vmap, weights=weights)
             with plain_op_batch_norm():
-                return vmap(self._train_task_vmap, in_dims=(None, 0, 0, 0, 0))(params, *batch)
-        return _stack([self._train_task(params, *task) for task in zip(*batch)])
+                return vmap(task_fn, in_dims=(None, 0, 0, 0, 0))(params, *batch)
+        return _stack([self._train_task(params, *task, weights) for task in zip(*batch)])
 
     def chunk_size(self, batch: TaskBatch, batching: str | None = None) -> int:
         """Tasks per forward/backward in :meth:`meta_backward` (``batching``: the path taken,
