@@ -79,16 +79,24 @@ class Reptile(MetaLearner):
         self.eval_inner_steps = eval_inner_steps
         self.inner_optimizer = inner_optimizer
 
-    def _fine_tune(self, x: torch.Tensor, y: torch.Tensor, steps: int) -> Params:
-        """A detached copy of the weights after ``steps`` inner-optimizer steps on ``(x, y)``."""
+    def _fine_tune(
+        self, x: torch.Tensor, y: torch.Tensor, steps: int
+    ) -> tuple[Params, torch.Tensor | None]:
+        """A detached copy of the weights after ``steps`` inner-optimizer steps on ``(x, y)``,
+        and the first step's predictions (those of the weights before adaptation; None if
+        ``steps`` is 0)."""
         fast = {k: p.detach().clone().requires_grad_() for k, p in self.backbone.named_parameters()}
         opt = INNER_OPTIMIZERS[self.inner_optimizer](list(fast.values()), self.inner_lr)
+        first = None
         with torch.enable_grad():
-            for _ in range(steps):
+            for step in range(steps):
                 opt.zero_grad(set_to_none=True)
-                task_loss(functional_call(self.backbone, fast, (x,)), y).backward()
+                pred = functional_call(self.backbone, fast, (x,))
+                task_loss(pred, y).backward()
                 opt.step()
-        return {k: p.detach() for k, p in fast.items()}
+                if step == 0:
+                    first = pred.detach()
+        return {k: p.detach() for k, p in fast.items()}, first
 
     def _task_data(self, batch: TaskBatch, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Meta-training trains on all of a task's examples: support and query together."""
@@ -105,11 +113,9 @@ class Reptile(MetaLearner):
         losses, metrics = [], []
         for t in range(batch.num_tasks):
             x, y = self._task_data(batch, t)
-            with torch.no_grad():
-                pred = self.backbone(x)
-                losses.append(task_loss(pred, y))
-                metrics.append(batched_task_metrics(pred[None], y[None], losses[-1][None]))
-            adapted = self._fine_tune(x, y, self.inner_steps)
+            adapted, pred = self._fine_tune(x, y, self.inner_steps)  # inner_steps >= 1
+            losses.append(task_loss(pred, y))
+            metrics.append(batched_task_metrics(pred[None], y[None], losses[-1][None]))
             for k in params:
                 delta[k] += (params[k].detach() - adapted[k]) / batch.num_tasks
         for k, p in params.items():
@@ -132,14 +138,14 @@ class Reptile(MetaLearner):
     def evaluate(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
         per_task = []
         for sx, sy, qx, qy in zip(*batch):
-            fast = self._fine_tune(sx, sy, self.eval_inner_steps)
+            fast, _ = self._fine_tune(sx, sy, self.eval_inner_steps)
             with torch.no_grad():
                 pred = functional_call(self.backbone, fast, (qx,))[None]
                 per_task.append(batched_task_metrics(pred, qy[None], task_losses(pred, qy[None])))
         return {k: torch.cat([s[k] for s in per_task]) for k in per_task[0]}
 
     def predict(self, support_x, support_y, query_x) -> torch.Tensor:
-        fast = self._fine_tune(support_x, support_y, self.eval_inner_steps)
+        fast, _ = self._fine_tune(support_x, support_y, self.eval_inner_steps)
         with torch.no_grad():
             return functional_call(self.backbone, fast, (query_x,))
 
