@@ -321,6 +321,7 @@ class Trainer:
         self.eval_time = 0.0  # kept out of the training throughput
         self.stop_signal: int | None = None
         self.saved_step: int | None = None  # step of the last last.pt written
+        self.finite_at: int | None = None  # step whose loss and weights were last checked
         if exp.resume_from is not None:
             self._restore(exp.resume_from)
 
@@ -350,10 +351,13 @@ class Trainer:
 
         Checked when a step's results are read anyway (logging, validating, saving), so there is
         no device sync per step; the message names the steps in which it happened."""
+        if self.finite_at == self.step:  # logging, validating and saving at one step: once
+            return
         losses = self.sums.get("loss")
         bad_loss = losses is not None and not bool(torch.isfinite(losses).all())
         weights = [torch.isfinite(p).all() for p in self.exp.learner.parameters()]
         if not bad_loss and bool(torch.stack(weights).all()):  # one device sync
+            self.finite_at = self.step
             return
         what = "training loss" if bad_loss else "model's weights"
         first = self.step - self.count + 1 if bad_loss else self.step

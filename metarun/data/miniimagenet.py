@@ -64,7 +64,7 @@ def detect_layout(root: Path) -> str:
 
 def _fingerprint(paths: list[Path]) -> str:
     """Changes when a source file is replaced (size, modification time), without reading it."""
-    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
+    stats = [(p.name, st.st_size, st.st_mtime_ns) for p in paths for st in [p.stat()]]
     return hashlib.sha1(json.dumps(stats).encode()).hexdigest()[:12]
 
 
