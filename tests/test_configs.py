@@ -170,3 +170,9 @@ def test_slurm_launcher_config_composes(compose_cfg):
     cfg = compose_cfg(["hydra/launcher=slurm", "hydra.launcher.partition=gpu"])
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert (cfg.hydra.launcher.partition, cfg.hydra.launcher.gpus_per_node) == ("gpu", 1)
+
+
+def test_the_readme_form_of_dataset_files_composes(compose_cfg):
+    spec = '{mini-imagenet-cache-train.pkl: {url: "https://example.org/t.pkl", md5: "abc"}}'
+    cfg = compose_cfg(["dataset=miniimagenet", f"++dataset.files={spec}"])
+    assert cfg.dataset.files["mini-imagenet-cache-train.pkl"].md5 == "abc"
