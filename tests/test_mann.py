@@ -185,6 +185,47 @@ def test_episodes_are_independent_and_state_resets(memory):
     torch.testing.assert_close(both[1:], alone)
 
 
+def _reference_logits(model: MANN, x, y):
+    """The model written the plain way: ``nn.LSTMCell`` and the output layer step by step."""
+    b, steps = y.shape
+    z = model.backbone(x)
+    hx = cx = z.new_zeros(b, model.controller.hidden_size)
+    memory = model.memory.initial_state(b, z.device, z.dtype) if model.memory else None
+    last = z.new_zeros(b, model.way)
+    logits = []
+    for t in range(steps):
+        inputs = [z[:, t], last] + ([memory.reads.flatten(1)] if memory is not None else [])
+        hx, cx = model.controller(torch.cat(inputs, dim=-1), (hx, cx))
+        if memory is not None:
+            reads, memory = model.memory.step(hx, memory)
+            logits.append(model.output(torch.cat([hx, reads.flatten(1)], dim=-1)))
+        else:
+            logits.append(model.output(hx))
+        last = F.one_hot(y[:, t], model.way).to(z.dtype)
+    return torch.stack(logits, dim=1)
+
+
+@pytest.mark.parametrize("memory", ["lrua", "none"])
+def test_the_rearranged_controller_is_the_lstm_cell_step_by_step(memory):
+    """sequence_logits projects the image and label inputs of all steps at once: same logits and
+    the same gradient for every parameter as nn.LSTMCell applied step by step (float64)."""
+    torch.manual_seed(0)
+    model = _mann(memory=memory).double()
+    batch = _sequence(b=3, shot=4)
+    x, y = batch.support_x.double(), batch.support_y
+    ours, (_, _, last) = model.sequence_logits(x, y)
+    reference = _reference_logits(model, x, y)
+    torch.testing.assert_close(ours, reference)
+    torch.testing.assert_close(last, F.one_hot(y[:, -1], 3).double())
+    params = [p for p in model.parameters()]
+    weights = torch.randn_like(ours)
+    got = torch.autograd.grad((ours * weights).sum(), params)
+    want = torch.autograd.grad((reference * weights).sum(), params)
+    for (name, _), g, w in zip(model.named_parameters(), got, want, strict=True):
+        torch.testing.assert_close(g, w, msg=name)
+        assert g.abs().sum() > 0, name
+
+
 def test_step_t_sees_the_previous_label_not_its_own():
     torch.manual_seed(0)
     model = _mann().eval()

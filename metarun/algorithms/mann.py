@@ -255,19 +255,31 @@ class MANN(MetaLearner):
             memory = self.memory.initial_state(b, z.device, z.dtype) if self.memory else None
             state = ((zeros, zeros), memory, z.new_zeros(b, self.way))
         (hx, cx), memory, last_label = state
-        logits = []
+        # nn.LSTMCell's arithmetic (its parameters, its gate order i, f, g, o), rearranged: the
+        # part of the input that does not depend on the recurrence (image, previous label) is
+        # projected for all steps in one matrix product; each step multiplies only [h, reads].
+        cell = self.controller
+        fixed = z.shape[-1] + self.way
+        labels_in = torch.cat([last_label[:, None], prev[:, :-1]], dim=1)  # y_{t-1} at step t
+        inputs = torch.cat([z, labels_in], dim=-1)
+        bias = cell.bias_ih + cell.bias_hh
+        # T x [B, 4 * controller]; unbind has one backward, slicing [:, t] a zero-fill per step
+        projected = F.linear(inputs, cell.weight_ih[:, :fixed], bias).unbind(1)
+        recurrent = torch.cat([cell.weight_hh, cell.weight_ih[:, fixed:]], dim=1)
+        outputs = []
         for t in range(steps):
-            inputs = [z[:, t], last_label]
-            if memory is not None:
-                inputs.append(memory.reads.flatten(1))
-            hx, cx = self.controller(torch.cat(inputs, dim=-1), (hx, cx))
+            carried = hx if memory is None else torch.cat([hx, memory.reads.flatten(1)], dim=-1)
+            gates = torch.addmm(projected[t], carried, recurrent.t())
+            i, f, g, o = gates.chunk(4, dim=1)
+            cx = torch.sigmoid(f) * cx + torch.sigmoid(i) * torch.tanh(g)
+            hx = torch.sigmoid(o) * torch.tanh(cx)
             if memory is not None:
                 reads, memory = self.memory.step(hx, memory)
-                logits.append(self.output(torch.cat([hx, reads.flatten(1)], dim=-1)))
+                outputs.append(torch.cat([hx, reads.flatten(1)], dim=-1))
             else:
-                logits.append(self.output(hx))
-            last_label = prev[:, t]
-        return torch.stack(logits, dim=1), ((hx, cx), memory, last_label)
+                outputs.append(hx)
+        logits = self.output(torch.stack(outputs, dim=1))  # [B, T, way], one product
+        return logits, ((hx, cx), memory, prev[:, -1])
 
     def _scores(self, batch: TaskBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Per-step loss ``[B, T]`` and per-episode metrics (``[B]`` each).
