@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from metarun.algorithms import MAML, Reptile
-from metarun.algorithms.maml import adapted_names
+from metarun.algorithms.maml_options import adapted_names
 from metarun.backbones import MLP, Conv4
 from metarun.data import Sinusoid, TaskBatch, TaskShape
 from metarun.errors import MetarunError

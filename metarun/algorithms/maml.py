@@ -30,16 +30,23 @@ from torch.func import functional_call, grad, vmap
 
 from metarun.algorithms.base import MetaLearner, OptimizerFactory, SchedulerFactory
 from metarun.algorithms.losses import batched_task_metrics, task_loss, task_losses, task_metrics
+from metarun.algorithms.maml_options import (
+    adapted_names,
+    batch_norm_names,
+    check_options,
+    multi_step_weights,
+    per_parameter,
+    stack,
+    trainable,
+)
 from metarun.backbones.norm import (
     TransductiveBatchNorm2d,
     plain_op_batch_norm,
     step_statistics,
 )
 from metarun.data.batch import TaskBatch
-from metarun.errors import MetarunError
 
 Params = dict[str, torch.Tensor]
-_BATCHING = ("auto", "fold", "loop", "vmap")
 #: ``task_chunk=0`` folds as many tasks into one call as keep its input (support + query values)
 #: under this many elements: every task of a sinusoid batch, 16 Omniglot 5-way 15-query tasks.
 #: Peak memory grows with the chunk; ``algo.task_chunk`` sets it by hand.
@@ -100,58 +107,36 @@ class MAML(MetaLearner):
         per_step_bn_stats: bool = False,
     ) -> None:
         super().__init__(backbone, optimizer, scheduler, batch_norm)
-        if adapt not in ("all", "head"):
-            raise MetarunError(f"algo.adapt={adapt!r} is unknown; use all (MAML) or head (ANIL)")
-        if task_batching not in _BATCHING:
-            raise MetarunError(
-                f"algo.task_batching={task_batching!r} is unknown; use one of {list(_BATCHING)}"
-            )
-        if inner_steps < 1:
-            raise MetarunError(f"algo.inner_steps={inner_steps} must be >= 1")
-        if eval_inner_steps < 0 or any(s < 0 for s in eval_report_steps):
-            raise MetarunError(
-                f"algo.eval_inner_steps={eval_inner_steps} and algo.eval_report_steps="
-                f"{list(eval_report_steps)} must be >= 0"
-            )
-        running = any(getattr(m, "track_running_stats", False) for m in backbone.modules())
-        if running or batch_norm != "transductive":
-            raise MetarunError(
-                "MAML adapts with batch statistics and cannot update running batch-norm "
-                "statistics inside its inner loop; set algo.batch_norm=transductive and "
-                "backbone.batch_norm=transductive"
-            )
+        self.bn_names = batch_norm_names(backbone)
+        check_options(
+            backbone,
+            bn_names=self.bn_names,
+            adapt=adapt,
+            task_batching=task_batching,
+            task_chunk=task_chunk,
+            inner_steps=inner_steps,
+            eval_inner_steps=eval_inner_steps,
+            eval_report_steps=eval_report_steps,
+            batch_norm=batch_norm,
+            learn_inner_lr=learn_inner_lr,
+            per_step_inner_lr=per_step_inner_lr,
+            multi_step_loss=multi_step_loss,
+            first_order_until=first_order_until,
+            per_step_bn_stats=per_step_bn_stats,
+        )
         self.inner_lr = inner_lr
         self.inner_steps = inner_steps
         self.eval_inner_steps = eval_inner_steps
         self.eval_report_steps = tuple(sorted(set(eval_report_steps)))
         self.first_order = first_order
-        if task_batching == "fold" and not getattr(backbone, "can_fold_tasks", False):
-            raise MetarunError(
-                f"algo.task_batching=fold needs a backbone of plain conv / batch-norm / "
-                f"element-wise layers (conv4, mlp); {type(backbone).__name__} is not one; use "
-                "algo.task_batching=loop or auto"
-            )
-        if task_chunk < 0:
-            raise MetarunError(f"algo.task_chunk={task_chunk} must be >= 0 (0: automatic)")
         self.task_batching = task_batching
         self.task_chunk = task_chunk
         self.adapt_mode = adapt
         # ParameterDict keys cannot hold dots: each parameter's "/" spelling, computed once.
         self._key = {name: name.replace(".", "/") for name, _ in backbone.named_parameters()}
-        self.bn_names = frozenset(
-            f"{name}.{p}"
-            for name, module in backbone.named_modules()
-            if isinstance(module, TransductiveBatchNorm2d)
-            for p in ("weight", "bias")
-        )
         per_step_bn = per_step_bn and bool(self.bn_names)  # nothing to do without batch norm
         self.bn_stats = per_step_bn_stats and bool(self.bn_names)
         if self.bn_stats:
-            if task_batching in ("fold", "vmap"):
-                raise MetarunError(
-                    f"algo.per_step_bn_stats updates running statistics task by task, which "
-                    f"algo.task_batching={task_batching} cannot; use loop or auto"
-                )
             for module in backbone.modules():
                 if isinstance(module, TransductiveBatchNorm2d):
                     module.keep_step_statistics(inner_steps)
@@ -159,52 +144,26 @@ class MAML(MetaLearner):
         # With per-step batch norm the inner loop leaves the batch-norm parameters alone.
         excluded = self.bn_names if per_step_bn else frozenset()
         self.adapt_names = adapted_names(backbone, adapt) - excluded
+        # MAML++ BNWB: a row of batch-norm weights per inner step, each starting as the module's.
         self.step_bn = (
-            nn.ParameterDict(
-                {
-                    self._key[name]: nn.Parameter(
-                        p.detach().clone().unsqueeze(0).repeat(inner_steps, 1)
-                    )
-                    for name, p in backbone.named_parameters()
-                    if name in self.bn_names
-                }
-            )
+            per_parameter(backbone, self.bn_names, lambda p: p.unsqueeze(0).repeat(inner_steps, 1))
             if per_step_bn
             else None
         )
         # Meta-SGD's step sizes, one per element of each adapted tensor.
         self.inner_lrs = (
-            nn.ParameterDict(
-                {
-                    self._key[name]: nn.Parameter(torch.full_like(p, inner_lr))
-                    for name, p in backbone.named_parameters()
-                    if name in self.adapt_names
-                }
-            )
+            per_parameter(backbone, self.adapt_names, lambda p: torch.full_like(p, inner_lr))
             if learn_inner_lr
             else None
         )
-        if learn_inner_lr and per_step_inner_lr:
-            raise MetarunError(
-                "algo.learn_inner_lr (Meta-SGD) and algo.per_step_inner_lr (MAML++) both learn "
-                "the inner step size; choose one"
-            )
+        # MAML++ LSLR: one step size per adapted tensor and inner step.
         self.step_lrs = (
-            nn.ParameterDict(
-                {
-                    self._key[name]: nn.Parameter(p.new_full((inner_steps,), inner_lr))
-                    for name, p in backbone.named_parameters()
-                    if name in self.adapt_names
-                }
+            per_parameter(
+                backbone, self.adapt_names, lambda p: p.new_full((inner_steps,), inner_lr)
             )
             if per_step_inner_lr
             else None
         )
-        if multi_step_loss < 0 or first_order_until < 0:
-            raise MetarunError(
-                f"algo.multi_step_loss={multi_step_loss} and algo.first_order_until="
-                f"{first_order_until} must be >= 0 (meta-iterations; 0 turns them off)"
-            )
         self.multi_step_loss = multi_step_loss
         self.first_order_until = first_order_until
 
@@ -262,13 +221,7 @@ class MAML(MetaLearner):
         """MAML++ multi-step loss: weights of the query losses after each inner step, or None
         when only the last counts. Uniform at first, all on the last step once
         ``multi_step_loss`` meta-iterations have passed."""
-        if not self.multi_step_loss or self.meta_step >= self.multi_step_loss:
-            return None
-        n = self.inner_steps
-        last = 1 / n + (1 - 1 / n) * self.meta_step / self.multi_step_loss
-        weights = torch.full((n,), (1 - last) / max(n - 1, 1), dtype=torch.float64)
-        weights[-1] = last
-        return weights
+        return multi_step_weights(self.inner_steps, self.meta_step, self.multi_step_loss)
 
     def _lr(self, name: str, step: int) -> torch.Tensor | float:
         """The step size of parameter ``name`` at inner step ``step``: learned per element
@@ -305,7 +258,7 @@ class MAML(MetaLearner):
 
     def adapt(self, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int) -> Params:
         """``steps`` SGD updates of ``params`` on one task's support set ``(x, y)``."""
-        params = _trainable(params)
+        params = trainable(params)
         for i in range(steps):
             loss = self._support_loss(params, x, y, i)
             params = self._step(params, self._inner_grads(loss, params), i)
@@ -322,7 +275,7 @@ class MAML(MetaLearner):
     def _train_task(
         self, params: Params, sx, sy, qx, qy, weights: torch.Tensor | None
     ) -> tuple[torch.Tensor, dict]:
-        params = _trainable(params)
+        params = trainable(params)
         total = 0.0
         for i in range(self.inner_steps):
             loss = self._support_loss(params, sx, sy, i)
@@ -352,7 +305,7 @@ class MAML(MetaLearner):
         self, params: Params, batch: TaskBatch, weights: torch.Tensor | None
     ) -> tuple[torch.Tensor, dict]:
         sx, sy, qx, qy = batch
-        params = _trainable({k: p.expand(batch.num_tasks, *p.shape) for k, p in params.items()})
+        params = trainable({k: p.expand(batch.num_tasks, *p.shape) for k, p in params.items()})
         total = 0.0
         for i in range(self.inner_steps):
             loss = task_losses(self._forward_tasks(params, sx, i), sy).sum()
@@ -376,7 +329,7 @@ class MAML(MetaLearner):
             task_fn = functools.partial(self._train_task_vmap, weights=weights)
             with plain_op_batch_norm():
                 return vmap(task_fn, in_dims=(None, 0, 0, 0, 0))(params, *batch)
-        return _stack([self._train_task(params, *task, weights) for task in zip(*batch)])
+        return stack([self._train_task(params, *task, weights) for task in zip(*batch)])
 
     def chunk_size(self, batch: TaskBatch, batching: str | None = None) -> int:
         """Tasks per forward/backward in :meth:`meta_backward` (``batching``: the path taken,
@@ -496,37 +449,3 @@ class MAML(MetaLearner):
             + (", per-step batch norm" if self.step_bn is not None else "")
             + (" and running statistics" if self.bn_stats else "")
         )
-
-
-def adapted_names(backbone: nn.Module, adapt: str) -> frozenset[str]:
-    """Names of the parameters the inner loop updates: all of them, or (``head``, ANIL) those of
-    the last module that holds parameters of its own: the linear head of Conv4 / ResNet-12, the
-    output layer of an MLP."""
-    names = [name for name, _ in backbone.named_parameters()]
-    if adapt == "all":
-        return frozenset(names)
-    owners = [m for m, mod in backbone.named_modules() if list(mod.parameters(recurse=False))]
-    if not owners or not owners[-1]:
-        raise MetarunError(
-            "algo.adapt=head needs a backbone with a separate last layer; "
-            f"{type(backbone).__name__} has none: use algo.adapt=all"
-        )
-    prefix = owners[-1] + "."
-    return frozenset(n for n in names if n.startswith(prefix))
-
-
-def _trainable(params: Params) -> Params:
-    """``params`` as given if the graph already tracks them, else detached leaves that do."""
-    if any(p.requires_grad for p in params.values()):
-        return params
-    return {k: p.detach().requires_grad_() for k, p in params.items()}
-
-
-def _stack(outs: list):
-    """Stack per-task outputs (tensors, or tuples / dicts of them) along a new dim 0."""
-    first = outs[0]
-    if isinstance(first, torch.Tensor):
-        return torch.stack(outs)
-    if isinstance(first, dict):
-        return {k: _stack([o[k] for o in outs]) for k in first}
-    return type(first)(_stack(list(xs)) for xs in zip(*outs))
