@@ -445,6 +445,8 @@ class Trainer:
     def log_train(self) -> None:
         self.check_finite()
         means = {f"train/{k}": (v / self.count).item() for k, v in self.sums.items()}
+        if self.exp.scheduler is not None:  # the step size the schedule has reached
+            means["train/lr"] = self.exp.optimizer.param_groups[0]["lr"]
         self.logger.log(means, self.step)
         self.sums, self.count = {}, 0
 

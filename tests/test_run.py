@@ -32,6 +32,19 @@ def test_a_run_writes_metrics_summary_and_checkpoints(run_inprocess):
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 20
 
 
+def test_a_scheduled_run_logs_the_learning_rate_it_reached(run_inprocess):
+    halving = (
+        "algo.scheduler={_target_: torch.optim.lr_scheduler.StepLR, _partial_: true, "
+        "step_size: 5, gamma: 0.5}"
+    )
+    run_dir, _ = run_inprocess([*NO_WANDB, halving])
+    train = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "train/loss" in r]
+    lr = 1e-3  # algo.optimizer.lr of the tiny config
+    assert [r["train/lr"] for r in train] == pytest.approx([lr / 2, lr / 4, lr / 8, lr / 16])
+    plain, _ = run_inprocess(NO_WANDB, name="constant")  # no schedule: nothing to report
+    assert not any("train/lr" in r for r in read_jsonl(plain / "metrics.jsonl"))
+
+
 def test_same_seed_same_metrics_other_seed_other_metrics(run_inprocess):
     a, _ = run_inprocess([*NO_WANDB, "seed=3"], name="a")
     b, _ = run_inprocess([*NO_WANDB, "seed=3"], name="b")
