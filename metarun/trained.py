@@ -24,7 +24,7 @@ from metarun.checkpoint import load_checkpoint
 from metarun.config import MetarunConfig
 from metarun.device import resolve_device
 from metarun.errors import MetarunError, print_line
-from metarun.run import build, build_experiment, meta_test, seed_everything
+from metarun.experiment import build, build_experiment, meta_test, seed_everything
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 

@@ -318,8 +318,9 @@ def trainer_for(overrides: list[str], run_dir: Path):
     """metarun's real experiment and trainer, logging to the local files and the console."""
     from rich.console import Console
 
+    from metarun.experiment import build_experiment
     from metarun.logging.setup import build_logger
-    from metarun.run import Trainer, build_experiment
+    from metarun.trainer import Trainer
 
     run_dir.mkdir(parents=True)
     cfg = compose([*overrides, "logger=none"])

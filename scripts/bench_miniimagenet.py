@@ -77,8 +77,9 @@ def probe_train(root: str, preset: str, steps: int) -> dict:
     from hydra import compose, initialize_config_dir
 
     from metarun.cli import config_dir
+    from metarun.experiment import build_experiment
     from metarun.logging import Logger
-    from metarun.run import Trainer, build_experiment
+    from metarun.trainer import Trainer
 
     overrides = [f"experiment={preset}", f"dataset.root={root}", "logger=none", "device=cpu"]
     overrides += ["val.episodes=2", "val.batch_size=2", "checkpoint.save=false"]

@@ -381,7 +381,7 @@ def test_bad_input_is_one_line_and_loses_nothing(entry, tmp_path, monkeypatch, c
 
 def test_hydra_full_error_shows_the_traceback_and_bugs_keep_theirs(entry, monkeypatch):
     from metarun.errors import MetarunError
-    from metarun.run import Trainer
+    from metarun.trainer import Trainer
 
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
     with pytest.raises(MetarunError, match="test.episodes=1 gives no confidence interval"):

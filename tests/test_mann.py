@@ -372,7 +372,7 @@ def _without_hydra(cfg):
 
 
 def test_mann_evaluation_episodes_are_fixed_and_shuffled(compose_cfg):
-    from metarun.run import build_experiment
+    from metarun.experiment import build_experiment
 
     cfg = _without_hydra(compose_cfg(["algo=mann", *MANN_TINY]))
     exp = build_experiment(cfg, run_dir=Path("unused"))
@@ -406,7 +406,7 @@ def test_mann_configs_pick_the_paper_episode_and_encoder(compose_cfg):
     ],
 )
 def test_mann_task_mismatches_are_user_errors(compose_cfg, overrides, message):
-    from metarun.run import build_experiment
+    from metarun.experiment import build_experiment
 
     with pytest.raises(MetarunError, match=message):
         cfg = _without_hydra(compose_cfg(overrides))

@@ -1,0 +1,246 @@
+"""Building an experiment from its config: dataset, backbone, algorithm, optimizer and the
+checks a run (or a resumed run) must pass before any work."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from metarun.algorithms.base import MetaLearner
+from metarun.checkpoint import (
+    load_checkpoint,
+)
+from metarun.data.batch import TaskBatch, TaskShape
+from metarun.device import resolve_device
+from metarun.errors import MetarunError
+from metarun.evaluate import evaluate, fixed_episodes
+
+# The metric the validation objective and "best" checkpoint follow, by kind of problem.
+MONITOR = {"regression": ("mse", "min"), "classification": ("acc", "max")}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build(node: DictConfig, **kwargs: Any) -> Any:
+    """``instantiate``, letting a user error raised by a constructor through unwrapped."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, MetarunError):
+            raise e.__cause__ from None
+        raise
+
+
+# Numbers in an algorithm's config that only make sense above zero, checked where present.
+POSITIVE_ALGO_OPTIONS = (
+    "optimizer.lr",
+    "inner_lr",
+    "inner_steps",
+    "controller_size",
+    "memory_slots",
+    "memory_width",
+    "read_heads",
+)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Value checks that types alone cannot express, before any expensive work."""
+    positive = {
+        "task.way": cfg.task.way,
+        "task.shot": cfg.task.shot,
+        "task.meta_batch": cfg.task.meta_batch,
+        "train.log_every": cfg.train.log_every,
+        "val.every": cfg.val.every,
+        "val.episodes": cfg.val.episodes,
+        "val.batch_size": cfg.val.batch_size,
+        "test.batch_size": cfg.test.batch_size,
+    }
+    for key in ("train_way", "train_shot"):
+        if cfg.task[key] is not None:
+            positive[f"task.{key}"] = cfg.task[key]
+    for key, value in positive.items():
+        if value < 1:
+            raise MetarunError(f"{key}={value} must be a positive integer")
+    if cfg.task.query < 0:
+        raise MetarunError(f"task.query={cfg.task.query} must be >= 0")
+    if cfg.train.steps < 0:
+        raise MetarunError(f"train.steps={cfg.train.steps} must be >= 0")
+    for key in POSITIVE_ALGO_OPTIONS:
+        value = OmegaConf.select(cfg.algo, key)
+        if value is not None and value <= 0:
+            raise MetarunError(f"algo.{key}={value} must be positive")
+    if cfg.test.episodes < 2:
+        raise MetarunError(
+            f"test.episodes={cfg.test.episodes} gives no confidence interval; use 2 or more"
+        )
+
+
+@dataclass
+class Experiment:
+    """Everything a run builds from its config before training starts."""
+
+    cfg: DictConfig
+    config: dict  # the resolved config as plain data: saved in checkpoints, sent to W&B
+    run_dir: Path
+    device: torch.device
+    dataset: Any
+    learner: MetaLearner
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    train_shape: TaskShape
+    eval_shape: TaskShape
+    metric: str  # the validation metric that picks the best checkpoint and the objective
+    mode: str  # "min" or "max"
+    resume_from: dict | None = None  # the last checkpoint, when continuing a run
+
+    def episodes(self, split: str) -> Iterator[TaskBatch]:
+        """The fixed evaluation episodes of ``split`` ("val" or "test"), set by ``<split>.*``."""
+        section = self.cfg[split]
+        return fixed_episodes(
+            self.dataset,
+            split,
+            self.eval_shape,
+            section.episodes,
+            section.batch_size,
+            section.seed,
+            self.device,
+            shuffle=self.learner.sequential,
+        )
+
+
+# Config sections that must match for a checkpoint to be continued (they shape the model, the
+# data or the random streams); train.steps, logging and the device may change.
+RESUME_MUST_MATCH = ("algo", "backbone", "dataset", "task", "seed", "checkpoint")
+
+
+# Options added after checkpoints may have been written, with the value that reproduces what
+# metarun did before they existed: a checkpoint without the key resumes if the run keeps it.
+ADDED_OPTIONS = {
+    "algo.task_chunk": 0,
+    "algo.write": "key",
+    "algo.key_strength": False,
+    "dataset.shift": 0,
+    "algo.adapt": "all",
+    "algo.learn_inner_lr": False,
+    "algo.per_step_inner_lr": False,
+    "algo.multi_step_loss": 0,
+    "algo.first_order_until": 0,
+    "algo.per_step_bn": False,
+    "algo.per_step_bn_stats": False,
+}
+_ABSENT = object()
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys where ``a`` (the checkpoint's config) and ``b`` (this run's) differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [
+            d
+            for k in sorted(set(a) | set(b))
+            for d in _differences(a.get(k, _ABSENT), b.get(k, _ABSENT), f"{prefix}{k}.")
+        ]
+    key = prefix.rstrip(".")
+    if a is _ABSENT and key in ADDED_OPTIONS and b == ADDED_OPTIONS[key]:
+        return []
+    return [] if a == b else [key]
+
+
+def _resume_checkpoint(
+    cfg: DictConfig, config: dict, run_dir: Path | None = None
+) -> tuple[Path, dict]:
+    """The run folder to continue and its last checkpoint, checked against ``config``."""
+    if run_dir is None:
+        if not cfg.resume_dir:
+            raise MetarunError(
+                "resume=true needs the run folder to continue: resume_dir=<run folder>"
+            )
+        run_dir = Path(cfg.resume_dir).expanduser()
+    checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    changed = [
+        d
+        for key in RESUME_MUST_MATCH
+        for d in _differences(checkpoint["config"].get(key), config.get(key), f"{key}.")
+    ]
+    if changed:
+        raise MetarunError(
+            f"cannot resume {run_dir}: the config differs from the checkpoint's in "
+            f"{', '.join(changed)}; resume with the run's original overrides (see its "
+            ".hydra/overrides.yaml)"
+        )
+    return run_dir, checkpoint
+
+
+def build_experiment(
+    cfg: DictConfig, run_dir: Path | None = None, splits: tuple[str, ...] = ("train", "val", "test")
+) -> Experiment:
+    """Check the config, then build dataset, backbone, learner and optimizer from it.
+
+    ``run_dir`` defaults to Hydra's output folder (or ``resume_dir`` when resuming); ``splits``
+    are the dataset splits whose episode shape is checked (evaluation needs only ``test``)."""
+    check_config(cfg)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device.name)
+    dataset = build(cfg.dataset)
+    metric, mode = MONITOR[dataset.problem]
+    t = cfg.task
+    eval_shape = TaskShape(t.way, t.shot, t.query)
+    train_shape = TaskShape(t.train_way or t.way, t.train_shot or t.shot, t.query)
+    algo_cls = get_class(cfg.algo._target_)
+    out_features = algo_cls.output_size(dataset, train_shape.way)
+    if out_features is not None and out_features != dataset.output_size(eval_shape.way):
+        raise MetarunError(
+            f"{algo_cls.__name__} has a {train_shape.way}-way output layer, so it cannot be "
+            f"tested {eval_shape.way}-way; set task.train_way=null or equal to task.way"
+        )
+    purpose = {"train": "meta-training", "val": "validation", "test": "meta-test"}
+    for split in splits:
+        shape = train_shape if split == "train" else eval_shape
+        algo_cls.check_task(shape, purpose[split], cfg.algo)
+        dataset.check_shape(split, shape, purpose[split])
+    backbone = build(cfg.backbone, input_shape=dataset.input_shape, out_features=out_features)
+    learner = build(cfg.algo, backbone=backbone).to(device)
+    optimizer, scheduler = learner.configure_optimizers()
+    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    resume_from = None
+    if run_dir is None:
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if cfg.resume:
+        run_dir, resume_from = _resume_checkpoint(cfg, config)
+    elif os.environ.get("SUBMITIT_EXECUTOR") and (run_dir / "checkpoints" / "last.pt").is_file():
+        # A submitit job requeued after preemption or a timeout (hydra-submitit-launcher's
+        # checkpoint hook resubmits it with the same config, so into the same folder): continue.
+        run_dir, resume_from = _resume_checkpoint(cfg, config, run_dir)
+    return Experiment(
+        cfg=cfg,
+        config=config,
+        run_dir=run_dir,
+        resume_from=resume_from,
+        device=device,
+        dataset=dataset,
+        learner=learner,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        train_shape=train_shape,
+        eval_shape=eval_shape,
+        metric=metric,
+        mode=mode,
+    )
+
+
+def meta_test(exp: Experiment) -> dict[str, float]:
+    """Mean and 95% CI of each metric on the fixed test episodes (``test.*``)."""
+    return evaluate(exp.learner, exp.episodes("test"), "test")

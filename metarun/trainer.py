@@ -1,0 +1,238 @@
+"""The meta-training loop: train steps, logging, validation, checkpoints, stop signals, test."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import signal
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from metarun.checkpoint import (
+    load_checkpoint,
+    remove_partial_writes,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from metarun.errors import Interrupted, MetarunError
+from metarun.evaluate import evaluate
+from metarun.experiment import Experiment, meta_test
+from metarun.logging import Logger
+
+
+class Trainer:
+    """The loop: train on sampled task batches, validate on fixed ones, test the best weights."""
+
+    def __init__(self, exp: Experiment, logger: Logger) -> None:
+        self.exp, self.cfg, self.logger = exp, exp.cfg, logger
+        self.val_batches = list(exp.episodes("val"))  # reused at every validation
+        self.sampler = torch.Generator().manual_seed(self.cfg.seed)  # training tasks
+        self.step = 0
+        self.sums: dict[str, torch.Tensor] = {}  # train metrics since the last log line
+        self.count = 0
+        self.best_value: float | None = None
+        self.best_step: int | None = None
+        self.best_state: dict | None = None
+        self.eval_time = 0.0  # kept out of the training throughput
+        self.stop_signal: int | None = None
+        self.saved_step: int | None = None  # step of the last last.pt written
+        self.finite_at: int | None = None  # step whose loss and weights were last checked
+        if exp.resume_from is not None:
+            self._restore(exp.resume_from)
+
+    def _restore(self, checkpoint: dict) -> None:
+        exp = self.exp
+        remove_partial_writes(exp.run_dir / "checkpoints")  # from a kill during a save
+        exp.learner.load_state_dict(checkpoint["model"])
+        exp.optimizer.load_state_dict(checkpoint["optimizer"])
+        if exp.scheduler is not None:
+            exp.scheduler.load_state_dict(checkpoint["scheduler"])
+        set_rng_state(checkpoint["rng"], self.sampler)
+        loop = checkpoint["loop"]
+        self.saved_step = checkpoint["step"]
+        self.step, self.sums, self.count = checkpoint["step"], loop["sums"], loop["count"]
+        self.best_value, self.best_step = loop["best_value"], loop["best_step"]
+        if self.best_step is not None:
+            best = load_checkpoint(exp.run_dir / "checkpoints" / "best.pt", exp.device)
+            self.best_state = best["model"]
+
+    def _better(self, value: float) -> bool:
+        if self.best_value is None:
+            return True
+        return value < self.best_value if self.exp.mode == "min" else value > self.best_value
+
+    def check_finite(self) -> None:
+        """Stop on a NaN or inf loss or weight before it reaches a checkpoint or a validation.
+
+        Checked when a step's results are read anyway (logging, validating, saving), so there is
+        no device sync per step; the message names the steps in which it happened."""
+        if self.finite_at == self.step:  # logging, validating and saving at one step: once
+            return
+        losses = self.sums.get("loss")
+        bad_loss = losses is not None and not bool(torch.isfinite(losses).all())
+        weights = [torch.isfinite(p).all() for p in self.exp.learner.parameters()]
+        if not bad_loss and bool(torch.stack(weights).all()):  # one device sync
+            self.finite_at = self.step
+            return
+        what = "training loss" if bad_loss else "model's weights"
+        first = self.step - self.count + 1 if bad_loss else self.step
+        steps = f"step {self.step}" if first == self.step else f"steps {first}-{self.step}"
+        kept = (
+            f"; checkpoints/last.pt from step {self.saved_step} is kept"
+            if self.saved_step is not None
+            else ""
+        )
+        raise MetarunError(
+            f"the {what} became NaN or inf in {steps}{kept}; lower algo.optimizer.lr or "
+            "algo.inner_lr"
+        )
+
+    def save(self, name: str, metrics: dict[str, float]) -> None:
+        if not self.cfg.checkpoint.save:
+            return
+        self.check_finite()
+        exp = self.exp
+        path = exp.run_dir / "checkpoints" / name
+        try:
+            self._write_checkpoint(path, metrics)
+        except OSError as e:
+            raise MetarunError(
+                f"could not write {path} ({e.strerror or e}); the previous checkpoint is intact: "
+                "free space (or fix the folder's permissions) and resume the run"
+            ) from e
+        if name == "last.pt":
+            self.saved_step = self.step
+
+    def _write_checkpoint(self, path: Path, metrics: dict[str, float]) -> None:
+        exp = self.exp
+        save_checkpoint(
+            path,
+            step=self.step,
+            model=exp.learner.state_dict(),
+            optimizer=exp.optimizer.state_dict(),
+            scheduler=exp.scheduler.state_dict() if exp.scheduler is not None else None,
+            rng=rng_state(self.sampler),
+            loop={
+                "sums": self.sums,
+                "count": self.count,
+                "best_value": self.best_value,
+                "best_step": self.best_step,
+            },
+            config=exp.config,
+            data={
+                "input_shape": list(exp.dataset.input_shape),
+                "preprocess": getattr(exp.dataset, "preprocess", None),
+            },
+            metrics=metrics,
+        )
+
+    def validate(self) -> None:
+        self.check_finite()
+        start = time.perf_counter()
+        scores = evaluate(self.exp.learner, self.val_batches, "val")
+        self.eval_time += time.perf_counter() - start
+        self.logger.log(scores, self.step)
+        value = scores[f"val/{self.exp.metric}"]
+        if self._better(value):
+            self.best_value, self.best_step = value, self.step
+            self.best_state = copy.deepcopy(self.exp.learner.state_dict())
+            self.save("best.pt", scores)
+
+    def train_step(self) -> None:
+        exp, cfg = self.exp, self.cfg
+        batch = exp.dataset.sample(
+            "train", cfg.task.meta_batch, exp.train_shape, self.sampler, exp.device
+        )
+        if exp.learner.sequential:
+            batch = batch.shuffled(self.sampler)
+        exp.optimizer.zero_grad(set_to_none=True)
+        exp.learner.meta_step = self.step
+        metrics = exp.learner.meta_backward(batch)
+        exp.optimizer.step()
+        if exp.scheduler is not None:
+            exp.scheduler.step()
+        self.step += 1
+        # Summed as tensors and read once per log interval: no device sync every step.
+        for k, v in metrics.items():
+            self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
+        self.count += 1
+
+    def log_train(self) -> None:
+        self.check_finite()
+        means = {f"train/{k}": (v / self.count).item() for k, v in self.sums.items()}
+        if self.exp.scheduler is not None:  # the step size the schedule has reached
+            means["train/lr"] = self.exp.optimizer.param_groups[0]["lr"]
+        self.logger.log(means, self.step)
+        self.sums, self.count = {}, 0
+
+    def fit(self) -> float:
+        cfg = self.cfg
+        steps = cfg.train.steps
+        self.logger.start(steps)
+        self.logger.advance(self.step)
+        self.exp.learner.train()
+        start = time.perf_counter()
+        first = self.step
+        with self._catch_stop_signals():
+            while self.step < steps:
+                self.train_step()
+                if self.step % cfg.train.log_every == 0 or self.step == steps:
+                    self.log_train()
+                if self.step % cfg.val.every == 0 or self.step == steps:
+                    self.validate()
+                if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
+                    self.save("last.pt", {})
+                self.logger.advance(self.step)
+                if self.stop_signal is not None:
+                    self.save("last.pt", {})
+                    raise Interrupted(self.stop_signal, self.step, str(self.exp.run_dir))
+        train_time = time.perf_counter() - start - self.eval_time
+        if self.best_state is None:  # no validation happened (train.steps=0)
+            self.validate()
+        self.save("last.pt", {})
+        self.test(self.step - first, train_time)
+        return self.best_value
+
+    @contextlib.contextmanager
+    def _catch_stop_signals(self):
+        """SIGINT / SIGTERM finish the current step, then stop with a checkpoint."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum, frame) -> None:
+            self.stop_signal = signum
+
+        previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def test(self, steps: int, train_time: float) -> None:
+        """Meta-test the weights that validated best, as the papers' protocols do.
+
+        ``steps`` is the number of steps this process trained (for the throughput)."""
+        exp, cfg = self.exp, self.cfg
+        exp.learner.load_state_dict(self.best_state)
+        scores = meta_test(exp)
+        self.logger.log(scores, self.step)
+        per_s = (lambda n: round(n / train_time, 3)) if steps else (lambda n: None)
+        self.logger.summary(
+            {
+                **scores,
+                f"best_val/{exp.metric}": self.best_value,
+                "best_val/step": self.best_step,
+                "train/steps": self.step,
+                "train/time_s": round(train_time, 3),
+                "train/steps_per_s": per_s(steps),
+                "train/tasks_per_s": per_s(steps * cfg.task.meta_batch),
+                "device": str(exp.device),
+                "seed": cfg.seed,
+            }
+        )
