@@ -11,8 +11,9 @@ set -euo pipefail
 root=$(cd "${1:-../shared/data/omniglot}" && pwd)
 steps=${2:-50000}
 out=outputs/mann_omniglot_long
-common=(experiment=mann_omniglot_5way algo.read_heads=1 algo.optimizer.lr=3e-3 dataset.shift=2
-  dataset.root="$root" dataset.background=small1+small2 dataset.download=false val.every=2000)
+# The preset carries the recipe (one head, Adam 3e-3, shift 2, 50,000 batches).
+common=(experiment=mann_omniglot_5way dataset.root="$root" dataset.background=small1+small2
+  dataset.download=false)
 if [ ! -d "$out/sweep/1/checkpoints" ]; then
   OMP_NUM_THREADS=1 metarun -m algo=mann,lstm "${common[@]}" train.steps=20000 \
     hydra/launcher=joblib hydra.launcher.n_jobs=2 hydra.sweep.dir="$out/sweep"

@@ -391,7 +391,12 @@ def test_mann_configs_pick_the_paper_episode_and_encoder(compose_cfg):
     assert compose_cfg(["algo=mann", "dataset=glyphs", "backbone=conv4"]).backbone.hidden == 64
     lstm = compose_cfg(["experiment=mann_omniglot_5way", "algo=lstm"])
     assert lstm.algo.memory == "none" and lstm.algo._target_ == "metarun.algorithms.MANN"
-    assert compose_cfg(["experiment=mann_omniglot_5way"]).algo.memory == "lrua"
+    preset = compose_cfg(["experiment=mann_omniglot_5way"])
+    assert preset.algo.memory == "lrua"
+    # The recipe measured in the README, for MANN and for its LSTM baseline in the same sweep.
+    for cfg in (preset, lstm):
+        assert (cfg.algo.optimizer.lr, cfg.dataset.shift, cfg.train.steps) == (0.003, 2, 50000)
+    assert preset.algo.read_heads == 1
 
 
 @pytest.mark.parametrize(
