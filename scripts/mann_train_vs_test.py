@@ -1,0 +1,47 @@
+"""Is a trained MANN / LSTM limited by its training characters? Per-presentation accuracy on
+episodes of the characters it trained on (unshifted) next to the held-out test characters.
+
+Usage: python scripts/mann_train_vs_test.py RUN/checkpoints/best.pt [--episodes 1000]
+
+Both rows use the same fixed seed and episode shape (the run's test shape); equal rows mean no
+generalisation gap (more training characters would not help), a higher train row means one.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from metarun.checkpoint import load_checkpoint
+from metarun.evaluate import evaluate, fixed_episodes
+from metarun.experiment import build_experiment
+from metarun.trained import _config
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--episodes", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=1234)
+    args = parser.parse_args()
+    checkpoint = load_checkpoint(args.checkpoint)
+    cfg = _config(checkpoint, [])
+    exp = build_experiment(cfg, run_dir=args.checkpoint.parent.parent, splits=("test",))
+    exp.learner.load_state_dict(checkpoint["model"])
+    exp.dataset.shift = 0  # score the training characters as they are, like the test ones
+    instances = exp.learner.report_instances
+    print(f"{'split':<6}" + "".join(f"{f'inst{i}':>8}" for i in instances) + f"{'all':>8}")
+    for split in ("train", "test"):
+        batches = fixed_episodes(
+            exp.dataset, split, exp.eval_shape, args.episodes, 100, args.seed, exp.device, True
+        )
+        with torch.no_grad():
+            scores = evaluate(exp.learner, batches, split)
+        row = [scores[f"{split}/acc_inst{i}"] for i in instances] + [scores[f"{split}/acc"]]
+        print(f"{split:<6}" + "".join(f"{100 * v:8.1f}" for v in row))
+
+
+if __name__ == "__main__":
+    main()
