@@ -46,7 +46,7 @@ def _parse(argv: list[str], tool: str, special: dict[str, bool]) -> tuple[dict, 
     return own, overrides
 
 
-def _config(checkpoint: dict, overrides: list[str]):
+def checkpoint_config(checkpoint: dict, overrides: list[str]):
     """The checkpoint's config under the schema, evaluated on any available device."""
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(MetarunConfig), checkpoint["config"])
@@ -75,7 +75,7 @@ def evaluate_checkpoint(argv: list[str]) -> dict[str, float]:
     own, overrides = _parse(argv, "metarun-eval", {"checkpoint": True})
     path = Path(own["checkpoint"]).expanduser()
     checkpoint = load_checkpoint(path)
-    cfg = _config(checkpoint, overrides)
+    cfg = checkpoint_config(checkpoint, overrides)
     exp = build_experiment(cfg, run_dir=path.parent.parent, splits=("test",))
     exp.learner.load_state_dict(checkpoint["model"])
     scores = meta_test(exp)
@@ -129,7 +129,7 @@ def predict(argv: list[str]) -> list[dict]:
             "this checkpoint's dataset has no image preprocessing to apply "
             "(regression, or written by an older metarun); predict needs images"
         )
-    cfg = _config(checkpoint, overrides)
+    cfg = checkpoint_config(checkpoint, overrides)
     support_dir, query_dir = Path(own["support"]), Path(own["query"])
     classes = (
         sorted(p.name for p in support_dir.iterdir() if p.is_dir())

@@ -17,7 +17,7 @@ import torch
 from metarun.checkpoint import load_checkpoint
 from metarun.evaluate import evaluate, fixed_episodes
 from metarun.experiment import build_experiment
-from metarun.trained import _config
+from metarun.trained import checkpoint_config
 
 
 def main() -> None:
@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1234)
     args = parser.parse_args()
     checkpoint = load_checkpoint(args.checkpoint)
-    cfg = _config(checkpoint, [])
+    cfg = checkpoint_config(checkpoint, [])
     exp = build_experiment(cfg, run_dir=args.checkpoint.parent.parent, splits=("test",))
     exp.learner.load_state_dict(checkpoint["model"])
     exp.dataset.shift = 0  # score the training characters as they are, like the test ones

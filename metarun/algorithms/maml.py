@@ -35,6 +35,7 @@ from metarun.algorithms.maml_options import (
     batch_norm_names,
     check_options,
     multi_step_weights,
+    parameter_key,
     per_parameter,
     stack,
     trainable,
@@ -132,8 +133,8 @@ class MAML(MetaLearner):
         self.task_batching = task_batching
         self.task_chunk = task_chunk
         self.adapt_mode = adapt
-        # ParameterDict keys cannot hold dots: each parameter's "/" spelling, computed once.
-        self._key = {name: name.replace(".", "/") for name, _ in backbone.named_parameters()}
+        # Each parameter's ParameterDict key, computed once.
+        self._key = {name: parameter_key(name) for name, _ in backbone.named_parameters()}
         per_step_bn = per_step_bn and bool(self.bn_names)  # nothing to do without batch norm
         self.bn_stats = per_step_bn_stats and bool(self.bn_names)
         if self.bn_stats:

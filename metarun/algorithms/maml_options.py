@@ -109,14 +109,19 @@ def adapted_names(backbone: nn.Module, adapt: str) -> frozenset[str]:
     return frozenset(n for n in names if n.startswith(prefix))
 
 
+def parameter_key(name: str) -> str:
+    """A parameter's name as a ParameterDict key (keys cannot hold dots)."""
+    return name.replace(".", "/")
+
+
 def per_parameter(
     backbone: nn.Module, names: frozenset[str], make: Callable[[torch.Tensor], torch.Tensor]
 ) -> nn.ParameterDict:
     """A learned tensor ``make(p)`` for each backbone parameter ``p`` named in ``names``, keyed
-    by the parameter's name with ``/`` for ``.`` (ParameterDict keys cannot hold dots)."""
+    by :func:`parameter_key`."""
     return nn.ParameterDict(
         {
-            name.replace(".", "/"): nn.Parameter(make(p.detach().clone()))
+            parameter_key(name): nn.Parameter(make(p.detach().clone()))
             for name, p in backbone.named_parameters()
             if name in names
         }
