@@ -5,7 +5,7 @@
 # 3e-3, each training image shifted by up to 2 pixels, for 50,000 batches = 800,000 episodes
 # (the paper's reproductions run 100,000 batches). One sweep of 20,000 batches, then both jobs
 # resumed to 50,000: the same runs as one 50,000-batch sweep, in pieces that fit a session.
-# One job per core: about 2.5 hours for MANN, 1 hour for the LSTM on a 2-core CPU.
+# One job per core: about 2 hours for MANN, 50 minutes for the LSTM on a 2-core CPU.
 # Usage: scripts/mann_omniglot_long.sh [OMNIGLOT_ROOT] [STEPS]
 set -euo pipefail
 root=$(cd "${1:-../shared/data/omniglot}" && pwd)

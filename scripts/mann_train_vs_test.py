@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from metarun.checkpoint import load_checkpoint
 from metarun.evaluate import evaluate, fixed_episodes
 from metarun.experiment import build_experiment
@@ -27,18 +25,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1234)
     args = parser.parse_args()
     checkpoint = load_checkpoint(args.checkpoint)
-    cfg = checkpoint_config(checkpoint, [])
+    # The training characters scored as they are (unshifted), like the test ones.
+    cfg = checkpoint_config(checkpoint, ["dataset.shift=0"])
     exp = build_experiment(cfg, run_dir=args.checkpoint.parent.parent, splits=("test",))
     exp.learner.load_state_dict(checkpoint["model"])
-    exp.dataset.shift = 0  # score the training characters as they are, like the test ones
     instances = exp.learner.report_instances
     print(f"{'split':<6}" + "".join(f"{f'inst{i}':>8}" for i in instances) + f"{'all':>8}")
     for split in ("train", "test"):
         batches = fixed_episodes(
             exp.dataset, split, exp.eval_shape, args.episodes, 100, args.seed, exp.device, True
         )
-        with torch.no_grad():
-            scores = evaluate(exp.learner, batches, split)
+        scores = evaluate(exp.learner, batches, split)  # MANN evaluates without a graph
         row = [scores[f"{split}/acc_inst{i}"] for i in instances] + [scores[f"{split}/acc"]]
         print(f"{split:<6}" + "".join(f"{100 * v:8.1f}" for v in row))
 
