@@ -78,3 +78,36 @@ def remove_partial_writes(folder: Path) -> list[Path]:
     for path in leftovers:
         path.unlink(missing_ok=True)
     return leftovers
+
+
+def load_weights(model: torch.nn.Module, source: str | Path) -> tuple[Path, int]:
+    """Copy the model weights of another run's checkpoint into ``model`` (``train.init_from``).
+
+    ``source`` is a checkpoint file or a run folder (its ``checkpoints/best.pt``). Only the
+    weights: this run's optimizer, schedule, step and random streams start afresh. Returns the
+    file read and the step it was written at."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        path = path / "checkpoints" / "best.pt"
+    try:
+        checkpoint = load_checkpoint(path)
+    except MetarunError as e:
+        raise MetarunError(f"train.init_from={source}: {e}") from None
+    own, theirs = model.state_dict(), checkpoint["model"]
+    problems = [f"{k} missing" for k in sorted(set(own) - set(theirs))]
+    problems += [f"{k} not in this model" for k in sorted(set(theirs) - set(own))]
+    problems += [
+        f"{k} is {tuple(theirs[k].shape)}, not {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(theirs))
+        if theirs[k].shape != own[k].shape
+    ]
+    if problems:
+        algo = checkpoint["config"].get("algo", {}).get("_target_", "?").rsplit(".", 1)[-1]
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise MetarunError(
+            f"train.init_from={source}: its weights ({algo}, step {checkpoint['step']}) do not fit "
+            f"this model ({'; '.join(problems[:3])}{more}); use a checkpoint of the same algo "
+            "and backbone options"
+        )
+    model.load_state_dict(theirs)
+    return path, int(checkpoint["step"])

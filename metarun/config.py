@@ -54,6 +54,7 @@ class TaskConfig:
 class TrainConfig:
     steps: int = 8000
     log_every: int = 50
+    init_from: Optional[str] = None  # a checkpoint or run folder whose weights start the run
 
 
 @dataclass

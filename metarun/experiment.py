@@ -17,9 +17,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from metarun.algorithms.base import MetaLearner
-from metarun.checkpoint import (
-    load_checkpoint,
-)
+from metarun.checkpoint import load_checkpoint, load_weights
 from metarun.data.batch import TaskBatch, TaskShape
 from metarun.device import resolve_device
 from metarun.errors import MetarunError
@@ -106,6 +104,7 @@ class Experiment:
     metric: str  # the validation metric that picks the best checkpoint and the objective
     mode: str  # "min" or "max"
     resume_from: dict | None = None  # the last checkpoint, when continuing a run
+    initialised_from: tuple[Path, int] | None = None  # train.init_from: the file and its step
 
     def episodes(self, split: str) -> Iterator[TaskBatch]:
         """The fixed evaluation episodes of ``split`` ("val" or "test"), set by ``<split>.*``."""
@@ -224,11 +223,15 @@ def build_experiment(
         # A submitit job requeued after preemption or a timeout (hydra-submitit-launcher's
         # checkpoint hook resubmits it with the same config, so into the same folder): continue.
         run_dir, resume_from = _resume_checkpoint(cfg, config, run_dir)
+    initialised_from = None
+    if cfg.train.init_from and resume_from is None:  # a resumed run has its own weights
+        initialised_from = load_weights(learner, cfg.train.init_from)
     return Experiment(
         cfg=cfg,
         config=config,
         run_dir=run_dir,
         resume_from=resume_from,
+        initialised_from=initialised_from,
         device=device,
         dataset=dataset,
         learner=learner,

@@ -49,6 +49,9 @@ def run(cfg: DictConfig) -> float:
             f"{exp.learner.__class__.__name__}({exp.learner.extra_repr()})",
             soft_wrap=True,
         )
+        if exp.initialised_from is not None:
+            path, step = exp.initialised_from
+            console.print(f"weights from: {path} (step {step})", soft_wrap=True)
         objective = Trainer(exp, logger).fit()
     except BaseException as e:
         interrupted = isinstance(e, (KeyboardInterrupt, Interrupted))

@@ -75,6 +75,39 @@ def test_a_checkpoint_from_before_an_option_existed_resumes_at_its_neutral_value
     assert load_checkpoint(path)["step"] == 20
 
 
+def test_init_from_starts_a_fresh_run_from_another_runs_weights(run_inprocess, tmp_path):
+    first, _ = run_inprocess([*QUIET, "train.steps=10"], name="first")
+    # No training steps: the run tests exactly the weights it started from, so it scores what
+    # the first run's best weights scored (same fixed test tasks); a run folder means its best.pt.
+    same, _ = run_inprocess([*QUIET, "train.steps=0", f"train.init_from={first}"], name="same")
+    summary = lambda run: json.loads((run / "summary.json").read_text())  # noqa: E731
+    assert summary(same)["test/mse"] == summary(first)["test/mse"]
+    assert (
+        summary(run_inprocess([*QUIET, "train.steps=0"], name="scratch")[0])["test/mse"]
+        != (summary(first)["test/mse"])
+    )
+    # Training from them: a new run (its own step count and optimizer) that resumes as usual,
+    # from its own last.pt: the file it started from is not read again (here it is gone).
+    warm = [*QUIET, f"train.init_from={first / 'checkpoints' / 'best.pt'}", "checkpoint.every=10"]
+    full, _ = run_inprocess([*warm, "train.steps=20"], name="full")
+    part, _ = run_inprocess([*warm, "train.steps=10"], name="part")
+    assert load_checkpoint(part / "checkpoints" / "last.pt")["step"] == 10
+    assert json.loads((part / "metrics.jsonl").read_text().splitlines()[0])["step"] == 5
+    (first / "checkpoints" / "best.pt").rename(first / "moved.pt")
+    run_inprocess([*warm, "train.steps=20", "resume=true", f"resume_dir={part}"], name="resumer")
+    assert (part / "metrics.jsonl").read_text() == (full / "metrics.jsonl").read_text()
+    with pytest.raises(
+        MetarunError,
+        match=r"^train.init_from=.*first/moved.pt: its weights \(MAML, step \d+\) do not fit this model "
+        r"\(backbone.net.0.bias is \(40,\), not \(20,\); .* and 2 more\); use a checkpoint of the ",
+    ):
+        run_inprocess(
+            [*QUIET, "backbone.hidden=[20,20]", f"train.init_from={first}/moved.pt"], name="b"
+        )
+    with pytest.raises(MetarunError, match=r"^train.init_from=.*: no checkpoint at .*nothing"):
+        run_inprocess([*QUIET, f"train.init_from={tmp_path / 'nothing'}"], name="c")
+
+
 LONG = [
     "logger=none",
     "train.steps=1500",
