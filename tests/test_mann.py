@@ -15,7 +15,8 @@ from omegaconf import OmegaConf, open_dict
 
 from metarun import report
 from metarun.algorithms import MANN
-from metarun.algorithms.mann import LRUAMemory, MemoryState, least_used, presentation_numbers
+from metarun.algorithms.lrua import LRUAMemory, MemoryState, least_used
+from metarun.algorithms.mann import presentation_numbers
 from metarun.backbones import MLP
 from metarun.data.batch import TaskBatch, TaskShape
 from metarun.data.episodes import EpisodicImages

@@ -98,8 +98,8 @@ def test_init_from_starts_a_fresh_run_from_another_runs_weights(run_inprocess, t
     assert (part / "metrics.jsonl").read_text() == (full / "metrics.jsonl").read_text()
     with pytest.raises(
         MetarunError,
-        match=r"^train.init_from=.*first/moved.pt: its weights \(MAML, step \d+\) do not fit this model "
-        r"\(backbone.net.0.bias is \(40,\), not \(20,\); .* and 2 more\); use a checkpoint of the ",
+        match=r"^train.init_from=.*first/moved.pt: its weights \(MAML, step \d+\) do not fit "
+        r"this model \(backbone.net.0.bias is \(40,\), not \(20,\); .* and 2 more\); use a ",
     ):
         run_inprocess(
             [*QUIET, "backbone.hidden=[20,20]", f"train.init_from={first}/moved.pt"], name="b"
