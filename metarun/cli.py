@@ -9,7 +9,6 @@ then exits non-zero.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import errno
 import os
 import sys
@@ -22,7 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from metarun.config import register_configs
+from metarun.config import close_names, register_configs
 from metarun.errors import Interrupted, MetarunError, print_line
 
 # OSErrors that the machine or the user's paths cause, never a bug in metarun.
@@ -79,9 +78,7 @@ def _close_keys(error: OmegaConfBaseException) -> str:
     key, schema = getattr(error, "key", None), getattr(error, "object_type", None)
     if not isinstance(key, str) or not dataclasses.is_dataclass(schema):
         return ""
-    names = [f.name for f in dataclasses.fields(schema) if not f.name.startswith("_")]
-    close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
-    return f"; did you mean {' or '.join(close)}?" if close else ""
+    return close_names(key, schema)
 
 
 def _one_line(e: BaseException) -> str | None:

@@ -8,13 +8,15 @@ set ``task`` and pick a backbone) and name their schema with ``@dataset``.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 
 class DeviceName(str, Enum):
@@ -272,6 +274,31 @@ class MetarunConfig:
     resume_dir: Optional[str] = None  # the run folder to continue (resume=true)
     # Top level, not under `logger`, so that a preset's tags never re-create a disabled logger.
     tags: List[str] = field(default_factory=list)
+
+
+def close_names(key: str, schema: type) -> str:
+    """``; did you mean ...?`` with the options of ``schema`` (a dataclass) close to ``key``."""
+    names = [f.name for f in dataclasses.fields(schema) if not f.name.startswith("_")]
+    close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(close)}?" if close else ""
+
+
+def added_keys(node: DictConfig, prefix: str = "") -> list[tuple[str, type]]:
+    """Keys that no schema declares, dotted, with their parent's schema. Hydra's ``+key=value``
+    adds a key even to a structured config; nothing in metarun would read it."""
+    schema = OmegaConf.get_type(node)
+    known = None
+    if dataclasses.is_dataclass(schema):
+        known = {f.name for f in dataclasses.fields(schema)}
+    found = []
+    for key in node:
+        if known is not None and key not in known:
+            found.append((f"{prefix}{key}", schema))
+            continue
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
+            found += added_keys(child, f"{prefix}{key}.")
+    return found
 
 
 def register_configs() -> None:

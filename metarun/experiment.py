@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from metarun.algorithms.base import MetaLearner
 from metarun.checkpoint import load_checkpoint, load_weights
+from metarun.config import added_keys, close_names
 from metarun.data.batch import TaskBatch, TaskShape
 from metarun.device import resolve_device
 from metarun.errors import MetarunError
@@ -57,6 +58,15 @@ POSITIVE_ALGO_OPTIONS = (
 
 def check_config(cfg: DictConfig) -> None:
     """Value checks that types alone cannot express, before any expensive work."""
+    added = added_keys(cfg)
+    if added:
+        key, schema = added[0]
+        name = key.rsplit(".", 1)[-1]
+        others = f" (and {', '.join(k for k, _ in added[1:])})" if added[1:] else ""
+        raise MetarunError(
+            f"{key}: Key '{name}' not in '{schema.__name__}'{others}: added with '+', nothing "
+            f"would read it{close_names(name, schema) or '; every key: metarun --cfg job'}"
+        )
     positive = {
         "task.way": cfg.task.way,
         "task.shot": cfg.task.shot,

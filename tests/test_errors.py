@@ -269,6 +269,11 @@ CASES = [
          + ", ".join(options("algo")) + "$"),
     Case("unknown key", ["algo.inner_lrr=0.1"], "algo.inner_lrr: Key 'inner_lrr' not in "
          "'MAMLConfig'; did you mean inner_lr"),
+    Case("unknown key added with +", ["+algo.inner_lrr=0.1"], "algo.inner_lrr: Key 'inner_lrr' "
+         "not in 'MAMLConfig': added with '\\+', nothing would read it; did you mean inner_lr"),
+    Case("unknown keys added with +", ["+epochs=3", "+task.bar=1"], "task.bar: Key 'bar' not "
+         "in 'TaskConfig' \\(and epochs\\): added with '\\+', nothing would read it; every "
+         "key: metarun --cfg job$"),
     Case("wrong type", ["task.way=five"], "task.way: Value 'five' of type 'str' could not be "
          "converted to Integer; every key and its current value: metarun --cfg job"),
     Case("override syntax", ["algo.inner_lr=(1"], "Error parsing override 'algo.inner_lr=\\(1'"),
