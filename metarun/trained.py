@@ -52,6 +52,7 @@ def checkpoint_config(checkpoint: dict, overrides: list[str]):
         cfg = OmegaConf.merge(OmegaConf.structured(MetarunConfig), checkpoint["config"])
         cfg.device.name = "auto"
         cfg.resume = False
+        cfg.train.init_from = None  # the checkpoint's own weights are loaded, not its start
         # Closed to new keys: an override the saved algo/dataset/backbone lacks is a typo.
         OmegaConf.set_struct(cfg, True)
         return OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))

@@ -14,6 +14,7 @@ import pytest
 
 from metarun.checkpoint import load_checkpoint
 from metarun.errors import MetarunError
+from metarun.trained import evaluate_checkpoint
 from tests.conftest import TINY, clean_env
 
 QUIET = [*TINY, "logger=none"]
@@ -96,6 +97,8 @@ def test_init_from_starts_a_fresh_run_from_another_runs_weights(run_inprocess, t
     (first / "checkpoints" / "best.pt").rename(first / "moved.pt")
     run_inprocess([*warm, "train.steps=20", "resume=true", f"resume_dir={part}"], name="resumer")
     assert (part / "metrics.jsonl").read_text() == (full / "metrics.jsonl").read_text()
+    scores = evaluate_checkpoint([f"checkpoint={part / 'checkpoints' / 'best.pt'}"])
+    assert scores["test/mse"] == summary(part)["test/mse"]  # its own weights, not its start
     with pytest.raises(
         MetarunError,
         match=r"^train.init_from=.*first/moved.pt: its weights \(MAML, step \d+\) do not fit "
