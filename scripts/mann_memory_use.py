@@ -1,0 +1,101 @@
+"""Does a trained MANN use its memory? Read sharpness, retrieval and write gate per presentation.
+
+Usage: python scripts/mann_memory_use.py RUN/checkpoints/best.pt [--episodes 500]
+
+On fixed test episodes (held-out characters), for each presentation of a class it prints:
+- ``entropy``: the read weights' entropy in nats; ``log(slots)`` is a uniform read (no content
+  addressing at all), 0 a read of one slot;
+- ``max w``: the largest read weight (uniform: ``1 / slots``);
+- ``same x``: the read weight on slots last written at earlier steps of the *same* class,
+  divided by what a uniform read puts there (1: reads ignore the class; retrieval is > 1);
+- ``gate``: the mean write gate ``sigmoid(alpha)``: 0 writes to the least-used slot, 1 to the
+  slots read at the previous step;
+- ``acc``: the accuracy, as in the run's test table.
+Read head 0 is reported when there are several.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import torch
+
+from metarun.algorithms.mann import presentation_numbers
+from metarun.checkpoint import load_checkpoint
+from metarun.errors import MetarunError
+from metarun.evaluate import fixed_episodes
+from metarun.experiment import build_experiment
+from metarun.trained import checkpoint_config
+
+
+def record_steps(memory) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Wrap ``memory.step`` to record (read weights, write weights, gate) of head 0 per step."""
+    steps, step = [], memory.step
+
+    def recording(h, state):
+        gate = memory.gate(h)
+        write = memory.write_weights(gate, state)
+        reads, new = step(h, state)
+        steps.append((new.read_weights[:, 0], write[:, 0], gate[:, 0].sigmoid()))
+        return reads, new
+
+    memory.step = recording
+    return steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--episodes", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=1234)
+    args = parser.parse_args()
+    checkpoint = load_checkpoint(args.checkpoint)
+    cfg = checkpoint_config(checkpoint, [])
+    exp = build_experiment(cfg, run_dir=args.checkpoint.parent.parent, splits=("test",))
+    learner = exp.learner
+    learner.load_state_dict(checkpoint["model"])
+    if getattr(learner, "memory", None) is None:
+        raise MetarunError(f"{args.checkpoint} is not a MANN with a memory (algo.memory=lrua)")
+    steps = record_steps(learner.memory)
+    rows, instances = [], []
+    for batch in fixed_episodes(
+        exp.dataset, "test", exp.eval_shape, args.episodes, 100, args.seed, exp.device, True
+    ):
+        steps.clear()
+        x, y = batch.support_x, batch.support_y
+        with torch.no_grad():
+            logits, _ = learner.sequence_logits(x, y)
+        read = torch.stack([s[0] for s in steps], 1)  # [B, T, S]
+        owner = torch.stack([s[1] for s in steps], 1).argmax(-1)  # [B, T]: slot written most
+        gate = torch.stack([s[2] for s in steps], 1)  # [B, T]
+        slots = read.shape[-1]
+        last = torch.full((y.shape[0], slots), -1, dtype=torch.long)  # step that last wrote
+        for t in range(y.shape[1]):
+            # Slots last written by an earlier step of this step's class.
+            same = (last >= 0) & (y.gather(1, last.clamp_min(0)) == y[:, t : t + 1])
+            expected = same.sum(-1) / slots
+            mass = (read[:, t] * same).sum(-1)
+            ratio = torch.where(expected > 0, mass / expected.clamp_min(1e-12), torch.nan)
+            entropy = -(read[:, t] * read[:, t].clamp_min(1e-12).log()).sum(-1)
+            correct = (logits[:, t].argmax(-1) == y[:, t]).to(read.dtype)
+            rows.append(
+                torch.stack([entropy, read[:, t].max(-1).values, ratio, gate[:, t], correct], 1)
+            )
+            last.scatter_(1, owner[:, t : t + 1], t)
+        instances.append(presentation_numbers(y, learner.way).T.reshape(-1))
+    table, instance = torch.cat(rows), torch.cat(instances)
+    print(
+        f"read head 0 of {learner.memory.heads}; a uniform read has entropy "
+        f"{math.log(slots):.3f} and max w {1 / slots:.4f}"
+    )
+    print(f"{'inst':>4} {'entropy':>8} {'max w':>7} {'same x':>7} {'gate':>6} {'acc':>6}")
+    for i in sorted(set(instance.tolist())):
+        m = table[instance == i].nanmean(0).tolist()
+        same = "-" if math.isnan(m[2]) else f"{m[2]:.2f}"
+        print(f"{i:>4} {m[0]:8.3f} {m[1]:7.4f} {same:>7} {m[3]:6.3f} {m[4]:6.3f}")
+
+
+if __name__ == "__main__":
+    main()
