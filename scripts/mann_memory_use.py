@@ -1,6 +1,7 @@
 """Does a trained MANN use its memory? Read sharpness, retrieval and write gate per presentation.
 
-Usage: python scripts/mann_memory_use.py RUN/checkpoints/best.pt [--episodes 500]
+Usage: python scripts/mann_memory_use.py RUN/checkpoints/best.pt [--episodes 500] [--seed 1234]
+(``--seed 2002 --episodes 1000 --batch-size 100``: a run's own test episodes, by default)
 
 On fixed test episodes (held-out characters), for each presentation of a class it prints:
 - ``entropy``: the read weights' entropy in nats; ``log(slots)`` is a uniform read (no content
@@ -50,6 +51,7 @@ def main() -> None:
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--episodes", type=int, default=500)
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--batch-size", type=int, default=100, help="episodes drawn at once")
     args = parser.parse_args()
     checkpoint = load_checkpoint(args.checkpoint)
     cfg = checkpoint_config(checkpoint, [])
@@ -60,9 +62,8 @@ def main() -> None:
         raise MetarunError(f"{args.checkpoint} is not a MANN with a memory (algo.memory=lrua)")
     steps = record_steps(learner.memory)
     rows, instances = [], []
-    for batch in fixed_episodes(
-        exp.dataset, "test", exp.eval_shape, args.episodes, 100, args.seed, exp.device, True
-    ):
+    episodes = (args.episodes, args.batch_size, args.seed)
+    for batch in fixed_episodes(exp.dataset, "test", exp.eval_shape, *episodes, exp.device, True):
         steps.clear()
         x, y = batch.support_x, batch.support_y
         with torch.no_grad():

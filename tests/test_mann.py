@@ -366,6 +366,30 @@ def test_a_mann_run_reports_per_presentation_accuracy_everywhere(run_inprocess, 
     assert run_summary(log)["test/acc_inst2"] == pytest.approx(summary["test/acc_inst2"])
 
 
+def test_the_memory_use_script_reports_each_presentation(run_inprocess, capsys, monkeypatch):
+    import runpy
+    import sys
+
+    run_dir, _ = run_inprocess(["algo=mann", *MANN_TINY, "logger=none"])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    script = Path(__file__).parents[1] / "scripts" / "mann_memory_use.py"
+    # The run's own test episodes (test.seed, .episodes, .batch_size): the accuracies agree.
+    best = str(run_dir / "checkpoints" / "best.pt")
+    args = ["--episodes", "6", "--seed", "2002", "--batch-size", "4"]
+    monkeypatch.setattr(sys, "argv", [str(script), best, *args])
+    runpy.run_path(str(script), run_name="__main__")
+    lines = capsys.readouterr().out.splitlines()
+    header = lines.index(next(line for line in lines if line.split()[:2] == ["inst", "entropy"]))
+    rows = [line.split() for line in lines[header + 1 :]]
+    assert [int(r[0]) for r in rows] == list(range(1, 11))  # 10 presentations per class
+    for inst, entropy, max_w, same, gate, acc in rows:
+        assert 0.0 <= float(entropy) <= math.log(8) + 1e-4  # 8 slots
+        assert 1 / 8 - 1e-4 <= float(max_w) <= 1.0 and 0.0 <= float(gate) <= 1.0
+        assert (same == "-") == (inst == "1")  # nothing of the class was written before
+        if inst in {"1", "2", "10"}:
+            assert float(acc) == pytest.approx(summary[f"test/acc_inst{inst}"], abs=1e-3)
+
+
 def _without_hydra(cfg):
     with open_dict(cfg):
         del cfg["hydra"]
