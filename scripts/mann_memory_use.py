@@ -7,6 +7,8 @@ On fixed test episodes (held-out characters), for each presentation of a class i
 - ``entropy``: the read weights' entropy in nats; ``log(slots)`` is a uniform read (no content
   addressing at all), 0 a read of one slot;
 - ``max w``: the largest read weight (uniform: ``1 / slots``);
+- ``self w``: the read weight on the slot this step itself wrote most into (reads follow the
+  write, so a key finds itself there);
 - ``same x``: the read weight on slots last written at earlier steps of the *same* class,
   divided by what a uniform read puts there (1: reads ignore the class; retrieval is > 1);
 - ``gate``: the mean write gate ``sigmoid(alpha)``: 0 writes to the least-used slot, 1 to the
@@ -81,9 +83,9 @@ def main() -> None:
             ratio = torch.where(expected > 0, mass / expected.clamp_min(1e-12), torch.nan)
             entropy = -(read[:, t] * read[:, t].clamp_min(1e-12).log()).sum(-1)
             correct = (logits[:, t].argmax(-1) == y[:, t]).to(read.dtype)
-            rows.append(
-                torch.stack([entropy, read[:, t].max(-1).values, ratio, gate[:, t], correct], 1)
-            )
+            own = read[:, t].gather(1, owner[:, t : t + 1]).squeeze(1)
+            top = read[:, t].max(-1).values
+            rows.append(torch.stack([entropy, top, own, ratio, gate[:, t], correct], 1))
             last.scatter_(1, owner[:, t : t + 1], t)
         instances.append(presentation_numbers(y, learner.way).T.reshape(-1))
     table, instance = torch.cat(rows), torch.cat(instances)
@@ -91,11 +93,12 @@ def main() -> None:
         f"read head 0 of {learner.memory.heads}; a uniform read has entropy "
         f"{math.log(slots):.3f} and max w {1 / slots:.4f}"
     )
-    print(f"{'inst':>4} {'entropy':>8} {'max w':>7} {'same x':>7} {'gate':>6} {'acc':>6}")
+    names = ("entropy", "max w", "self w", "same x", "gate", "acc")
+    print(f"{'inst':>4} " + " ".join(f"{n:>7}" for n in names))
     for i in sorted(set(instance.tolist())):
         m = table[instance == i].nanmean(0).tolist()
-        same = "-" if math.isnan(m[2]) else f"{m[2]:.2f}"
-        print(f"{i:>4} {m[0]:8.3f} {m[1]:7.4f} {same:>7} {m[3]:6.3f} {m[4]:6.3f}")
+        same = "-" if math.isnan(m[3]) else f"{m[3]:.2f}"
+        print(f"{i:>4} {m[0]:7.3f} {m[1]:7.4f} {m[2]:7.4f} {same:>7} {m[4]:7.3f} {m[5]:7.3f}")
 
 
 if __name__ == "__main__":

@@ -382,9 +382,10 @@ def test_the_memory_use_script_reports_each_presentation(run_inprocess, capsys, 
     header = lines.index(next(line for line in lines if line.split()[:2] == ["inst", "entropy"]))
     rows = [line.split() for line in lines[header + 1 :]]
     assert [int(r[0]) for r in rows] == list(range(1, 11))  # 10 presentations per class
-    for inst, entropy, max_w, same, gate, acc in rows:
+    for inst, entropy, max_w, self_w, same, gate, acc in rows:
         assert 0.0 <= float(entropy) <= math.log(8) + 1e-4  # 8 slots
         assert 1 / 8 - 1e-4 <= float(max_w) <= 1.0 and 0.0 <= float(gate) <= 1.0
+        assert 0.0 <= float(self_w) <= float(max_w)
         assert (same == "-") == (inst == "1")  # nothing of the class was written before
         if inst in {"1", "2", "10"}:
             assert float(acc) == pytest.approx(summary[f"test/acc_inst{inst}"], abs=1e-3)
