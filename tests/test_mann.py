@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
 from metarun import report
@@ -421,7 +422,19 @@ def test_mann_configs_pick_the_paper_episode_and_encoder(compose_cfg):
     assert preset.algo.memory == "lrua"
     # The recipe measured in the README, for MANN and for its LSTM baseline in the same sweep.
     for cfg in (preset, lstm):
-        assert (cfg.algo.optimizer.lr, cfg.dataset.shift, cfg.train.steps) == (0.003, 2, 50000)
+        assert (cfg.algo.optimizer.lr, cfg.dataset.shift, cfg.train.steps) == (0.003, 2, 56000)
+        # 3e-3 until batch 50,000, then 3e-4 (the scheduler steps once per batch)
+        weight = torch.nn.Parameter(torch.zeros(1))
+        optimizer = torch.optim.Adam([weight], lr=cfg.algo.optimizer.lr)
+        scheduler = instantiate(cfg.algo.scheduler)(optimizer)
+        rates = []
+        for _ in range(cfg.train.steps):
+            rates.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        assert rates[0] == rates[49999] == 0.003 and rates[50000] == rates[-1] == pytest.approx(
+            3e-4
+        )
     assert preset.algo.read_heads == 1
 
 
