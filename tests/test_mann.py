@@ -422,8 +422,8 @@ def test_mann_configs_pick_the_paper_episode_and_encoder(compose_cfg):
     assert preset.algo.memory == "lrua"
     # The recipe measured in the README, for MANN and for its LSTM baseline in the same sweep.
     for cfg in (preset, lstm):
-        assert (cfg.algo.optimizer.lr, cfg.dataset.shift, cfg.train.steps) == (0.003, 2, 56000)
-        # 3e-3 until batch 50,000, then 3e-4 (the scheduler steps once per batch)
+        assert (cfg.algo.optimizer.lr, cfg.dataset.shift, cfg.train.steps) == (0.003, 2, 106000)
+        # 3e-3 until batch 100,000, then 3e-4 (the scheduler steps once per batch)
         weight = torch.nn.Parameter(torch.zeros(1))
         optimizer = torch.optim.Adam([weight], lr=cfg.algo.optimizer.lr)
         scheduler = instantiate(cfg.algo.scheduler)(optimizer)
@@ -432,7 +432,7 @@ def test_mann_configs_pick_the_paper_episode_and_encoder(compose_cfg):
             rates.append(optimizer.param_groups[0]["lr"])
             optimizer.step()
             scheduler.step()
-        assert rates[0] == rates[49999] == 0.003 and rates[50000] == rates[-1] == pytest.approx(
+        assert rates[0] == rates[99999] == 0.003 and rates[100000] == rates[-1] == pytest.approx(
             3e-4
         )
     assert preset.algo.read_heads == 1
