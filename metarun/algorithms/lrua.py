@@ -12,9 +12,10 @@ controller output ``h_t``:
 
 Reading after writing (item 3 uses ``M_t``) is what makes LRUA bind: a key written to a fresh
 slot finds that slot, so the next step's write (gate towards ``wr_{t-1}``) can add the label
-that arrives then to the same slot. The paper's content addressing is a plain softmax over
-cosine similarities; a learned key strength (``key_strength: true``, as in the Neural Turing
-Machine) sharpens it.
+that arrives then to the same slot (by design: the models trained on Omniglot keep the gate
+shut and read almost uniformly, see ``scripts/mann_memory_use.py`` and the README). The paper's
+content addressing is a plain softmax over cosine similarities; a learned key strength
+(``key_strength: true``, as in the Neural Turing Machine) sharpens it.
 
 One reading of the paper for several heads: its ``wlu`` marks the n least-used slots (n = the
 number of reads) and one slot is zeroed per step. Here head j writes only to the j-th
