@@ -24,7 +24,13 @@ from metarun.checkpoint import load_checkpoint
 from metarun.config import MetarunConfig
 from metarun.device import resolve_device
 from metarun.errors import MetarunError, print_line
-from metarun.experiment import build, build_experiment, meta_test, seed_everything
+from metarun.experiment import (
+    Experiment,
+    build,
+    build_experiment,
+    meta_test,
+    seed_everything,
+)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -72,18 +78,25 @@ def _run_tool(fn, argv) -> None:
         sys.exit(2)
 
 
-def evaluate_checkpoint(argv: list[str]) -> dict[str, float]:
-    own, overrides = _parse(argv, "metarun-eval", {"checkpoint": True})
-    path = Path(own["checkpoint"]).expanduser()
+def load_trained(path: Path, overrides: list[str]) -> Experiment:
+    """The experiment of checkpoint ``path`` (its config plus ``overrides``) with its weights,
+    built for testing."""
     checkpoint = load_checkpoint(path)
     cfg = checkpoint_config(checkpoint, overrides)
     exp = build_experiment(cfg, run_dir=path.parent.parent, splits=("test",))
     exp.learner.load_state_dict(checkpoint["model"])
+    return exp
+
+
+def evaluate_checkpoint(argv: list[str]) -> dict[str, float]:
+    own, overrides = _parse(argv, "metarun-eval", {"checkpoint": True})
+    path = Path(own["checkpoint"]).expanduser()
+    exp = load_trained(path, overrides)
     scores = meta_test(exp)
     shape = exp.eval_shape
     console = Console()
     console.print(
-        f"{path}: {cfg.test.episodes} test episodes, {shape.way}-way {shape.shot}-shot,"
+        f"{path}: {exp.cfg.test.episodes} test episodes, {shape.way}-way {shape.shot}-shot,"
         f" {shape.query} queries per class",
         soft_wrap=True,
     )

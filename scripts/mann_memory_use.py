@@ -26,11 +26,9 @@ from pathlib import Path
 import torch
 
 from metarun.algorithms.mann import presentation_numbers
-from metarun.checkpoint import load_checkpoint
 from metarun.errors import MetarunError
 from metarun.evaluate import fixed_episodes
-from metarun.experiment import build_experiment
-from metarun.trained import checkpoint_config
+from metarun.trained import load_trained
 
 
 def record_steps(memory) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -55,11 +53,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--batch-size", type=int, default=100, help="episodes drawn at once")
     args = parser.parse_args()
-    checkpoint = load_checkpoint(args.checkpoint)
-    cfg = checkpoint_config(checkpoint, [])
-    exp = build_experiment(cfg, run_dir=args.checkpoint.parent.parent, splits=("test",))
+    exp = load_trained(args.checkpoint, [])
     learner = exp.learner
-    learner.load_state_dict(checkpoint["model"])
     if getattr(learner, "memory", None) is None:
         raise MetarunError(f"{args.checkpoint} is not a MANN with a memory (algo.memory=lrua)")
     steps = record_steps(learner.memory)

@@ -12,10 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from metarun.checkpoint import load_checkpoint
 from metarun.evaluate import evaluate, fixed_episodes
-from metarun.experiment import build_experiment
-from metarun.trained import checkpoint_config
+from metarun.trained import load_trained
 
 
 def main() -> None:
@@ -24,11 +22,8 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=1234)
     args = parser.parse_args()
-    checkpoint = load_checkpoint(args.checkpoint)
     # The training characters scored as they are (unshifted), like the test ones.
-    cfg = checkpoint_config(checkpoint, ["dataset.shift=0"])
-    exp = build_experiment(cfg, run_dir=args.checkpoint.parent.parent, splits=("test",))
-    exp.learner.load_state_dict(checkpoint["model"])
+    exp = load_trained(args.checkpoint, ["dataset.shift=0"])
     instances = exp.learner.report_instances
     print(f"{'split':<6}" + "".join(f"{f'inst{i}':>8}" for i in instances) + f"{'all':>8}")
     for split in ("train", "test"):
