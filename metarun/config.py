@@ -169,6 +169,7 @@ class MANNConfig:
     gamma: float = 0.99
     key_strength: bool = False
     write: str = "key"  # key (paper) | add
+    read_order: Optional[str] = None  # after_write | before_write; None: by write kind
     report_instances: List[int] = field(default_factory=lambda: [1, 2, 3, 4, 5, 10])
     batch_norm: str = "running"
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)

@@ -383,11 +383,12 @@ def test_the_memory_use_script_reports_each_presentation(run_inprocess, capsys, 
     header = lines.index(next(line for line in lines if line.split()[:2] == ["inst", "entropy"]))
     rows = [line.split() for line in lines[header + 1 :]]
     assert [int(r[0]) for r in rows] == list(range(1, 11))  # 10 presentations per class
-    for inst, entropy, max_w, self_w, same, gate, acc in rows:
+    for inst, entropy, max_w, self_w, same, late, gate, acc in rows:
         assert 0.0 <= float(entropy) <= math.log(8) + 1e-4  # 8 slots
         assert 1 / 8 - 1e-4 <= float(max_w) <= 1.0 and 0.0 <= float(gate) <= 1.0
         assert 0.0 <= float(self_w) <= float(max_w)
         assert (same == "-") == (inst == "1")  # nothing of the class was written before
+        assert (late == "-") == (inst == "1")
         if inst in {"1", "2", "10"}:
             assert float(acc) == pytest.approx(summary[f"test/acc_inst{inst}"], abs=1e-3)
 
@@ -473,25 +474,36 @@ def test_mann_and_lstm_in_one_sweep_compare_per_presentation(metarun_cli, tmp_pa
             assert float(row[f"acc_inst{i}"]) == pytest.approx(runs[algo][f"test/acc_inst{i}"])
 
 
-def test_add_writes_store_a_separate_vector_and_read_the_memory_before_the_write():
-    mem = LRUAMemory(2, slots=4, width=3, heads=1, gamma=0.5, write="add").double()
+@pytest.mark.parametrize(
+    "write, read_order, reads_old",
+    [("add", None, True), ("add", "after_write", False), ("key", "before_write", True)],
+)
+def test_write_kind_and_read_order_pick_what_is_written_and_what_is_read(
+    write, read_order, reads_old
+):
+    mem = LRUAMemory(2, slots=4, width=3, heads=1, gamma=0.5, write=write, read_order=read_order)
+    mem = mem.double()
     key, add = [[0.2, -0.5, 0.4]], [[0.6, -0.3, 0.1]]
     _set_outputs(mem, key, gate=[-BIG])
-    with torch.no_grad():
-        mem.add.weight.zero_()
-        mem.add.bias.copy_(torch.atanh(torch.tensor(add, dtype=torch.float64)).flatten())
+    if write == "add":
+        with torch.no_grad():
+            mem.add.weight.zero_()
+            mem.add.bias.copy_(torch.atanh(torch.tensor(add, dtype=torch.float64)).flatten())
     state = _state(MEM0, USAGE0, [0.0, 0.0, 1.0, 0.0])
     reads, new = mem.step(torch.zeros(1, 2, dtype=torch.float64), state)
     m0, k = torch.tensor(MEM0, dtype=torch.float64), torch.tensor(key[0], dtype=torch.float64)
     m1 = m0.clone()
-    m1[1] = torch.tensor(add[0], dtype=torch.float64)  # the add vector, not the key
-    torch.testing.assert_close(new.memory[0], m1)
-    cos = torch.stack([torch.dot(k, row) / (k.norm() * row.norm()) for row in m0])
-    weights = torch.exp(cos) / torch.exp(cos).sum()  # addressed on the memory before the write
+    m1[1] = torch.tensor((add if write == "add" else key)[0], dtype=torch.float64)
+    torch.testing.assert_close(new.memory[0], m1)  # the add vector (write=add), else the key
+    addressed = m0 if reads_old else m1  # before_write: this step's write is not yet seen
+    cos = torch.stack([torch.dot(k, row) / (k.norm() * row.norm()) for row in addressed])
+    weights = torch.exp(cos) / torch.exp(cos).sum()
     torch.testing.assert_close(new.read_weights[0, 0], weights)
-    torch.testing.assert_close(reads[0, 0], weights @ m1)
+    torch.testing.assert_close(reads[0, 0], weights @ m1)  # read contents: always the new memory
     with pytest.raises(MetarunError, match="algo.write='erase' is unknown"):
         LRUAMemory(2, write="erase")
+    with pytest.raises(MetarunError, match="algo.read_order='later' is unknown"):
+        LRUAMemory(2, read_order="later")
 
 
 def test_key_strength_sharpens_the_addressing():

@@ -34,6 +34,7 @@ from torch import nn
 from metarun.errors import MetarunError
 
 WRITE_KINDS = ("key", "add")
+READ_ORDERS = ("after_write", "before_write")
 
 
 class MemoryState(NamedTuple):
@@ -69,11 +70,20 @@ class LRUAMemory(nn.Module):
         gamma: float = 0.99,
         key_strength: bool = False,
         write: str = "key",
+        read_order: str | None = None,
         init_value: float = 1e-6,
     ) -> None:
         super().__init__()
         if write not in WRITE_KINDS:
             raise MetarunError(f"algo.write={write!r} is unknown; use one of {WRITE_KINDS}")
+        if read_order is None:
+            read_order = "after_write" if write == "key" else "before_write"
+        if read_order not in READ_ORDERS:
+            raise MetarunError(
+                f"algo.read_order={read_order!r} is unknown; use one of {READ_ORDERS} (or null: "
+                "after_write for write=key, before_write for write=add)"
+            )
+        self.read_order = read_order
         if heads > slots:
             raise MetarunError(
                 f"algo.read_heads={heads} exceeds algo.memory_slots={slots}; LRUA writes each "
@@ -116,17 +126,15 @@ class LRUAMemory(nn.Module):
         b = h.shape[0]
         keys = torch.tanh(self.key(h)).view(b, self.heads, self.width)
         beta = F.softplus(self.strength(h)) + 1.0 if self.strength is not None else None
-        if self.add is not None:  # NTM-style: a separate add vector; reads see past steps only
-            values = torch.tanh(self.add(h)).view(b, self.heads, self.width)
+        values = keys if self.add is None else torch.tanh(self.add(h)).view(b, -1, self.width)
+        if self.read_order == "before_write":  # reads see past steps' writes only
             read = self.address(keys, state.memory, beta)
-        else:
-            values = keys
         write = self.write_weights(self.gate(h), state)
         # The least-used slots are cleared before they are written (the paper's M_t(lu) <- 0),
         # then each head adds its vector where its write weights point.
         keep = 1.0 - state.least_used.sum(1).clamp(max=1.0)  # [B, S]
         memory = state.memory * keep.unsqueeze(-1) + write.mT @ values
-        if self.add is None:
+        if self.read_order == "after_write":
             read = self.address(keys, memory, beta)
         reads = read @ memory  # [B, H, W]
         usage = self.gamma * state.usage + read.sum(1) + write.sum(1)

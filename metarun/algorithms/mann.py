@@ -60,6 +60,7 @@ class MANN(MetaLearner):
         gamma: float = 0.99,
         key_strength: bool = False,
         write: str = "key",
+        read_order: str | None = None,
         report_instances: Sequence[int] = (1, 2, 3, 4, 5, 10),
     ) -> None:
         super().__init__(backbone, optimizer, scheduler, batch_norm)
@@ -74,7 +75,14 @@ class MANN(MetaLearner):
         features = backbone.out_features
         self.memory = (
             LRUAMemory(
-                controller_size, memory_slots, memory_width, read_heads, gamma, key_strength, write
+                controller_size,
+                memory_slots,
+                memory_width,
+                read_heads,
+                gamma,
+                key_strength,
+                write,
+                read_order,
             )
             if memory == "lrua"
             else None
@@ -112,7 +120,7 @@ class MANN(MetaLearner):
         if m is not None:
             write = "key" if m.add is None else "add"
             heads = f"{m.heads} head" + ("s" if m.heads != 1 else "")
-            memory = f"lrua {m.slots}x{m.width}, {heads}, write={write}"
+            memory = f"lrua {m.slots}x{m.width}, {heads}, write={write}, {m.read_order} read"
             memory += ", key strength" if m.strength is not None else ""
         return f"way={self.way}, controller={self.controller.hidden_size}, memory={memory}"
 
