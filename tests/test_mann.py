@@ -378,19 +378,40 @@ def test_the_memory_use_script_reports_each_presentation(run_inprocess, capsys, 
     best = str(run_dir / "checkpoints" / "best.pt")
     args = ["--episodes", "6", "--seed", "2002", "--batch-size", "4"]
     monkeypatch.setattr(sys, "argv", [str(script), best, *args])
-    runpy.run_path(str(script), run_name="__main__")
+    script_globals = runpy.run_path(str(script), run_name="__main__")
     lines = capsys.readouterr().out.splitlines()
     header = lines.index(next(line for line in lines if line.split()[:2] == ["inst", "entropy"]))
     rows = [line.split() for line in lines[header + 1 :]]
     assert [int(r[0]) for r in rows] == list(range(1, 11))  # 10 presentations per class
-    for inst, entropy, max_w, self_w, same, late, gate, acc in rows:
+    for inst, entropy, max_w, self_w, same, late, gate, acc, *ablated in rows:
+        assert len(ablated) == 3 and all(0.0 <= float(a) <= 1.0 for a in ablated)
         assert 0.0 <= float(entropy) <= math.log(8) + 1e-4  # 8 slots
         assert 1 / 8 - 1e-4 <= float(max_w) <= 1.0 and 0.0 <= float(gate) <= 1.0
         assert 0.0 <= float(self_w) <= float(max_w)
         assert (same == "-") == (inst == "1")  # nothing of the class was written before
         assert (late == "-") == (inst == "1")
-        if inst in {"1", "2", "10"}:
+        if inst in {"1", "2", "10"}:  # the intact pass, after the ablated ones: nothing leaked
             assert float(acc) == pytest.approx(summary[f"test/acc_inst{inst}"], abs=1e-3)
+    # What each ablation hands the controller in place of the reads.
+    memory = LRUAMemory(2, slots=4, width=3, heads=2).double()
+    h = torch.randn(3, 2, dtype=torch.float64)
+    state = memory.initial_state(3, "cpu", torch.float64)._replace(
+        memory=torch.randn(3, 4, 3, dtype=torch.float64)
+    )
+    reads, new = memory.step(h, state)
+    ablation = ["none"]
+    script_globals["record_steps"](memory, ablation)
+    expected = {
+        "none": reads,
+        "uniform": new.memory.mean(1, keepdim=True).expand(-1, 2, -1),
+        "zero": torch.zeros_like(reads),
+        "swap": reads[[2, 0, 1]],  # episode b gets episode b - 1's reads
+    }
+    for ablation[0], want in expected.items():
+        got, got_state = memory.step(h, state)
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(got_state.reads, want)  # the next step's input too
+        torch.testing.assert_close(got_state.memory, new.memory)  # the memory itself untouched
 
 
 def _without_hydra(cfg):
