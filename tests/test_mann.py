@@ -346,7 +346,10 @@ MANN_TINY = [
 ]
 
 
-@pytest.mark.parametrize("algo", ["mann", "lstm"])
+ALGOS = ("mann", "lstm")
+
+
+@pytest.mark.parametrize("algo", ALGOS)
 def test_a_mann_run_reports_per_presentation_accuracy_everywhere(run_inprocess, algo):
     run_dir, _ = run_inprocess([f"algo={algo}", *MANN_TINY, "logger.mode=offline"])
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -412,6 +415,39 @@ def test_the_memory_use_script_reports_each_presentation(run_inprocess, capsys, 
         torch.testing.assert_close(got, want)
         torch.testing.assert_close(got_state.reads, want)  # the next step's input too
         torch.testing.assert_close(got_state.memory, new.memory)  # the memory itself untouched
+
+
+def test_the_paired_script_compares_two_models_on_the_same_episodes(
+    run_inprocess, capsys, monkeypatch
+):
+    import runpy
+    import sys
+
+    runs = {a: run_inprocess([f"algo={a}", *MANN_TINY, "logger=none"], a)[0] for a in ALGOS}
+    other_data = ["algo=lstm", *MANN_TINY, "logger=none", "dataset.seed=1"]
+    runs["other"] = run_inprocess(other_data, "other")[0]
+    script = Path(__file__).parents[1] / "scripts" / "mann_paired.py"
+
+    def paired(a: str, b: str) -> list[list[str]]:
+        best = [str(runs[r] / "checkpoints" / "best.pt") for r in (a, b)]
+        own_test = ["--episodes", "6", "--seed", "2002", "--batch-size", "4"]
+        monkeypatch.setattr(sys, "argv", [str(script), *best, *own_test])
+        runpy.run_path(str(script), run_name="__main__")
+        lines = capsys.readouterr().out.splitlines()
+        header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["A", "B"])
+        return [line.split() for line in lines[header + 1 :]]
+
+    rows = paired("mann", "lstm")
+    assert [r[1] for r in rows[:-1]] == ["1", "2", "3", "4", "5", "10"] and rows[-1][0] == "all"
+    summaries = {a: json.loads((runs[a] / "summary.json").read_text()) for a in ALGOS}
+    for row in rows:
+        key = "test/acc" if row[0] == "all" else f"test/acc_inst{row[1]}"
+        a, b, diff = (float(v) for v in row[-4:-1])
+        assert a == pytest.approx(100 * summaries["mann"][key], abs=0.051)  # the runs' own tables
+        assert b == pytest.approx(100 * summaries["lstm"][key], abs=0.051)
+        assert diff == pytest.approx(a - b, abs=0.11)
+    with pytest.raises(MetarunError, match="draw different test episodes"):
+        paired("lstm", "other")
 
 
 def _without_hydra(cfg):
