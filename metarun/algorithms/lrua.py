@@ -10,12 +10,15 @@ controller output ``h_t``:
 3. read weights: ``wr_t = softmax(cos(k_t, M_t))`` over slots; reads ``r_t = wr_t M_t``
 4. usage: ``wu_t = gamma * wu_{t-1} + sum_heads(wr_t + ww_t)``; ``wlu_t`` marks its H smallest
 
-Reading after writing (item 3 uses ``M_t``) is what makes LRUA bind: a key written to a fresh
-slot finds that slot, so the next step's write (gate towards ``wr_{t-1}``) can add the label
-that arrives then to the same slot (by design: the models trained on Omniglot keep the gate
-shut and read almost uniformly, see ``scripts/mann_memory_use.py`` and the README). The paper's
-content addressing is a plain softmax over cosine similarities; a learned key strength
-(``key_strength: true``, as in the Neural Turing Machine) sharpens it.
+Reading after writing (item 3 uses ``M_t``) is what makes LRUA bind by design: a key written to
+a fresh slot finds that slot, so the next step's write (gate towards ``wr_{t-1}``) can add the
+label that arrives then to the same slot. (The models trained on Omniglot keep the gate shut and
+read almost uniformly, yet rely on those reads: ``scripts/mann_memory_use.py`` and the README.)
+The paper's content addressing is a plain softmax over cosine similarities; a learned key
+strength (``key_strength: true``, as in the Neural Turing Machine) sharpens it. Two variants:
+``write: add`` writes a separate NTM-style add vector (the key only reads), and ``read_order:
+before_write`` addresses the memory as it was before this step's write (the default for
+``add``), so a step never finds its own write.
 
 One reading of the paper for several heads: its ``wlu`` marks the n least-used slots (n = the
 number of reads) and one slot is zeroed per step. Here head j writes only to the j-th
