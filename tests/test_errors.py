@@ -286,6 +286,8 @@ CASES = [
             ("val.episodes", 0, []), ("algo.read_heads", 0, ["algo=mann"]),
         ]
     ),
+    Case("unknown MANN read order", ["algo=mann", *GLYPHS, *QUIET, "algo.read_order=later"],
+         "algo.read_order='later' is unknown; use one of \\('after_write', 'before_write'\\)"),
     Case("test episodes < 2", ["test.episodes=1"], "test.episodes=1 gives no confidence interval"),
     Case("way > classes", [*GLYPHS, *QUIET, "task.way=13"], "validation: 13-way tasks need 13 "
          "classes but the val split has 12; lower task.way"),
