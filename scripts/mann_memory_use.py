@@ -35,6 +35,9 @@ from metarun.errors import MetarunError
 from metarun.evaluate import fixed_episodes
 from metarun.trained import load_trained
 
+# What replaces the reads (see ``record_steps``) -> its column in the table.
+ABLATIONS = {"uniform": "uniform", "zero": "0 reads", "swap": "swapped"}
+
 
 def record_steps(memory, ablation: list[str]):
     """Wrap ``memory.step`` to record (read weights, write weights, gate) of head 0 per step.
@@ -89,17 +92,12 @@ def main() -> None:
     for batch in fixed_episodes(exp.dataset, "test", exp.eval_shape, *episodes, exp.device, True):
         x, y = batch.support_x, batch.support_y
         with torch.no_grad():
-            acc = {}
-            for ablation[0] in (
-                "uniform",
-                "zero",
-                "swap",
-                "none",
-            ):  # "none" last: steps keeps the intact run
+            acc = []
+            for ablation[0] in (*ABLATIONS, "none"):  # "none" last: steps keeps the intact run
                 steps.clear()
                 logits, _ = learner.sequence_logits(x, y)
-                acc[ablation[0]] = (logits.argmax(-1) == y).T.reshape(-1).to(x.dtype)
-        ablated.append(torch.stack([acc["uniform"], acc["zero"], acc["swap"]], 1))  # like rows
+                acc.append((logits.argmax(-1) == y).T.reshape(-1).to(x.dtype))
+        ablated.append(torch.stack(acc[:-1], 1))  # [T * B, len(ABLATIONS)], ordered like rows
         read = torch.stack([s[0] for s in steps], 1)  # [B, T, S]
         owner = torch.stack([s[1] for s in steps], 1).argmax(-1)  # [B, T]: slot written most
         gate = torch.stack([s[2] for s in steps], 1)  # [B, T]
@@ -122,8 +120,7 @@ def main() -> None:
         f"read head 0 of {learner.memory.heads}; a uniform read has entropy "
         f"{math.log(slots):.3f} and max w {1 / slots:.4f}"
     )
-    names = ("entropy", "max w", "self w", "same x", "late x", "gate", "acc", "uniform", "0 reads")
-    names += ("swapped",)
+    names = ("entropy", "max w", "self w", "same x", "late x", "gate", "acc", *ABLATIONS.values())
     print(f"{'inst':>4} " + " ".join(f"{n:>7}" for n in names))
     for i in sorted(set(instance.tolist())):
         m = table[instance == i].nanmean(0).tolist()
