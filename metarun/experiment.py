@@ -3,7 +3,6 @@ checks a run (or a resumed run) must pass before any work."""
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from metarun.data.batch import TaskBatch, TaskShape
 from metarun.device import resolve_device
 from metarun.errors import MetarunError
 from metarun.evaluate import evaluate, fixed_episodes
+from metarun.logging.local import read_metrics
 
 # The metric the validation objective and "best" checkpoint follow, by kind of problem.
 MONITOR = {"regression": ("mse", "min"), "classification": ("acc", "max")}
@@ -168,17 +168,25 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [key]
 
 
-def _resume_checkpoint(
-    cfg: DictConfig, config: dict, run_dir: Path | None = None
-) -> tuple[Path, dict]:
-    """The run folder to continue and its last checkpoint, checked against ``config``."""
-    if run_dir is None:
-        if not cfg.resume_dir:
-            raise MetarunError(
-                "resume=true needs the run folder to continue: resume_dir=<run folder>"
-            )
-        run_dir = Path(cfg.resume_dir).expanduser()
-    checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+# What a checkpoint must hold for a run to continue from it (checkpoints written by metarun do).
+RESUME_KEYS = ("optimizer", "scheduler", "rng", "loop")
+
+
+def _resume_checkpoint(cfg: DictConfig, config: dict, run_dir: Path, device) -> dict:
+    """``run_dir``'s last checkpoint, checked against ``config``, with the best weights of the
+    run (``best_model``) when it validated. Reads only: a refusal leaves the folder as it was."""
+    path = run_dir / "checkpoints" / "last.pt"
+    checkpoint = load_checkpoint(path)
+    missing = [k for k in RESUME_KEYS if k not in checkpoint]
+    loop = checkpoint.get("loop")
+    if not missing and (not isinstance(loop, dict) or not LOOP_KEYS <= set(loop)):
+        missing = ["loop." + k for k in sorted(LOOP_KEYS - set(loop or {}))] or ["loop"]
+    if missing:
+        raise MetarunError(
+            f"cannot resume {run_dir}: {path} lacks {', '.join(missing)} (written by another "
+            "tool, or only weights); start a new run from its weights with "
+            f"train.init_from={path}"
+        )
     changed = [
         d
         for key in RESUME_MUST_MATCH
@@ -190,16 +198,33 @@ def _resume_checkpoint(
             f"{', '.join(changed)}; resume with the run's original overrides (see its "
             ".hydra/overrides.yaml)"
         )
-    return run_dir, checkpoint
+    if loop["best_step"] is not None:  # the meta-test at the end needs the best weights
+        best_path = run_dir / "checkpoints" / "best.pt"
+        if not best_path.is_file():
+            raise MetarunError(
+                f"cannot resume {run_dir}: {best_path} (the best weights, step "
+                f"{loop['best_step']}, which the meta-test uses) is missing; restore it, or start "
+                f"a new run from the last weights with train.init_from={path}"
+            )
+        checkpoint["best_model"] = load_checkpoint(best_path, device)["model"]
+    read_metrics(run_dir / "metrics.jsonl")  # the resumed run rewrites it: it must be readable
+    return checkpoint
+
+
+LOOP_KEYS = {"sums", "count", "best_value", "best_step"}
 
 
 def build_experiment(
-    cfg: DictConfig, run_dir: Path | None = None, splits: tuple[str, ...] = ("train", "val", "test")
+    cfg: DictConfig,
+    run_dir: Path | None = None,
+    splits: tuple[str, ...] = ("train", "val", "test"),
+    resuming: bool = False,
 ) -> Experiment:
     """Check the config, then build dataset, backbone, learner and optimizer from it.
 
-    ``run_dir`` defaults to Hydra's output folder (or ``resume_dir`` when resuming); ``splits``
-    are the dataset splits whose episode shape is checked (evaluation needs only ``test``)."""
+    ``run_dir`` defaults to Hydra's output folder; ``resuming`` continues the run there from its
+    last checkpoint (checked first); ``splits`` are the dataset splits whose episode shape is
+    checked (evaluation needs only ``test``)."""
     check_config(cfg)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device.name)
@@ -224,15 +249,9 @@ def build_experiment(
     learner = build(cfg.algo, backbone=backbone).to(device)
     optimizer, scheduler = learner.configure_optimizers()
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    resume_from = None
     if run_dir is None:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if cfg.resume:
-        run_dir, resume_from = _resume_checkpoint(cfg, config)
-    elif os.environ.get("SUBMITIT_EXECUTOR") and (run_dir / "checkpoints" / "last.pt").is_file():
-        # A submitit job requeued after preemption or a timeout (hydra-submitit-launcher's
-        # checkpoint hook resubmits it with the same config, so into the same folder): continue.
-        run_dir, resume_from = _resume_checkpoint(cfg, config, run_dir)
+    resume_from = _resume_checkpoint(cfg, config, run_dir, device) if resuming else None
     initialised_from = None
     if cfg.train.init_from and resume_from is None:  # a resumed run has its own weights
         initialised_from = load_weights(learner, cfg.train.init_from)

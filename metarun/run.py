@@ -1,4 +1,4 @@
-"""One job: build the experiment from config, train, validate, test, report."""
+"""One job: claim the run folder, build the experiment from config, train, validate, test."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ from metarun.experiment import build_experiment
 from metarun.logging.local import atomic_write_json
 from metarun.logging.setup import build_logger
 from metarun.logging.wandb_sink import check_wandb_settings
+from metarun.runfolder import claim
 from metarun.trainer import Trainer
 
 
 def _failure_summary(run_dir: Path, error: BaseException) -> None:
-    """``summary.json`` of a run that ended before its logger existed (bad config or data)."""
+    """``summary.json`` of a new run that ended before its logger existed (bad config or data)."""
     if isinstance(error, (KeyboardInterrupt, Interrupted)):
         summary = {"status": "interrupted"}
     else:
@@ -30,18 +31,29 @@ def _failure_summary(run_dir: Path, error: BaseException) -> None:
 def run(cfg: DictConfig) -> float:
     """Meta-train, validate and meta-test as ``cfg`` says; return the best validation objective.
 
-    However it ends, the run folder gets a ``summary.json`` whose ``status`` says how (finished,
-    failed with its ``error``, or interrupted) and the W&B run is closed with the same verdict."""
-    job_dir = Path(HydraConfig.get().runtime.output_dir)
+    The run writes only into a new folder, or the one it resumes (locked while it runs). A resume
+    that is refused (or fails before training starts) leaves that folder byte for byte as it
+    was. Otherwise, however it ends, the folder's ``summary.json`` says how (finished, failed
+    with its ``error``, or interrupted) and the W&B run is closed with the same verdict."""
+    folder = claim(cfg, Path(HydraConfig.get().runtime.output_dir))
+    try:
+        return _run_in(cfg, folder.run_dir, folder.resuming)
+    finally:
+        folder.release()
+
+
+def _run_in(cfg: DictConfig, run_dir: Path, resuming: bool) -> float:
     console = Console(log_path=False)
     try:
         if cfg.logger is not None and cfg.logger.mode != "disabled":
             check_wandb_settings(cfg.logger)  # before the dataset is built
-        exp = build_experiment(cfg)
+        exp = build_experiment(cfg, run_dir=run_dir, resuming=resuming)
+        trainer = Trainer(exp)  # restores a resumed run's state (read from the checkpoints)
         resume_step = exp.resume_from["step"] if exp.resume_from else None
         logger = build_logger(cfg, exp.config, exp.run_dir, console, resume_step)
     except BaseException as e:
-        _failure_summary(job_dir, e)
+        if not resuming:  # a refused resume leaves its folder as it was
+            _failure_summary(run_dir, e)
         raise
     try:
         console.print(
@@ -52,7 +64,7 @@ def run(cfg: DictConfig) -> float:
         if exp.initialised_from is not None:
             path, step = exp.initialised_from
             console.print(f"weights from: {path} (step {step})", soft_wrap=True)
-        objective = Trainer(exp, logger).fit()
+        objective = trainer.fit(logger)
     except BaseException as e:
         interrupted = isinstance(e, (KeyboardInterrupt, Interrupted))
         try:

@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 
 from metarun.checkpoint import (
-    load_checkpoint,
     remove_partial_writes,
     rng_state,
     save_checkpoint,
@@ -27,8 +26,9 @@ from metarun.logging import Logger
 class Trainer:
     """The loop: train on sampled task batches, validate on fixed ones, test the best weights."""
 
-    def __init__(self, exp: Experiment, logger: Logger) -> None:
-        self.exp, self.cfg, self.logger = exp, exp.cfg, logger
+    def __init__(self, exp: Experiment) -> None:
+        self.exp, self.cfg = exp, exp.cfg
+        self.logger: Logger | None = None  # set by fit
         self.val_batches = list(exp.episodes("val"))  # reused at every validation
         self.sampler = torch.Generator().manual_seed(self.cfg.seed)  # training tasks
         self.step = 0
@@ -46,7 +46,6 @@ class Trainer:
 
     def _restore(self, checkpoint: dict) -> None:
         exp = self.exp
-        remove_partial_writes(exp.run_dir / "checkpoints")  # from a kill during a save
         exp.learner.load_state_dict(checkpoint["model"])
         exp.optimizer.load_state_dict(checkpoint["optimizer"])
         if exp.scheduler is not None:
@@ -56,9 +55,7 @@ class Trainer:
         self.saved_step = checkpoint["step"]
         self.step, self.sums, self.count = checkpoint["step"], loop["sums"], loop["count"]
         self.best_value, self.best_step = loop["best_value"], loop["best_step"]
-        if self.best_step is not None:
-            best = load_checkpoint(exp.run_dir / "checkpoints" / "best.pt", exp.device)
-            self.best_state = best["model"]
+        self.best_state = checkpoint.get("best_model")  # read and checked with last.pt
 
     def _better(self, value: float) -> bool:
         if self.best_value is None:
@@ -169,8 +166,11 @@ class Trainer:
         self.logger.log(means, self.step)
         self.sums, self.count = {}, 0
 
-    def fit(self) -> float:
+    def fit(self, logger: Logger) -> float:
         cfg = self.cfg
+        self.logger = logger
+        if self.exp.resume_from is not None:  # from a kill during a checkpoint write
+            remove_partial_writes(self.exp.run_dir / "checkpoints")
         steps = cfg.train.steps
         self.logger.start(steps)
         self.logger.advance(self.step)

@@ -328,7 +328,9 @@ def trainer_for(overrides: list[str], run_dir: Path):
     console = Console(file=open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the run
     logger = build_logger(cfg, exp.config, run_dir, console)
     logger.start(10**6)
-    return exp, Trainer(exp, logger)
+    trainer = Trainer(exp)
+    trainer.logger = logger  # the benchmark drives train_step itself, not fit
+    return exp, trainer
 
 
 def trainer_step(trainer) -> float:

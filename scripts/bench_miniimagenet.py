@@ -86,7 +86,8 @@ def probe_train(root: str, preset: str, steps: int) -> dict:
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     exp = build_experiment(cfg, run_dir=Path("/tmp"))
-    trainer = Trainer(exp, Logger([]))
+    trainer = Trainer(exp)
+    trainer.logger = Logger([])
     exp.learner.train()
     trainer.train_step()  # warm-up
     start = time.perf_counter()

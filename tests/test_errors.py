@@ -395,7 +395,7 @@ def test_hydra_full_error_shows_the_traceback_and_bugs_keep_theirs(entry, monkey
         entry("metarun", ["test.episodes=1"])
     monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
 
-    def bug(self):
+    def bug(self, logger):
         raise ZeroDivisionError("a bug in metarun")
 
     monkeypatch.setattr(Trainer, "fit", bug)

@@ -24,6 +24,36 @@ def atomic_write_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` (none when it does not exist).
+
+    Every line must be a JSON object with an integer ``step``; only the last line may be cut
+    short (a run killed while appending), and it is dropped. Anything else is a one-line error
+    naming the file and the line."""
+    if not path.is_file():
+        return []
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise MetarunError(f"{path} cannot be read ({getattr(e, 'strerror', None) or e})") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):  # a line cut short by a kill
+                break
+            record = None
+        if not isinstance(record, dict) or type(record.get("step")) is not int:
+            raise MetarunError(
+                f"{path} line {number} is not a metarun record (a JSON object with an integer "
+                "step); it was edited or written by another tool: restore the file or remove "
+                "that line"
+            )
+        records.append(record)
+    return records
+
+
 class LocalFilesSink(Sink):
     """Appends ``{"step": s, ...metrics}`` lines, flushed as written, and writes the summary."""
 
@@ -40,14 +70,11 @@ class LocalFilesSink(Sink):
         file ends up as an uninterrupted run's would."""
         if not self.metrics_path.is_file():
             return
-        kept = []
-        for line in self.metrics_path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by a kill
-                continue
-            if record["step"] <= step and not any(k.startswith("test/") for k in record):
-                kept.append(line + "\n")
+        kept = [
+            json.dumps(record) + "\n"
+            for record in read_metrics(self.metrics_path)
+            if record["step"] <= step and not any(k.startswith("test/") for k in record)
+        ]
         atomic_write(self.metrics_path, lambda f: f.write("".join(kept).encode()))
 
     def log(self, metrics: dict[str, float], step: int) -> None:
