@@ -4,6 +4,10 @@ The schemas are registered in Hydra's ConfigStore under ``schema/``; the YAML fi
 ``configs/`` extend them (``defaults: [/schema/<group>/<name>@_here_, _self_]``), so the YAML
 holds values and these classes hold types. Dataset configs are ``@package _global_`` (they also
 set ``task`` and pick a backbone) and name their schema with ``@dataset``.
+
+Values are checked from these classes too (:mod:`metarun.checks`): every number must be finite
+and ``>= 0`` unless a class's ``BOUNDS`` says otherwise, and string fields in ``CHOICES`` take one
+of the listed values.
 """
 
 from __future__ import annotations
@@ -13,10 +17,14 @@ import difflib
 import math
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Dict, List, Optional
+from typing import Any, ClassVar, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+
+from metarun.checks import AUTO_OR_POSITIVE, POSITIVE, SIGNED, Range
+
+BATCH_NORMS = ("transductive", "running")
 
 
 class DeviceName(str, Enum):
@@ -44,6 +52,10 @@ class TaskBatching(str, Enum):
 class TaskConfig:
     """Episode shape shared by every dataset. ``train_*: null`` means "same as evaluation"."""
 
+    BOUNDS: ClassVar = {
+        k: POSITIVE for k in ("way", "shot", "meta_batch", "train_way", "train_shot")
+    }
+
     way: int = 5
     shot: int = 10
     query: int = 10
@@ -54,6 +66,7 @@ class TaskConfig:
 
 @dataclass
 class TrainConfig:
+    BOUNDS: ClassVar = {"log_every": POSITIVE}
     steps: int = 8000
     log_every: int = 50
     init_from: Optional[str] = None  # a checkpoint or run folder whose weights start the run
@@ -61,16 +74,21 @@ class TrainConfig:
 
 @dataclass
 class ValConfig:
+    BOUNDS: ClassVar = {"every": POSITIVE, "episodes": POSITIVE, "batch_size": AUTO_OR_POSITIVE}
     every: int = 1000
     episodes: int = 100
-    batch_size: int = 100  # tasks evaluated at once
+    batch_size: Any = "auto"  # tasks evaluated at once; auto: a training step's examples
     seed: int = 1001  # fixed, so every run validates on the same tasks
 
 
 @dataclass
 class TestConfig:
+    BOUNDS: ClassVar = {
+        "episodes": Range(2, why="a 95% confidence interval needs two episodes"),
+        "batch_size": AUTO_OR_POSITIVE,
+    }
     episodes: int = 600
-    batch_size: int = 100
+    batch_size: Any = "auto"  # as val.batch_size
     seed: int = 2002
 
 
@@ -97,6 +115,7 @@ class WandbConfig:
 
 @dataclass
 class OptimizerConfig:
+    BOUNDS: ClassVar = {"lr": POSITIVE}
     _target_: str = "torch.optim.Adam"
     _partial_: bool = True
     lr: float = 1e-3
@@ -105,6 +124,8 @@ class OptimizerConfig:
 
 @dataclass
 class MAMLConfig:
+    BOUNDS: ClassVar = {"inner_lr": POSITIVE, "inner_steps": POSITIVE}
+    CHOICES: ClassVar = {"batch_norm": BATCH_NORMS, "adapt": ("all", "head")}
     _target_: str = "metarun.algorithms.MAML"
     inner_lr: float = 0.01
     inner_steps: int = 1
@@ -134,6 +155,8 @@ class SGDConfig(OptimizerConfig):
 
 @dataclass
 class ReptileConfig:
+    BOUNDS: ClassVar = {"inner_lr": POSITIVE, "inner_steps": POSITIVE}
+    CHOICES: ClassVar = {"batch_norm": BATCH_NORMS, "inner_optimizer": ("adam", "sgd")}
     _target_: str = "metarun.algorithms.Reptile"
     inner_lr: float = 0.001
     inner_steps: int = 5
@@ -146,6 +169,7 @@ class ReptileConfig:
 
 @dataclass
 class ProtoNetConfig:
+    CHOICES: ClassVar = {"batch_norm": BATCH_NORMS}
     _target_: str = "metarun.algorithms.ProtoNet"
     batch_norm: str = "running"  # read by backbones with batch norm
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -159,6 +183,15 @@ class MemoryKind(str, Enum):
 
 @dataclass
 class MANNConfig:
+    BOUNDS: ClassVar = {
+        **{k: POSITIVE for k in ("way", "controller_size", "memory_slots", "memory_width")},
+        **{"read_heads": POSITIVE, "report_instances": POSITIVE, "gamma": Range(0, 1)},
+    }
+    CHOICES: ClassVar = {
+        "batch_norm": BATCH_NORMS,
+        "write": ("key", "add"),
+        "read_order": ("after_write", "before_write", None),  # None: by write kind
+    }
     _target_: str = "metarun.algorithms.MANN"
     way: int = 5
     memory: MemoryKind = MemoryKind.lrua
@@ -178,6 +211,7 @@ class MANNConfig:
 
 @dataclass
 class SinusoidConfig:
+    BOUNDS: ClassVar = {"amplitude": SIGNED, "phase": SIGNED, "x_range": SIGNED}
     _target_: str = "metarun.data.Sinusoid"
     amplitude: List[float] = field(default_factory=lambda: [0.1, 5.0])
     phase: List[float] = field(default_factory=lambda: [0.0, math.pi])
@@ -186,6 +220,11 @@ class SinusoidConfig:
 
 @dataclass
 class OmniglotConfig:
+    BOUNDS: ClassVar = {"image_size": POSITIVE, "split_sizes": POSITIVE, "val_alphabets": POSITIVE}
+    CHOICES: ClassVar = {
+        "background": ("full", "small1", "small2", "small1+small2"),
+        "split": ("lake", "random"),
+    }
     _target_: str = "metarun.data.Omniglot"
     root: Optional[str] = None  # null: metarun's cache dir ($METARUN_CACHE_DIR, ~/.cache/metarun)
     background: str = "full"  # full | small1 | small2 | small1+small2
@@ -201,6 +240,7 @@ class OmniglotConfig:
 
 @dataclass
 class GlyphsConfig:
+    BOUNDS: ClassVar = {"classes": POSITIVE, "samples_per_class": Range(2), "image_size": POSITIVE}
     _target_: str = "metarun.data.Glyphs"
     classes: List[int] = field(default_factory=lambda: [1000, 200, 400])
     samples_per_class: int = 20
@@ -212,6 +252,7 @@ class GlyphsConfig:
 
 @dataclass
 class MiniImageNetConfig:
+    BOUNDS: ClassVar = {"image_size": POSITIVE}
     _target_: str = "metarun.data.MiniImageNet"
     root: Optional[str] = None  # null: <metarun's cache dir>/miniimagenet
     image_size: int = 84
@@ -234,6 +275,8 @@ class CIFARConfig:
 
 @dataclass
 class Conv4Config:
+    BOUNDS: ClassVar = {"hidden": POSITIVE, "blocks": POSITIVE}
+    CHOICES: ClassVar = {"pool": ("max", "stride"), "batch_norm": BATCH_NORMS}
     _target_: str = "metarun.backbones.Conv4"
     hidden: int = 64
     blocks: int = 4
@@ -243,6 +286,8 @@ class Conv4Config:
 
 @dataclass
 class ResNet12Config:
+    BOUNDS: ClassVar = {"channels": POSITIVE, "dropout": Range(0, 1, open_high=True)}
+    CHOICES: ClassVar = {"batch_norm": BATCH_NORMS}
     _target_: str = "metarun.backbones.ResNet12"
     channels: List[int] = field(default_factory=lambda: [64, 160, 320, 640])
     batch_norm: str = "${algo.batch_norm}"
@@ -251,6 +296,8 @@ class ResNet12Config:
 
 @dataclass
 class MLPConfig:
+    BOUNDS: ClassVar = {"hidden": POSITIVE}
+    CHOICES: ClassVar = {"activation": ("elu", "gelu", "relu", "tanh")}
     _target_: str = "metarun.backbones.MLP"
     hidden: List[int] = field(default_factory=lambda: [40, 40])
     activation: str = "relu"

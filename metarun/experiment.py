@@ -17,11 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from metarun.algorithms.base import MetaLearner
 from metarun.checkpoint import load_checkpoint, load_weights
+from metarun.checks import check_values
 from metarun.config import added_keys, close_names
 from metarun.data.batch import TaskBatch, TaskShape
 from metarun.device import resolve_device
 from metarun.errors import MetarunError
-from metarun.evaluate import evaluate, fixed_episodes
+from metarun.evaluate import chunk_size, evaluate, fixed_episodes
 from metarun.logging.local import read_metrics
 
 # The metric the validation objective and "best" checkpoint follow, by kind of problem.
@@ -44,20 +45,8 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
         raise
 
 
-# Numbers in an algorithm's config that only make sense above zero, checked where present.
-POSITIVE_ALGO_OPTIONS = (
-    "optimizer.lr",
-    "inner_lr",
-    "inner_steps",
-    "controller_size",
-    "memory_slots",
-    "memory_width",
-    "read_heads",
-)
-
-
 def check_config(cfg: DictConfig) -> None:
-    """Value checks that types alone cannot express, before any expensive work."""
+    """Every value against its schema (:mod:`metarun.checks`), before any expensive work."""
     added = added_keys(cfg)
     if added:
         key, schema = added[0]
@@ -67,34 +56,7 @@ def check_config(cfg: DictConfig) -> None:
             f"{key}: Key '{name}' not in '{schema.__name__}'{others}: added with '+', nothing "
             f"would read it{close_names(name, schema) or '; every key: metarun --cfg job'}"
         )
-    positive = {
-        "task.way": cfg.task.way,
-        "task.shot": cfg.task.shot,
-        "task.meta_batch": cfg.task.meta_batch,
-        "train.log_every": cfg.train.log_every,
-        "val.every": cfg.val.every,
-        "val.episodes": cfg.val.episodes,
-        "val.batch_size": cfg.val.batch_size,
-        "test.batch_size": cfg.test.batch_size,
-    }
-    for key in ("train_way", "train_shot"):
-        if cfg.task[key] is not None:
-            positive[f"task.{key}"] = cfg.task[key]
-    for key, value in positive.items():
-        if value < 1:
-            raise MetarunError(f"{key}={value} must be a positive integer")
-    if cfg.task.query < 0:
-        raise MetarunError(f"task.query={cfg.task.query} must be >= 0")
-    if cfg.train.steps < 0:
-        raise MetarunError(f"train.steps={cfg.train.steps} must be >= 0")
-    for key in POSITIVE_ALGO_OPTIONS:
-        value = OmegaConf.select(cfg.algo, key)
-        if value is not None and value <= 0:
-            raise MetarunError(f"algo.{key}={value} must be positive")
-    if cfg.test.episodes < 2:
-        raise MetarunError(
-            f"test.episodes={cfg.test.episodes} gives no confidence interval; use 2 or more"
-        )
+    check_values(cfg)
 
 
 @dataclass
@@ -116,6 +78,12 @@ class Experiment:
     resume_from: dict | None = None  # the last checkpoint, when continuing a run
     initialised_from: tuple[Path, int] | None = None  # train.init_from: the file and its step
 
+    def chunk(self, split: str) -> int:
+        """Tasks per evaluation forward for ``split`` (``<split>.batch_size``, or auto)."""
+        return chunk_size(
+            self.cfg[split].batch_size, self.eval_shape, self.train_shape, self.cfg.task.meta_batch
+        )
+
     def episodes(self, split: str) -> Iterator[TaskBatch]:
         """The fixed evaluation episodes of ``split`` ("val" or "test"), set by ``<split>.*``."""
         section = self.cfg[split]
@@ -124,7 +92,7 @@ class Experiment:
             split,
             self.eval_shape,
             section.episodes,
-            section.batch_size,
+            self.chunk(split),
             section.seed,
             self.device,
             shuffle=self.learner.sequential,
@@ -245,6 +213,9 @@ def build_experiment(
         shape = train_shape if split == "train" else eval_shape
         algo_cls.check_task(shape, purpose[split], cfg.algo)
         dataset.check_shape(split, shape, purpose[split])
+    check_input = getattr(get_class(cfg.backbone._target_), "check_input", None)
+    if check_input is not None:  # e.g. a convolutional backbone needs images
+        check_input(tuple(dataset.input_shape))
     backbone = build(cfg.backbone, input_shape=dataset.input_shape, out_features=out_features)
     learner = build(cfg.algo, backbone=backbone).to(device)
     optimizer, scheduler = learner.configure_optimizers()

@@ -287,8 +287,8 @@ CASES = [
         ]
     ),
     Case("unknown MANN read order", ["algo=mann", *GLYPHS, *QUIET, "algo.read_order=later"],
-         "algo.read_order='later' is unknown; use one of \\('after_write', 'before_write'\\)"),
-    Case("test episodes < 2", ["test.episodes=1"], "test.episodes=1 gives no confidence interval"),
+         "algo.read_order='later' is unknown; use one of after_write, before_write, null"),
+    Case("test episodes < 2", ["test.episodes=1"], "test.episodes=1 must be >= 2 \\(a 95% confidence interval"),
     Case("way > classes", [*GLYPHS, *QUIET, "task.way=13"], "validation: 13-way tasks need 13 "
          "classes but the val split has 12; lower task.way"),
     Case("shot + query > samples", [*GLYPHS, *QUIET, "task.shot=10", "task.query=15"],
@@ -391,7 +391,10 @@ def test_hydra_full_error_shows_the_traceback_and_bugs_keep_theirs(entry, monkey
     from metarun.trainer import Trainer
 
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
-    with pytest.raises(MetarunError, match="test.episodes=1 gives no confidence interval"):
+    with pytest.raises(
+        MetarunError,
+        match="test.episodes=1 must be >= 2 \\(a 95% confidence interval needs two episodes\\)",
+    ):
         entry("metarun", ["test.episodes=1"])
     monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
 

@@ -133,7 +133,7 @@ def test_cli_misspelt_override_fails_fast_with_a_clear_message(metarun_cli, tmp_
 def test_cli_user_errors_are_one_line(metarun_cli):
     for args, message in [
         (("device=cuda",), "metarun: error: device=cuda was requested but no CUDA GPU"),
-        (("test.episodes=1",), "metarun: error: test.episodes=1 gives no confidence interval"),
+        (("test.episodes=1",), "metarun: error: test.episodes=1 must be >= 2 (a 95% confidence"),
     ]:
         if args == ("device=cuda",) and torch.cuda.is_available():
             continue

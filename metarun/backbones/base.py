@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from metarun.backbones.folded import Params, can_fold, folded_linear, folded_sequential
+from metarun.errors import MetarunError
 
 
 class ImageBackbone(nn.Module):
@@ -19,6 +20,15 @@ class ImageBackbone(nn.Module):
     #: Devices where MAML's ``task_batching=auto`` folds tasks (when :attr:`can_fold_tasks`):
     #: on CPU a conv's cost is its arithmetic, which folding does not cut (README, performance).
     fold_devices: tuple[str, ...] = ("cuda",)
+
+    @classmethod
+    def check_input(cls, input_shape: tuple[int, ...]) -> None:
+        """Refuse, in one line, inputs that are not images (before anything is built)."""
+        if len(input_shape) != 3:
+            raise MetarunError(
+                f"backbone {cls.__name__} takes images (channels x height x width) but this "
+                f"dataset's inputs have shape {tuple(input_shape)}; use backbone=mlp"
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-3]
