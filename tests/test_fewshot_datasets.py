@@ -70,11 +70,9 @@ def test_cache_is_built_once_then_memory_mapped(tmp_path, monkeypatch):
     monkeypatch.setattr(mini_module, "decode_pickle", no_decoding)
     again = MiniImageNet(root=str(root))
     assert torch.equal(again.splits["train"], first.splits["train"])
-    cached = mini_module._read_cache(
-        *sorted((root / "miniimagenet-cache").glob("train-*.npy"))[:1],
-        next((root / "miniimagenet-cache").glob("train-*.json")),
-        84,
-    )
+    from metarun.data.cache import read_cache
+
+    cached = read_cache(next((root / "miniimagenet-cache").glob("train-*.npy")))
     assert isinstance(cached[0], np.memmap)  # pages are read when an episode touches them
     # Replacing a source file (another size or time) invalidates its split's cache.
     path = root / "mini-imagenet-cache-test.pkl"

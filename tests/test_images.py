@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import json
 import shutil
 import zipfile
 from pathlib import Path
@@ -134,7 +135,7 @@ def test_real_omniglot_small_sets_random_split(omniglot_root):
     )
     # Strokes are bright on a dark background, as in the cache's documented polarity.
     assert ds.splits["train"].float().mean() < 60
-    cached = sorted(p.name for p in (omniglot_root / "omniglot-cache").glob("*.npz"))
+    cached = sorted(p.name for p in (omniglot_root / "omniglot-cache").glob("*.npy"))
     assert len(cached) == 2 and all("28px" in n for n in cached)
     again = Omniglot(
         root=str(omniglot_root), background="small1+small2", split="random", download=False
@@ -162,43 +163,60 @@ def test_cache_is_used_and_keyed_by_preprocessing(omniglot_root, monkeypatch):
         )
 
 
-def test_a_stale_or_broken_cache_file_is_rebuilt_not_used(omniglot_root, monkeypatch):
-    """A cache file under the current name that holds something else (another preprocessing's
-    shape, a file cut short) is decoded again; one from an older PREPROCESS_VERSION is never
-    even opened, because the version is part of the name."""
+def test_a_stale_or_broken_cache_file_is_rebuilt_not_used(omniglot_root, monkeypatch, capsys):
+    """A cache file under the current name that does not verify against its recorded digest
+    (right shape but other contents, a file cut short, a hand-made record) is decoded again from
+    the verified archive, with one warning; one from an older PREPROCESS_VERSION is never even
+    opened, because the version is part of the name."""
     kwargs = dict(root=str(omniglot_root), background="small1", split="random", download=False)
     reference = Omniglot(**kwargs).splits["train"]
-    (cache,) = (omniglot_root / "omniglot-cache").glob("*.npz")
-    assert cache.name.endswith(f"-v{omniglot_module.PREPROCESS_VERSION}.npz")
+    (cache,) = (omniglot_root / "omniglot-cache").glob("*.npy")
+    record = cache.with_suffix(".json")
+    assert cache.name.endswith(f"-v{omniglot_module.PREPROCESS_VERSION}.npy")
     decoded = []
     real_decode = omniglot_module.decode_archive
     monkeypatch.setattr(
         omniglot_module, "decode_archive", lambda *a: decoded.append(1) or real_decode(*a)
     )
+    shape = np.load(cache).shape
+
+    def hand_made_record():
+        np.save(cache, np.full(shape, 255, np.uint8))
+        data = json.loads(record.read_text())
+        record.write_text(json.dumps({**data, "digest": "0" * 64}))
+
     for stale in (
-        lambda: np.savez(
-            cache, images=np.zeros((3, 20, 20, 20), np.uint8), names=np.array(["a"] * 3)
-        ),
+        lambda: np.save(cache, np.zeros(shape, np.uint8)),  # right shape, wrong contents
         lambda: cache.write_bytes(cache.read_bytes()[:1000]),
+        hand_made_record,
+        lambda: record.unlink(),
     ):
+        capsys.readouterr()
         stale()
         assert torch.equal(Omniglot(**kwargs).splits["train"], reference)
-    assert len(decoded) == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith(f"metarun: warning: the dataset cache {cache} is not usable (")
+        assert line.endswith("rebuilding it from the verified source")
+    assert len(decoded) == 4
+    Omniglot(**kwargs)  # the rebuilt cache verifies
+    assert len(decoded) == 4
     older = cache.with_name(cache.name.replace(f"-v{omniglot_module.PREPROCESS_VERSION}", "-v0"))
-    np.savez(older, images=np.zeros((3, 20, 28, 28), np.uint8), names=np.array(["a"] * 3))
-    assert torch.equal(Omniglot(**kwargs).splits["train"], reference) and len(decoded) == 2
+    np.save(older, np.zeros(shape, np.uint8))
+    assert torch.equal(Omniglot(**kwargs).splits["train"], reference) and len(decoded) == 4
 
 
 def test_a_full_disk_costs_the_cache_not_the_run(omniglot_root, monkeypatch, capsys):
     def full(path, write):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(omniglot_module, "atomic_write", full)
+    from metarun.data import cache
+
+    monkeypatch.setattr(cache, "atomic_write", full)
     ds = Omniglot(root=str(omniglot_root), background="small1", split="random", download=False)
     assert sum(ds.num_classes(s) for s in ("train", "val", "test")) == 136
-    assert not list((omniglot_root / "omniglot-cache").glob("*.npz"))
+    assert not list((omniglot_root / "omniglot-cache").glob("*.npy"))
     err = capsys.readouterr().err
-    assert err.startswith("metarun: warning: could not write the decoded cache ")
+    assert err.startswith("metarun: warning: could not write the dataset cache ")
     assert "(No space left on device); continuing without it" in err
 
 
@@ -210,7 +228,7 @@ def test_read_only_root_caches_elsewhere(omniglot_root, tmp_path, monkeypatch):
     finally:
         omniglot_root.chmod(0o755)
     assert not (omniglot_root / "omniglot-cache").exists()
-    assert list((tmp_path / "cache" / "omniglot-cache").glob("*.npz"))
+    assert list((tmp_path / "cache" / "omniglot-cache").glob("*.npy"))
 
 
 def test_lake_split_needs_the_evaluation_archive(omniglot_root):
@@ -392,5 +410,5 @@ def test_concurrent_jobs_both_load_and_leave_one_complete_cache(omniglot_root, t
     with concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx) as pool:
         counts = list(pool.map(_load_small2, [str(omniglot_root)] * 2, [str(tmp_path)] * 2))
     assert counts == [156, 156]
-    cache = list((omniglot_root / "omniglot-cache").glob("*.npz"))
+    cache = list((omniglot_root / "omniglot-cache").glob("*.npy"))
     assert len(cache) == 1 and not list((omniglot_root / "omniglot-cache").glob("*.tmp"))

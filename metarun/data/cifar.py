@@ -13,18 +13,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from filelock import FileLock
 
-from metarun.atomic import atomic_write
+from metarun.data.cache import cached
 from metarun.data.download import cache_dir, fetch, writable_dir
 from metarun.data.episodes import SPLITS, EpisodicImages
 from metarun.data.safe_pickle import load_pickle
-from metarun.errors import MetarunError, warn
+from metarun.errors import MetarunError
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 ARCHIVE = "cifar-100-python.tar.gz"
 MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 # CIFAR-100's 20 superclasses and their 5 classes each, as in the archive's meta file (the
 # superclasses in label order 0-19).
@@ -127,22 +126,11 @@ def decode_archive(archive: Path) -> tuple[np.ndarray, list[str]]:
 
 def load_cifar100(root: Path, download: bool, url: str = URL, md5: str = MD5) -> np.ndarray:
     """All 100 classes, ``[100, 600, 3, 32, 32]`` uint8 in ``FINE_NAMES`` order, cached."""
-    folder = writable_dir(root, "cifar100-cache")
-    cache = folder / f"cifar100-{md5[:8]}-v{CACHE_VERSION}.npy"
-    if cache.is_file():
-        try:
-            images = np.load(cache, mmap_mode="c")
-            if images.shape[0] == 100 and images.shape[2:] == (3, 32, 32):
-                return images
-        except (OSError, ValueError):
-            pass  # unreadable: decoded again
-    archive = fetch(ARCHIVE, url, md5, root, download)
-    with FileLock(str(cache) + ".lock"):
-        images, _ = decode_archive(archive)
-        try:
-            atomic_write(cache, lambda f: np.save(f, images))
-        except OSError as e:
-            warn(f"could not write the decoded cache {cache} ({e.strerror or e}); not caching")
+    path = writable_dir(root, "cifar100-cache") / f"cifar100-{md5[:8]}-v{CACHE_VERSION}.npy"
+    build = lambda: (decode_archive(fetch(ARCHIVE, url, md5, root, download))[0], {})  # noqa: E731
+    images, _ = cached(path, build)
+    if images.shape[0] != 100 or images.shape[2:] != (3, 32, 32):
+        images = build()[0]  # a verified entry of another shape: not CIFAR-100's
     return images
 
 

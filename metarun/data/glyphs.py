@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import zipfile
 from typing import Sequence
 
 import numpy as np
 import torch
-from filelock import FileLock
 from PIL import Image, ImageDraw
 
-from metarun.atomic import atomic_write
+from metarun.data.cache import cached
 from metarun.data.download import cache_dir
 from metarun.data.episodes import SPLITS, EpisodicImages
-from metarun.errors import MetarunError, warn
+from metarun.errors import MetarunError
 
 SUPERSAMPLE = 4
 VERSION = 2  # bump when rendering changes: cached sets are then re-rendered
@@ -103,23 +101,10 @@ class Glyphs(EpisodicImages):
     @staticmethod
     def _load(seed: int, split: str, classes: int, samples: int, size: int) -> np.ndarray:
         spec = json.dumps([VERSION, seed, split, classes, samples, size])
-        folder = cache_dir() / "glyphs"
-        path = folder / f"glyphs-{split}-{hashlib.sha1(spec.encode()).hexdigest()[:12]}.npz"
-        images = None
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with FileLock(str(path) + ".lock"):
-                if path.is_file():
-                    try:
-                        with np.load(path, allow_pickle=False) as data:
-                            if str(data["spec"]) == spec:  # same renderer version and options
-                                return data["images"]
-                    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-                        pass  # unreadable (truncated, foreign): render again
-                images = render_split(seed, split, classes, samples, size)
-                atomic_write(path, lambda f: np.savez(f, images=images, spec=np.array(spec)))
-        except OSError as e:  # an unwritable or full cache folder costs the cache, not the run
-            warn(f"could not use the glyph cache {path} ({e.strerror or e}); not caching")
-            if images is None:
-                images = render_split(seed, split, classes, samples, size)
+        key = hashlib.sha1(spec.encode()).hexdigest()[:12]
+        path = cache_dir() / "glyphs" / f"glyphs-{split}-{key}.npy"
+        build = lambda: (render_split(seed, split, classes, samples, size), {"spec": spec})  # noqa: E731
+        images, meta = cached(path, build)
+        if meta.get("spec") != spec:  # a verified entry of other options: never trusted
+            images = build()[0]
         return images

@@ -29,16 +29,15 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from filelock import FileLock
 from PIL import Image, UnidentifiedImageError
 
-from metarun.atomic import atomic_write
+from metarun.data.cache import cached
 from metarun.data.download import cache_dir, extract, fetch, writable_dir
 from metarun.data.episodes import SPLITS, EpisodicImages
 from metarun.data.safe_pickle import load_pickle, looks_like_html
-from metarun.errors import MetarunError, warn
+from metarun.errors import MetarunError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 PICKLE = "mini-imagenet-cache-{split}.pkl"
 LAYOUTS = (
     "images/ with train.csv, val.csv and test.csv (header filename,label), or "
@@ -153,41 +152,23 @@ def decode_csv(root: Path, split: str, size: int) -> tuple[np.ndarray, list[str]
 
 
 def load_split(root: Path, layout: str, split: str, size: int) -> tuple[np.ndarray, list[str]]:
-    """One split, decoded once into a memory-mapped cache keyed by its source files."""
+    """One split, decoded once into a verified, memory-mapped cache keyed by its source files."""
     sources = [root / f"{split}.csv"] if layout == "csv" else [root / PICKLE.format(split=split)]
     key = f"{split}-{layout}-{size}px-{_fingerprint(sources)}-v{CACHE_VERSION}"
-    folder = writable_dir(root, "miniimagenet-cache")
-    array_path, names_path = folder / f"{key}.npy", folder / f"{key}.json"
-    cached = _read_cache(array_path, names_path, size)
-    if cached is not None:
-        return cached
-    with FileLock(str(array_path) + ".lock"):
-        cached = _read_cache(array_path, names_path, size)  # built by a concurrent job?
-        if cached is not None:
-            return cached
+    path = writable_dir(root, "miniimagenet-cache") / f"{key}.npy"
+
+    def build() -> tuple[np.ndarray, dict]:
         if layout == "csv":
             images, names = decode_csv(root, split, size)
         else:
             images, names = decode_pickle(sources[0], size)
-        try:
-            atomic_write(array_path, lambda f: np.save(f, images))
-            atomic_write(names_path, lambda f: f.write(json.dumps(names).encode()))
-        except OSError as e:
-            warn(f"could not write the decoded cache {array_path} ({e.strerror or e}); not caching")
-            return images, names
-    return _read_cache(array_path, names_path, size) or (images, names)
+        return images, {"names": names}
 
-
-def _read_cache(array_path: Path, names_path: Path, size: int) -> tuple[np.ndarray, list] | None:
-    if not (array_path.is_file() and names_path.is_file()):
-        return None
-    try:
-        names = json.loads(names_path.read_text())
-        images = np.load(array_path, mmap_mode="c")  # copy-on-write: pages read on demand
-    except (OSError, ValueError):
-        return None  # unreadable: decoded again
-    if images.ndim != 5 or images.shape[0] != len(names) or images.shape[2:] != (3, size, size):
-        return None
+    images, meta = cached(path, build)
+    names = meta.get("names")
+    if images.ndim != 5 or images.shape[2:] != (3, size, size) or len(names or []) != len(images):
+        images, meta = build()  # a verified entry of another layout: not this split's
+        names = meta["names"]
     return images, names
 
 

@@ -2,8 +2,9 @@
 
 Images are decoded straight from the zip archives (never extracted, so no member can land outside
 a folder), resized, inverted so that strokes are bright (255) on black (0), and cached per archive
-as one uint8 array keyed by the archive's checksum and the preprocessing. Later runs load that
-array in well under a second.
+as one uint8 array keyed by the archive's checksum and the preprocessing, with a digest of its
+contents (:mod:`metarun.data.cache`). Later runs load and verify that array in well under a
+second.
 
 Splits (deterministic, ``split_seed``):
 
@@ -18,20 +19,18 @@ Splits (deterministic, ``split_seed``):
 from __future__ import annotations
 
 import io
-import json
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 import numpy as np
 import torch
-from filelock import FileLock
 from PIL import Image, UnidentifiedImageError
 
-from metarun.atomic import atomic_write
+from metarun.data.cache import cached
 from metarun.data.download import cache_dir, fetch, writable_dir
 from metarun.data.episodes import EpisodicImages
-from metarun.errors import MetarunError, warn
+from metarun.errors import MetarunError
 
 URL = "https://github.com/brendenlake/omniglot/raw/master/python/{name}"
 ARCHIVES = {
@@ -47,7 +46,7 @@ BACKGROUNDS = {
     "small1+small2": ("small1", "small2"),
 }
 DRAWERS = 20
-PREPROCESS_VERSION = 1  # bump when decoding changes: old cache files are then never read
+PREPROCESS_VERSION = 2  # bump when decoding changes: old cache files are then never read
 
 
 def _safe_member(archive: Path, name: str) -> PurePosixPath:
@@ -109,43 +108,26 @@ def _decode(archive: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, size: int
 def load_archive(
     key: str, root: Path, image_size: int, download: bool
 ) -> tuple[np.ndarray, list[str]]:
-    """Decoded characters of archive ``key``, from the array cache when it is there."""
+    """Decoded characters of archive ``key``, from the verified array cache when it is there."""
     name, md5 = ARCHIVES[key]
     folder = writable_dir(root, "omniglot-cache")
-    cache = folder / f"{Path(name).stem}-{md5[:8]}-{image_size}px-v{PREPROCESS_VERSION}.npz"
-    arrays = _read_cache(cache, image_size)
-    if arrays is not None:
-        return arrays
-    archive = fetch(name, URL.format(name=name), md5, root, download)
-    with FileLock(str(cache) + ".lock"):
-        arrays = _read_cache(cache, image_size)  # built by a concurrent job meanwhile?
-        if arrays is None:
-            images, names = decode_archive(archive, image_size)
-            meta = np.array(json.dumps({"archive": name, "md5": md5}))
-            try:
-                atomic_write(
-                    cache, lambda f: np.savez(f, images=images, names=np.array(names), meta=meta)
-                )
-            except OSError as e:  # a full disk costs the cache, not the run
-                warn(
-                    f"could not write the decoded cache {cache} ({e.strerror or e}); continuing "
-                    "without it: the next run decodes the archive again"
-                )
-            arrays = images, names
-    return arrays
+    path = folder / f"{Path(name).stem}-{md5[:8]}-{image_size}px-v{PREPROCESS_VERSION}.npy"
 
+    def build() -> tuple[np.ndarray, dict]:
+        archive = fetch(name, URL.format(name=name), md5, root, download)
+        images, names = decode_archive(archive, image_size)
+        return images, {"names": names, "archive": name, "md5": md5}
 
-def _read_cache(path: Path, image_size: int) -> tuple[np.ndarray, list[str]] | None:
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            images, names = data["images"], [str(n) for n in data["names"]]
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-        return None  # unreadable (e.g. a foreign file): rebuilt by the caller
-    if images.shape[1:] != (DRAWERS, image_size, image_size) or len(names) != len(images):
-        return None
-    return images, names
+    images, meta = cached(path, build)
+    names = meta.get("names")
+    if (
+        images.shape[1:] != (DRAWERS, image_size, image_size)
+        or not isinstance(names, list)
+        or len(names) != len(images)
+    ):  # a verified entry of another layout (never written by this version): rebuild
+        images, meta = build()
+        names = meta["names"]
+    return images, [str(n) for n in names]
 
 
 def _sizes(total: int, wanted: Sequence[int]) -> tuple[int, int, int]:
