@@ -25,6 +25,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from metarun.checks import AUTO_OR_POSITIVE, POSITIVE, SIGNED, Range
 
 BATCH_NORMS = ("transductive", "running")
+IMAGE_SIZE = Range(1, 1024, why="pixels per side the images are resized to")
 
 
 class DeviceName(str, Enum):
@@ -220,7 +221,11 @@ class SinusoidConfig:
 
 @dataclass
 class OmniglotConfig:
-    BOUNDS: ClassVar = {"image_size": POSITIVE, "split_sizes": POSITIVE, "val_alphabets": POSITIVE}
+    BOUNDS: ClassVar = {
+        "image_size": IMAGE_SIZE,
+        "split_sizes": POSITIVE,
+        "val_alphabets": POSITIVE,
+    }
     CHOICES: ClassVar = {
         "background": ("full", "small1", "small2", "small1+small2"),
         "split": ("lake", "random"),
@@ -240,7 +245,11 @@ class OmniglotConfig:
 
 @dataclass
 class GlyphsConfig:
-    BOUNDS: ClassVar = {"classes": POSITIVE, "samples_per_class": Range(2), "image_size": POSITIVE}
+    BOUNDS: ClassVar = {
+        "classes": Range(1, 100_000),
+        "samples_per_class": Range(2, 10_000),
+        "image_size": IMAGE_SIZE,
+    }
     _target_: str = "metarun.data.Glyphs"
     classes: List[int] = field(default_factory=lambda: [1000, 200, 400])
     samples_per_class: int = 20
@@ -252,7 +261,7 @@ class GlyphsConfig:
 
 @dataclass
 class MiniImageNetConfig:
-    BOUNDS: ClassVar = {"image_size": POSITIVE}
+    BOUNDS: ClassVar = {"image_size": IMAGE_SIZE}
     _target_: str = "metarun.data.MiniImageNet"
     root: Optional[str] = None  # null: <metarun's cache dir>/miniimagenet
     image_size: int = 84

@@ -24,6 +24,9 @@ from metarun.device import resolve_device
 from metarun.errors import MetarunError
 from metarun.evaluate import chunk_size, evaluate, fixed_episodes
 from metarun.logging.local import read_metrics
+from metarun.memory import check_memory, model_parameters
+
+EVAL_SPLITS = ("val", "test")
 
 # The metric the validation objective and "best" checkpoint follow, by kind of problem.
 MONITOR = {"regression": ("mse", "min"), "classification": ("acc", "max")}
@@ -36,13 +39,25 @@ def seed_everything(seed: int) -> None:
 
 
 def build(node: DictConfig, **kwargs: Any) -> Any:
-    """``instantiate``, letting a user error raised by a constructor through unwrapped."""
+    """``instantiate``, letting a user error raised by a constructor through unwrapped.
+
+    A nested object that is not metarun's own (``algo.optimizer``, ``algo.scheduler``: torch's
+    classes with the user's options) refusing its options is a user error too, told in one line;
+    metarun's own constructors failing otherwise keep their traceback (a bug)."""
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as e:
         if isinstance(e.__cause__, MetarunError):
             raise e.__cause__ from None
-        raise
+        where = str(e).rsplit("full_key: ", 1)[-1].strip() if "full_key: " in str(e) else ""
+        target = OmegaConf.select(node._get_root(), f"{where}._target_", default=None)
+        if not where or not isinstance(target, str) or target.startswith("metarun."):
+            raise
+        cause = str(e.__cause__ or e).splitlines()[0]
+        raise MetarunError(
+            f"{where}: {target} could not be built ({cause}); fix {where}.* (optimizers and "
+            "schedulers need _partial_: true: metarun passes the parameters or optimizer)"
+        ) from None
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -216,9 +231,23 @@ def build_experiment(
     check_input = getattr(get_class(cfg.backbone._target_), "check_input", None)
     if check_input is not None:  # e.g. a convolutional backbone needs images
         check_input(tuple(dataset.input_shape))
-    backbone = build(cfg.backbone, input_shape=dataset.input_shape, out_features=out_features)
-    learner = build(cfg.algo, backbone=backbone).to(device)
-    optimizer, scheduler = learner.configure_optimizers()
+
+    def build_learner() -> MetaLearner:
+        backbone = build(cfg.backbone, input_shape=dataset.input_shape, out_features=out_features)
+        return build(cfg.algo, backbone=backbone)
+
+    chunk = max(
+        chunk_size(cfg[s].batch_size, eval_shape, train_shape, t.meta_batch) for s in EVAL_SPLITS
+    )
+    parameters = model_parameters(build_learner)
+    check_memory(cfg, dataset.input_shape, train_shape, eval_shape, chunk, parameters, device)
+    learner = build_learner().to(device)
+    try:
+        optimizer, scheduler = learner.configure_optimizers()
+    except (TypeError, ValueError) as e:  # the optimizer's or scheduler's own check of its options
+        raise MetarunError(
+            f"algo.optimizer / algo.scheduler: {str(e).splitlines()[0]}; fix those options"
+        ) from None
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     if run_dir is None:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
