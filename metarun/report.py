@@ -10,64 +10,22 @@ from __future__ import annotations
 
 import argparse
 import csv
-import glob
-import json
+import io
 import math
+import os
 import re
 import statistics
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from rich.console import Console
 from rich.table import Table
 
+from metarun.atomic import atomic_write
+from metarun.errors import print_line
+from metarun.run_records import Run, find_runs
+
 IGNORED = {"seed", "resume", "resume_dir", "hparams_search"}  # not part of a configuration
-
-
-@dataclass
-class Run:
-    path: Path
-    overrides: dict[str, str]
-    summary: dict
-    rows: list[dict] = field(repr=False)
-
-
-def find_runs(patterns: list[str]) -> list[Run]:
-    """Run folders at, or anywhere below, the given paths or glob patterns."""
-    folders: list[Path] = []
-    for pattern in patterns:
-        for match in sorted(glob.glob(pattern)) or [pattern]:
-            path = Path(match)
-            if (path / "summary.json").is_file():
-                folders.append(path)
-            elif path.is_dir():
-                folders += sorted(p.parent for p in path.rglob("summary.json"))
-    runs = []
-    for folder in dict.fromkeys(folders):
-        overrides_file = folder / ".hydra" / "overrides.yaml"
-        items = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
-        overrides = dict(item.split("=", 1) for item in items or [] if "=" in item)
-        metrics = folder / "metrics.jsonl"
-        rows = _read_jsonl(metrics) if metrics.is_file() else []
-        try:
-            summary = json.loads((folder / "summary.json").read_text())
-        except json.JSONDecodeError:  # not written by metarun (its writes are atomic)
-            summary = {"status": "unreadable", "error": "summary.json is not valid JSON"}
-        runs.append(Run(folder, overrides, summary, rows))
-    return runs
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    """The records of a metrics file, skipping a last line a killed run left half-written."""
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
 
 
 def unfinished_table(runs: list[Run]) -> Table:
@@ -142,7 +100,8 @@ def _label(key: tuple, differing: list[str]) -> str:
     return ", ".join(f"{k}={as_dict[k]}" for k in differing if k in as_dict) or "all runs"
 
 
-def plot(groups: dict[tuple, list[Run]], differing: list[str], path: Path) -> None:
+def plot(groups: dict[tuple, list[Run]], differing: list[str], path) -> None:
+    """Curves of every configuration, saved as PNG to ``path`` (a file name or a binary file)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -190,7 +149,7 @@ def plot(groups: dict[tuple, list[Run]], differing: list[str], path: Path) -> No
         axes[2].grid(alpha=0.3)
     axes[1].legend(fontsize=8, loc="best")
     fig.suptitle("mean over seeds, band: ±1 std", fontsize=9)
-    fig.savefig(path, dpi=150)
+    fig.savefig(path, dpi=150, format="png")
     plt.close(fig)
 
 
@@ -198,11 +157,23 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _fail(message: str) -> None:
+    print_line(f"metarun-report: error: {message}")
+    sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="metarun-report", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", help="run folders, sweep folders or glob patterns")
     parser.add_argument("--out", default=".", help="folder for report.csv and report.png")
     args = parser.parse_args(argv)
+    out = Path(args.out).expanduser()
+    try:  # before any work: a bad --out never costs the report
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        _fail(f"--out {out}: cannot create that folder ({e.strerror or e}); choose another")
+    if not os.access(out, os.W_OK):
+        _fail(f"--out {out} is not writable; choose another folder")
     runs = find_runs(args.paths)
     if not runs:
         print(
@@ -230,13 +201,17 @@ def main(argv: list[str] | None = None) -> None:
     for row in rows:
         table.add_row(*(_fmt(v) for v in row))
     console.print(table)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "report.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        writer.writerows(rows)
-    plot(groups, differing, out / "report.png")
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(columns)
+    writer.writerows(rows)
+    png = io.BytesIO()
+    plot(groups, differing, png)
+    try:  # each file is replaced whole or not at all (a full disk keeps the earlier report)
+        atomic_write(out / "report.csv", lambda f: f.write(text.getvalue().encode()))
+        atomic_write(out / "report.png", lambda f: f.write(png.getvalue()))
+    except OSError as e:
+        _fail(f"could not write the report in {out} ({e.strerror or e}); free space there")
     print(f"wrote {out / 'report.csv'} and {out / 'report.png'}")
 
 

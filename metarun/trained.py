@@ -7,23 +7,24 @@ Both take ``key=value`` arguments like ``metarun``: ``checkpoint=PATH`` (a ``bes
 from __future__ import annotations
 
 import csv
+import io
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import torch
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from PIL import Image, UnidentifiedImageError
 from rich.console import Console
 from rich.table import Table
 
+from metarun.atomic import atomic_write
 from metarun.checkpoint import load_checkpoint
 from metarun.config import MetarunConfig
 from metarun.device import resolve_device
-from metarun.errors import MetarunError, print_line
+from metarun.errors import MetarunError, print_line, warn
 from metarun.experiment import (
     Experiment,
     build,
@@ -31,8 +32,7 @@ from metarun.experiment import (
     meta_test,
     seed_everything,
 )
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+from metarun.images import images_in, load_image
 
 
 def _parse(argv: list[str], tool: str, special: dict[str, bool]) -> tuple[dict, list[str]]:
@@ -110,32 +110,25 @@ def evaluate_checkpoint(argv: list[str]) -> dict[str, float]:
     return scores
 
 
-def load_image(path: Path, preprocess: dict) -> torch.Tensor:
-    """A user's image file as the model saw its training images (size, channels, polarity)."""
-    try:
-        with Image.open(path) as img:
-            img = img.convert(preprocess["mode"]).resize(
-                (preprocess["size"], preprocess["size"]), Image.Resampling.BOX
-            )
-            array = np.asarray(img, dtype=np.uint8)
-    except UnidentifiedImageError:
-        raise MetarunError(f"{path} is not an image Pillow can read; remove it") from None
-    except OSError as e:
-        raise MetarunError(f"{path} is not a readable image ({e.strerror or e})") from None
-    if preprocess.get("invert"):
-        array = 255 - array
-    x = torch.from_numpy(array.copy()).float() / 255
-    return x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)
-
-
-def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+def _output_path(value: str) -> Path:
+    """``out=``: checked before any work, so a bad path never costs the predictions."""
+    out = Path(value).expanduser()
+    if out.is_dir():
+        raise MetarunError(f"out={value} is a folder; give a file name, e.g. out={out}/p.csv")
+    if not out.parent.is_dir():
+        raise MetarunError(
+            f"out={value}: the folder {out.parent} does not exist; create it or choose another path"
+        )
+    if not os.access(out.parent, os.W_OK):
+        raise MetarunError(f"out={value}: the folder {out.parent} is not writable")
+    return out
 
 
 def predict(argv: list[str]) -> list[dict]:
     own, overrides = _parse(
         argv, "metarun-predict", {"checkpoint": True, "support": True, "query": True, "out": False}
     )
+    out = _output_path(own.get("out", "predictions.csv"))
     checkpoint = load_checkpoint(Path(own["checkpoint"]).expanduser())
     preprocess = checkpoint.get("data", {}).get("preprocess")
     if not preprocess:
@@ -146,7 +139,7 @@ def predict(argv: list[str]) -> list[dict]:
     cfg = checkpoint_config(checkpoint, overrides)
     support_dir, query_dir = Path(own["support"]), Path(own["query"])
     classes = (
-        sorted(p.name for p in support_dir.iterdir() if p.is_dir())
+        sorted(p.name for p in support_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
         if (support_dir.is_dir())
         else []
     )
@@ -155,12 +148,18 @@ def predict(argv: list[str]) -> list[dict]:
     support = [
         (load_image(f, preprocess), c)
         for c, name in enumerate(classes)
-        for f in _images(support_dir / name)
+        for f in images_in(support_dir / name)
     ]
-    queries = _images(query_dir) if query_dir.is_dir() else []
+    queries = images_in(query_dir) if query_dir.is_dir() else []
     if not queries:
         raise MetarunError(f"query={query_dir} holds no images")
-    empty = [name for name in classes if not _images(support_dir / name)]
+    nested = sum(1 for q in queries if q.parent != query_dir)
+    if nested:
+        warn(
+            f"query={query_dir}: {nested} of the {len(queries)} images are in sub-folders; "
+            "all are predicted (the file column has their paths)"
+        )
+    empty = [name for name in classes if not images_in(support_dir / name)]
     if empty:
         raise MetarunError(f"support classes without images: {', '.join(empty)}")
 
@@ -201,11 +200,14 @@ def predict(argv: list[str]) -> list[dict]:
     for row in rows:
         table.add_row(*(str(v) for v in row.values()))
     Console().print(table)
-    out = Path(own.get("out", "predictions.csv"))
-    with open(out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    try:
+        atomic_write(out, lambda f: f.write(text.getvalue().encode()))
+    except OSError as e:
+        raise MetarunError(f"could not write {out} ({e.strerror or e}); nothing was written") from e
     print(f"wrote {out}")
     return rows
 
