@@ -53,8 +53,9 @@ def _taken(folder: Path, found: list[str]) -> str:
         pass
     what = f"a {status} run" if status else f"a run ({', '.join(found)})"
     return (
-        f"hydra.run.dir={folder} already holds {what}; a new run never writes into it: choose a "
-        f"new folder, or continue that run with resume=true resume_dir={folder}"
+        f"{folder} already holds {what}; a new run never writes into it: choose a new "
+        f"hydra.run.dir (hydra.sweep.dir for a sweep), or continue that run with resume=true "
+        f"resume_dir={folder}"
     )
 
 

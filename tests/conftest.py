@@ -121,6 +121,35 @@ def run_inprocess(compose_cfg, tmp_path):
     return _run
 
 
+@pytest.fixture
+def entry(tmp_path, monkeypatch, capsys):
+    """``entry(tool, args)`` runs a console script's main in ``tmp_path``: (exit code, stderr)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    monkeypatch.setenv("NETRC", str(tmp_path / "home" / ".netrc"))
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+
+    from metarun import cli, report, trained
+
+    mains = {"metarun": cli.main, "metarun-predict": trained.predict_main}
+    mains["metarun-report"] = report.main
+
+    def _run(tool: str, args: list[str]) -> tuple[int | None, str]:
+        capsys.readouterr()
+        monkeypatch.setattr(sys, "argv", [tool, *args])
+        main = mains[tool]
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        return code, capsys.readouterr().err
+
+    return _run
+
+
 def clean_env(home: Path) -> dict[str, str]:
     """Environment for a CLI subprocess: no W&B credentials, so ``mode=auto`` goes offline."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
@@ -166,8 +195,8 @@ def pytest_addoption(parser):
 
 def pytest_sessionfinish(session):
     path = session.config.getoption("--error-catalogue")
-    module = sys.modules.get("tests.test_errors") or sys.modules.get("test_errors")
-    recorded = getattr(module, "RECORDED", None)
+    modules = [sys.modules.get(f"tests.{n}") for n in ("test_errors", "test_safety")]
+    recorded = [row for module in modules for row in getattr(module, "RECORDED", [])]
     if not path or not recorded:
         return
     rows = ["| case | command | message (stderr, exit code 2) |", "|---|---|---|"]

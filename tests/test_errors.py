@@ -19,7 +19,7 @@ from typing import Callable
 import pytest
 import torch
 
-from metarun import cli, trained
+from metarun import cli
 from metarun.checkpoint import load_checkpoint
 from tests.conftest import GLYPHS_SMALL, SHARED_OMNIGLOT, TINY, options
 
@@ -38,30 +38,6 @@ class Case:
     check: Callable[[Path], None] | None = None  # what must hold afterwards (nothing lost)
     tool: str = "metarun"
     marks: list = field(default_factory=list)
-
-
-@pytest.fixture
-def entry(tmp_path, monkeypatch, capsys):
-    """``entry(tool, args)`` runs a console script's main in ``tmp_path``: (exit code, stderr)."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
-    monkeypatch.setenv("NETRC", str(tmp_path / "home" / ".netrc"))
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-
-    def _run(tool: str, args: list[str]) -> tuple[int | None, str]:
-        capsys.readouterr()
-        monkeypatch.setattr(sys, "argv", [tool, *args])
-        main = {"metarun": cli.main, "metarun-predict": trained.predict_main}[tool]
-        try:
-            main()
-            code = 0
-        except SystemExit as e:
-            code = e.code
-        return code, capsys.readouterr().err
-
-    return _run
 
 
 # ---- preparations: files and faults a case needs ---------------------------------------------
@@ -370,6 +346,12 @@ CASES = [
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES])
 def test_bad_input_is_one_line_and_loses_nothing(entry, tmp_path, monkeypatch, case):
+    run_case(entry, tmp_path, monkeypatch, case, RECORDED)
+
+
+def run_case(entry, tmp_path: Path, monkeypatch, case: Case, recorded: list) -> None:
+    """Run ``case``: exit code 2, exactly one error line matching its message, its check holds;
+    the line is recorded for the catalogue."""
     if case.prepare:
         case.prepare(tmp_path, monkeypatch)
     args = [a.replace("{tmp}", str(tmp_path)) for a in case.args]
@@ -383,7 +365,7 @@ def test_bad_input_is_one_line_and_loses_nothing(entry, tmp_path, monkeypatch, c
     if case.check:
         case.check(tmp_path)
     shown = " ".join(a.replace("{tmp}", "/tmp/x") for a in case.args if a not in QUIET)
-    RECORDED.append((case.id, f"{case.tool} {shown}", lines[0].replace(str(tmp_path), "/tmp/x")))
+    recorded.append((case.id, f"{case.tool} {shown}", lines[0].replace(str(tmp_path), "/tmp/x")))
 
 
 def test_hydra_full_error_shows_the_traceback_and_bugs_keep_theirs(entry, monkeypatch):
