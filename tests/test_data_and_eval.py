@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -67,3 +68,59 @@ def test_device_auto_and_missing_accelerators(monkeypatch):
         resolve_device("mps")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto") == torch.device("cuda")
+
+
+def _cat(batches):
+    return [torch.cat(parts) for parts in zip(*batches)]
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_the_chunk_size_never_changes_which_episodes_are_drawn(shuffle):
+    """Episodes are drawn in fixed blocks, then cut into chunks: any ``batch_size`` gives the
+    same tasks in the same order (250 episodes cross two block boundaries)."""
+    from metarun.data import Glyphs
+
+    ds, shape, cpu = Glyphs(classes=[20, 10, 10]), TaskShape(3, 1, 2), torch.device("cpu")
+    reference = _cat(fixed_episodes(ds, "test", shape, 250, 250, 5, cpu, shuffle=shuffle))
+    for size in (1, 7, 100, 130):
+        chunks = list(fixed_episodes(ds, "test", shape, 250, size, 5, cpu, shuffle=shuffle))
+        assert all(c.num_tasks == size for c in chunks[:-1]) and chunks[-1].num_tasks <= size
+        assert all(torch.equal(a, b) for a, b in zip(_cat(chunks), reference))
+
+
+def test_auto_chunks_hold_no_more_examples_than_a_training_step():
+    from metarun.evaluate import chunk_size
+
+    one_shot = TaskShape(5, 1, 15)  # 80 examples per task
+    assert chunk_size("auto", one_shot, one_shot, meta_batch=4) == 4
+    assert chunk_size("auto", one_shot, TaskShape(20, 5, 15), meta_batch=1) == 5  # ProtoNet
+    assert chunk_size("auto", TaskShape(20, 5, 15), one_shot, meta_batch=1) == 1  # at least one
+    assert chunk_size(7, one_shot, one_shot, meta_batch=4) == 7
+
+
+@pytest.mark.parametrize("algo", ["maml", "protonet", "mann", "reptile", "anil", "metasgd"])
+def test_evaluation_results_do_not_depend_on_the_chunk(compose_cfg, algo):
+    """Every learner scores each task on its own: 1 task or 12 at once, the same numbers."""
+    from omegaconf import open_dict
+
+    from metarun.evaluate import evaluate
+    from metarun.experiment import build_experiment
+
+    overrides = [f"algo={algo}", "dataset=glyphs", "dataset.classes=[20,10,10]", "task.shot=1"]
+    overrides += ["task.query=0" if algo == "mann" else "task.query=2", "logger=none"]
+    overrides += ["test.episodes=24", "task.train_way=null"]
+    if algo != "mann":
+        overrides += ["backbone=conv4", "backbone.hidden=8"]
+    if algo not in ("mann", "protonet"):
+        overrides += ["algo.eval_inner_steps=2"]
+    cfg = compose_cfg(overrides)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    exp = build_experiment(cfg, run_dir=Path("unused"))
+    results = []
+    for size in (1, 12):
+        exp.cfg.test.batch_size = size
+        results.append(evaluate(exp.learner, exp.episodes("test"), "test"))
+    assert results[0].keys() == results[1].keys()
+    for key in results[0]:
+        assert results[0][key] == pytest.approx(results[1][key], rel=1e-4, abs=1e-6), key

@@ -78,6 +78,12 @@ def _without_optimizer(run: Path) -> None:
     save_checkpoint(last, **content)
 
 
+def _plain_torch_file(run: Path) -> None:
+    import torch
+
+    torch.save({"weights": torch.zeros(3)}, run / "checkpoints" / "last.pt")
+
+
 def _edited_metrics(run: Path) -> None:
     lines = (run / "metrics.jsonl").read_text().splitlines()
     (run / "metrics.jsonl").write_text("\n".join([lines[0], "[1, 2]", *lines[1:]]) + "\n")
@@ -108,6 +114,12 @@ CASES = [
     Case("resume from a truncated last.pt", RESUME, "last.pt is not a checkpoint file",
          _finished(lambda r: (r / "checkpoints" / "last.pt").write_bytes(b"PK\x03\x04")),
          _unchanged()),
+    Case("resume with an unreadable best.pt", RESUME, "best.pt is not a checkpoint file",
+         _finished(lambda r: (r / "checkpoints" / "best.pt").write_bytes(b"<html>")),
+         _unchanged()),
+    Case("resume from a PyTorch file that is not a checkpoint", RESUME,
+         "last.pt is a PyTorch file but not a metarun checkpoint",
+         _finished(_plain_torch_file), _unchanged()),
     Case("resume with a changed model", [*RESUME, "backbone.hidden=[8]"],
          "the config differs from the checkpoint's in backbone.hidden", _finished(), _unchanged()),
     Case("a bad value while resuming", [*RESUME, "algo.optimizer.lr=nan"],

@@ -1,0 +1,106 @@
+"""Files as people have them: images with transparency or of absurd size, folders with
+sub-folders, run folders someone edited, and outputs on a full disk."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from metarun import report
+from metarun.errors import MetarunError
+from metarun.images import images_in, load_image
+from tests.test_errors import QUIET
+
+OMNIGLOT_LIKE = {"size": 28, "mode": "L", "invert": True}
+
+
+def _drawing(background) -> Image.Image:
+    mode = "RGBA" if len(background) == 4 else "RGB"
+    img = Image.new(mode, (105, 105), background)
+    ImageDraw.Draw(img).line([(20, 20), (80, 85)], fill=(0, 0, 0, 255)[: len(mode)], width=6)
+    return img
+
+
+def test_a_transparent_background_is_white_not_black(tmp_path):
+    """A drawing app's export (black strokes, transparent background) reads as the same drawing
+    on white paper, as Omniglot's files are; before, the background turned black."""
+    _drawing((0, 0, 0, 0)).save(tmp_path / "transparent.png")
+    _drawing((255, 255, 255)).save(tmp_path / "white.png")
+    _drawing((255, 255, 255, 255)).convert("LA").save(tmp_path / "grey_alpha.png")
+    white = load_image(tmp_path / "white.png", OMNIGLOT_LIKE)
+    assert white.mean() < 0.2  # strokes bright on black after the inversion, as in training
+    for name in ("transparent.png", "grey_alpha.png"):
+        assert torch.allclose(load_image(tmp_path / name, OMNIGLOT_LIKE), white, atol=1 / 255)
+    palette = _drawing((0, 0, 0, 0)).convert("RGB").convert("P")
+    palette.info["transparency"] = palette.getpixel((0, 0))
+    palette.save(tmp_path / "palette.png", transparency=palette.getpixel((0, 0)))
+    assert load_image(tmp_path / "palette.png", OMNIGLOT_LIKE).mean() < 0.2
+
+
+def test_a_decompression_bomb_is_refused_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # a 105x105 image is "too large" here
+    _drawing((255, 255, 255)).save(tmp_path / "big.png")
+    with pytest.raises(MetarunError, match=r"big.png is larger than 1,000 pixels \(a decomp"):
+        load_image(tmp_path / "big.png", OMNIGLOT_LIKE)
+
+
+def test_image_folders_are_searched_below_and_hidden_files_skipped(tmp_path):
+    for rel in ("a.png", "sub/b.PNG", "sub/deeper/c.jpg", ".hidden/d.png", "._e.png", "f.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    found = [str(p.relative_to(tmp_path)) for p in images_in(tmp_path)]
+    assert found == ["a.png", "sub/b.PNG", "sub/deeper/c.jpg"]
+
+
+@pytest.fixture
+def two_runs(run_inprocess):
+    a, _ = run_inprocess([*QUIET, "train.steps=10", "val.every=5"], name="a")
+    b, _ = run_inprocess([*QUIET, "train.steps=10", "val.every=5", "seed=1"], name="b")
+    return a, b
+
+
+def test_report_names_an_edited_file_and_compares_the_other_runs(two_runs, tmp_path, capsys):
+    a, b = two_runs
+    lines = (b / "metrics.jsonl").read_text().splitlines()
+    (b / "metrics.jsonl").write_text("\n".join(['{"loss": 1}', *lines]) + "\n")
+    report.main([str(a), str(b), "--out", str(tmp_path / "out")])
+    printed = capsys.readouterr().out
+    assert "1 runs did not finish" in printed and "unreadable" in printed
+    assert "line 1 is not a metarun record" in printed.replace("\n", " ").replace("│", " ")
+    assert "1 runs, 1 configurations" in printed
+    (a / ".hydra" / "overrides.yaml").write_text("{not: a list}\n")
+    (b / "summary.json").write_text("[]")
+    runs = {r.path.name: r for r in report.find_runs([str(a), str(b)])}
+    assert (
+        runs["a"].summary["status"] == "unreadable"
+        and "overrides.yaml" in runs["a"].summary["error"]
+    )
+    assert "summary.json is not a metarun summary" in runs["b"].summary["error"]
+
+
+def test_a_full_disk_keeps_the_earlier_report_whole(two_runs, tmp_path, monkeypatch, capsys):
+    from metarun import atomic
+
+    a, b = two_runs
+    out = tmp_path / "out"
+    report.main([str(a), str(b), "--out", str(out)])
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "fsync", full)
+    shutil.rmtree(a / "checkpoints")  # the report does not need them; the data differ a bit
+    with pytest.raises(SystemExit) as exit_info:
+        report.main([str(a), str(b), "--out", str(out)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("metarun-report: error: could not write the report in ")
+    assert "No space left on device" in err and len(err.splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temporary files left
+    assert json.loads((a / "summary.json").read_text())["status"] == "finished"
