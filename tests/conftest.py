@@ -20,7 +20,33 @@ from omegaconf import DictConfig, open_dict
 from metarun.cli import config_dir
 
 CONFIG_DIR = Path(config_dir())
-SHARED_OMNIGLOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
+SMALL_ARCHIVES = ("images_background_small1.zip", "images_background_small2.zip")
+DATA_ENV = "METARUN_TEST_DATA"
+
+
+def _omniglot_test_data() -> Path | None:
+    """The folder holding the official small Omniglot archives, for tests on real data:
+    ``$METARUN_TEST_DATA`` when set, else ``../shared/data/omniglot`` beside the project, else
+    metarun's own download cache. None when none holds both (those tests are then skipped)."""
+    from metarun.data.download import cache_dir
+
+    if DATA_ENV in os.environ:
+        candidates = [Path(os.environ[DATA_ENV]).expanduser()]
+    else:
+        shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
+        candidates = [shared, cache_dir()]
+    for folder in candidates:
+        if all((folder / name).is_file() for name in SMALL_ARCHIVES):
+            return folder
+    return None
+
+
+OMNIGLOT_DATA = _omniglot_test_data()
+NO_DATA = (
+    f"needs the official Omniglot archives {' and '.join(SMALL_ARCHIVES)}: set {DATA_ENV} to the "
+    "folder holding them (see README, Tests)"
+)
+SHARED_OMNIGLOT = OMNIGLOT_DATA or Path("/nonexistent-omniglot-test-data")
 # Small, offline versions of the image datasets for tests.
 OMNIGLOT_SMALL = [
     f"dataset.root={SHARED_OMNIGLOT}",
@@ -79,6 +105,16 @@ def fewshot_data(tmp_path_factory) -> dict[str, list[str]]:
 
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests on the real Omniglot archives (marked ``omniglot``, or using ``omniglot_root``) are
+    skipped, saying how to enable them, when no folder holds the archives."""
+    for item in items:
+        if "omniglot_root" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.omniglot)
+        if OMNIGLOT_DATA is None and item.get_closest_marker("omniglot"):
+            item.add_marker(pytest.mark.skip(reason=NO_DATA))
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -36,10 +36,22 @@ def _build(cfg):
     return dataset, learner, optimizer
 
 
+def _needs_data(override: str) -> list:
+    """Omniglot options run on the real archives (skipped without them)."""
+    return [pytest.mark.omniglot] if "omniglot" in override else []
+
+
 @pytest.mark.parametrize(
     "override",
-    [f"{g}={o}" for g in ("algo", "dataset", "backbone", "device", "logger") for o in options(g)]
-    + [f"experiment={o}" for o in options("experiment")],
+    [
+        pytest.param(o, marks=_needs_data(o))
+        for o in [
+            f"{g}={o}"
+            for g in ("algo", "dataset", "backbone", "device", "logger")
+            for o in options(g)
+        ]
+        + [f"experiment={o}" for o in options("experiment")]
+    ],
 )
 def test_every_option_composes_and_instantiates(compose_cfg, fewshot_data, override):
     overrides = [override, *NEEDS_IMAGES.get(override, [])]

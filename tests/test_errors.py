@@ -280,7 +280,8 @@ CASES = [
     Case("missing dataset, download=false", OMNI, f"{SMALL1} was not found in .*/data .*"
          "dataset.download=false; put the file there"),
     Case("wrong checksum (truncated archive)", OMNI, f"{SMALL1} has the wrong md5 checksum",
-         lambda tmp, mp: _small1_copy(tmp, lambda b: b[: len(b) // 2])),
+         lambda tmp, mp: _small1_copy(tmp, lambda b: b[: len(b) // 2]),
+         marks=[pytest.mark.omniglot]),
     Case("member outside the target folder", OMNI, "'../../escape.png', which points outside",
          lambda tmp, mp: _fake_small1({"../../escape.png": b"x"}, mp, tmp)),
     Case("corrupt image in archive", OMNI, "Broken/character01/9_07.png is not a readable image",

@@ -166,6 +166,7 @@ REAL_OMNIGLOT = [
 ]
 
 
+@pytest.mark.omniglot
 def test_protonet_learns_real_omniglot(run_inprocess):
     """20 episodes of 20-way training on held-out-character data: far above 5-way chance."""
     run_dir, _ = run_inprocess(
@@ -182,6 +183,7 @@ def test_protonet_learns_real_omniglot(run_inprocess):
     assert summary["test/acc"] > 0.5  # chance: 0.2
 
 
+@pytest.mark.omniglot
 def test_maml_learns_real_omniglot(run_inprocess):
     run_dir, _ = run_inprocess(
         [
