@@ -8,7 +8,9 @@ keys to keep up to date:
   node such as ``algo.scheduler``) is finite, and every integer fits in 64 bits;
 - every number is ``>= 0`` unless the schema's ``BOUNDS`` says otherwise (``POSITIVE``,
   ``SIGNED``, or a ``Range``): a field added later is covered by that default;
-- a string field listed in the schema's ``CHOICES`` takes one of its values;
+- a string field listed in the schema's ``CHOICES`` takes one of its values, one in its
+  ``PATTERNS`` matches that regular expression, one in its ``OBJECTS`` is null or an object
+  config (a node with a ``_target_``);
 - every ``_target_`` names an importable object.
 
 An error names the key, the value and what is allowed.
@@ -20,6 +22,7 @@ import dataclasses
 import difflib
 import importlib
 import math
+import re
 import typing
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -29,6 +32,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from metarun.errors import MetarunError
 
 INT64 = 2**63
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class Range:
         return f"{text} ({self.why})" if self.why else text
 
 
+OBJECT = object()  # marks an OBJECTS field among the choices
 NON_NEGATIVE = Range(0)
 POSITIVE = Range(0, open_low=True)
 SIGNED = Range(None)
@@ -70,7 +75,20 @@ AUTO_OR_POSITIVE = Range(0, open_low=True, auto=True)
 def check_values(cfg: DictConfig) -> None:
     """Raise a :class:`MetarunError` for the first value no schema allows."""
     for key, value, rule, choices in _leaves(cfg, ""):
-        if key.endswith("_target_"):
+        if choices is OBJECT:
+            if value is not None and not (isinstance(value, DictConfig) and "_target_" in value):
+                raise MetarunError(
+                    f"{key}={_shown(value)} must be null or an object config with a _target_, "
+                    f"e.g. {key}={{_target_:torch.optim.lr_scheduler.StepLR,_partial_:true,"
+                    "step_size:1000}"
+                )
+        elif isinstance(choices, str):  # a pattern
+            if not isinstance(value, str) or not re.fullmatch(choices, value):
+                raise MetarunError(f"{key}={_shown(value)} must match {choices}")
+        elif rule is not None and rule.auto:
+            if value != "auto" and (type(value) is not int or not rule.allows(value)):
+                raise MetarunError(f"{key}={_shown(value)} must be {rule.describe()}")
+        elif key.endswith("_target_"):
             _check_target(key, value)
         elif choices is not None:
             if value is not None and value not in choices:
@@ -82,13 +100,19 @@ def check_values(cfg: DictConfig) -> None:
             continue
         elif isinstance(value, (int, float)):
             _check_number(key, value, rule)
-        elif isinstance(value, str) and rule is not None and rule.auto and value != "auto":
-            raise MetarunError(f"{key}={value!r} must be {rule.describe()}")
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (DictConfig, ListConfig)):
+        return str(OmegaConf.to_container(value))
+    return "null" if value is None else repr(value) if isinstance(value, str) else str(value)
 
 
 def _check_number(key: str, value: float, rule: Range | None) -> None:
     if isinstance(value, float) and not math.isfinite(value):
         raise MetarunError(f"{key}={value} must be a finite number")
+    if isinstance(value, float) and abs(value) > FLOAT32_MAX:
+        raise MetarunError(f"{key}={value:g} is beyond the float32 range (about 3.4e38)")
     if isinstance(value, int) and not -INT64 <= value < INT64:
         raise MetarunError(f"{key}={value} does not fit in 64 bits; use a smaller number")
     rule = rule or NON_NEGATIVE
@@ -102,12 +126,20 @@ def _leaves(node: Any, prefix: str) -> Iterator[tuple[str, Any, Range | None, tu
     typed = dataclasses.is_dataclass(schema)
     bounds = getattr(schema, "BOUNDS", {}) if typed else {}
     choices = getattr(schema, "CHOICES", {}) if typed else {}
+    choices = {**choices, **(getattr(schema, "PATTERNS", {}) if typed else {})}
+    choices.update({k: OBJECT for k in (getattr(schema, "OBJECTS", ()) if typed else ())})
     hints = typing.get_type_hints(schema) if typed else {}
     items = node.items_ex(resolve=True) if isinstance(node, DictConfig) else enumerate(node)
     default = None if typed else SIGNED  # untyped nodes (a scheduler's options): finite only
     for key, value in items:
         dotted = f"{prefix}{key}" if isinstance(node, DictConfig) else f"{prefix[:-1]}[{key}]"
-        if isinstance(value, DictConfig):
+        if key in bounds and bounds[key].auto:  # a number or "auto", never a list or a node
+            yield dotted, value, bounds[key], None
+        elif choices.get(key) is OBJECT:
+            yield dotted, value, None, OBJECT
+            if isinstance(value, DictConfig):
+                yield from _leaves(value, dotted + ".")
+        elif isinstance(value, DictConfig):
             yield from _leaves(value, dotted + ".")
         elif isinstance(value, ListConfig):
             for i, item in enumerate(value):

@@ -111,6 +111,10 @@ def _one_line(e: BaseException) -> str | None:
                 "quotes: key='a(b)'); grammar: https://hydra.cc/docs/advanced/override_grammar/basic/"
             )
         return "; ".join(lines[:3]) + " (see metarun --help)"
+    if not _job_started and not isinstance(e, OSError) and _raised_in_hydra(e):
+        # Composing the user's overrides failed inside Hydra or OmegaConf, e.g. "Config group
+        # override must be a string or a list. Got int" for logger=5
+        return f"{str(e).splitlines()[0]} (check the overrides; see metarun --help)"
     if isinstance(e, OSError) and not _job_started:  # Hydra could not set the run folder up
         return (
             f"cannot create the run folder ({e.strerror}: {e.filename}); set hydra.run.dir "
@@ -120,6 +124,15 @@ def _one_line(e: BaseException) -> str | None:
         where = f" {e.filename}" if e.filename else ""
         return f"cannot write{where} ({e.strerror}); free space or choose a writable folder"
     return None
+
+
+def _raised_in_hydra(e: BaseException) -> bool:
+    """Whether ``e`` was raised inside Hydra or OmegaConf (composing the user's overrides)."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = tb.tb_frame.f_code.co_filename if tb is not None else ""
+    return any(f"{os.sep}{pkg}{os.sep}" in where for pkg in ("hydra", "omegaconf"))
 
 
 def main() -> None:

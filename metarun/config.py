@@ -125,6 +125,7 @@ class OptimizerConfig:
 
 @dataclass
 class MAMLConfig:
+    OBJECTS: ClassVar = ("scheduler",)  # null or an object config with a _target_
     BOUNDS: ClassVar = {"inner_lr": POSITIVE, "inner_steps": POSITIVE}
     CHOICES: ClassVar = {"batch_norm": BATCH_NORMS, "adapt": ("all", "head")}
     _target_: str = "metarun.algorithms.MAML"
@@ -145,7 +146,7 @@ class MAMLConfig:
     per_step_bn: bool = False  # BNWB: batch-norm weights and biases per inner step (if any)
     per_step_bn_stats: bool = False  # BNRS: running statistics per step, used at evaluation
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    scheduler: Optional[Any] = None
+    scheduler: Optional[Any] = None  # a torch.optim.lr_scheduler class, _partial_: true
 
 
 @dataclass
@@ -156,6 +157,7 @@ class SGDConfig(OptimizerConfig):
 
 @dataclass
 class ReptileConfig:
+    OBJECTS: ClassVar = ("scheduler",)  # null or an object config with a _target_
     BOUNDS: ClassVar = {"inner_lr": POSITIVE, "inner_steps": POSITIVE}
     CHOICES: ClassVar = {"batch_norm": BATCH_NORMS, "inner_optimizer": ("adam", "sgd")}
     _target_: str = "metarun.algorithms.Reptile"
@@ -165,16 +167,17 @@ class ReptileConfig:
     inner_optimizer: str = "adam"  # adam (beta1 = 0, the paper's) | sgd
     batch_norm: str = "transductive"
     optimizer: OptimizerConfig = field(default_factory=SGDConfig)  # lr: the outer step size
-    scheduler: Optional[Any] = None
+    scheduler: Optional[Any] = None  # a torch.optim.lr_scheduler class, _partial_: true
 
 
 @dataclass
 class ProtoNetConfig:
+    OBJECTS: ClassVar = ("scheduler",)  # null or an object config with a _target_
     CHOICES: ClassVar = {"batch_norm": BATCH_NORMS}
     _target_: str = "metarun.algorithms.ProtoNet"
     batch_norm: str = "running"  # read by backbones with batch norm
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    scheduler: Optional[Any] = None
+    scheduler: Optional[Any] = None  # a torch.optim.lr_scheduler class, _partial_: true
 
 
 class MemoryKind(str, Enum):
@@ -184,6 +187,7 @@ class MemoryKind(str, Enum):
 
 @dataclass
 class MANNConfig:
+    OBJECTS: ClassVar = ("scheduler",)  # null or an object config with a _target_
     BOUNDS: ClassVar = {
         **{k: POSITIVE for k in ("way", "controller_size", "memory_slots", "memory_width")},
         **{"read_heads": POSITIVE, "report_instances": POSITIVE, "gamma": Range(0, 1)},
@@ -207,7 +211,7 @@ class MANNConfig:
     report_instances: List[int] = field(default_factory=lambda: [1, 2, 3, 4, 5, 10])
     batch_norm: str = "running"
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    scheduler: Optional[Any] = None
+    scheduler: Optional[Any] = None  # a torch.optim.lr_scheduler class, _partial_: true
 
 
 @dataclass
@@ -278,6 +282,7 @@ class CIFARConfig:
     download: bool = True
     url: str = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
     md5: str = "eb9058c3a382ffc7106e4002c42a8d85"
+    PATTERNS: ClassVar = {"md5": "[0-9a-f]{32}"}
     rotations: bool = False
     shift: int = 0
 

@@ -10,8 +10,10 @@ of a kernel OOM kill minutes later.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import re
 
 import torch
 from omegaconf import DictConfig
@@ -78,6 +80,24 @@ def check_memory(
             f"this run needs at least {_gb(floor)} before any activation ({_gb(size)} for "
             f"{what}), more than the {_gb(total)} of this {device.type}; lower {key}"
         )
+
+
+@contextlib.contextmanager
+def out_of_memory_as_error():
+    """An allocation the device cannot serve (CPU or CUDA) becomes a one-line error: the
+    config asked for more than the machine has, which is not a bug in metarun."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        text = str(e)
+        if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in text:
+            raise
+        tried = re.search(r"allocate ([\d.]+ \w?i?B|\d+ bytes)", text)
+        what = f" (an allocation of {tried.group(1)})" if tried else ""
+        raise MetarunError(
+            f"out of memory{what}; lower task.meta_batch, val/test.batch_size or the model's "
+            "size (algo and backbone options), or use a device with more memory"
+        ) from None
 
 
 def _gb(n: float) -> str:

@@ -14,6 +14,7 @@ from metarun.experiment import build_experiment
 from metarun.logging.local import atomic_write_json
 from metarun.logging.setup import build_logger
 from metarun.logging.wandb_sink import check_wandb_settings
+from metarun.memory import out_of_memory_as_error
 from metarun.runfolder import claim
 from metarun.trainer import Trainer
 
@@ -47,8 +48,9 @@ def _run_in(cfg: DictConfig, run_dir: Path, resuming: bool) -> float:
     try:
         if cfg.logger is not None and cfg.logger.mode != "disabled":
             check_wandb_settings(cfg.logger)  # before the dataset is built
-        exp = build_experiment(cfg, run_dir=run_dir, resuming=resuming)
-        trainer = Trainer(exp)  # restores a resumed run's state (read from the checkpoints)
+        with out_of_memory_as_error():
+            exp = build_experiment(cfg, run_dir=run_dir, resuming=resuming)
+            trainer = Trainer(exp)  # restores a resumed run's state (read from the checkpoints)
         resume_step = exp.resume_from["step"] if exp.resume_from else None
         logger = build_logger(cfg, exp.config, exp.run_dir, console, resume_step)
     except BaseException as e:
@@ -64,7 +66,8 @@ def _run_in(cfg: DictConfig, run_dir: Path, resuming: bool) -> float:
         if exp.initialised_from is not None:
             path, step = exp.initialised_from
             console.print(f"weights from: {path} (step {step})", soft_wrap=True)
-        objective = trainer.fit(logger)
+        with out_of_memory_as_error():
+            objective = trainer.fit(logger)
     except BaseException as e:
         interrupted = isinstance(e, (KeyboardInterrupt, Interrupted))
         try:

@@ -1,0 +1,94 @@
+"""Continuing a run: its last checkpoint, checked against the config before anything is written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metarun.checkpoint import load_checkpoint
+from metarun.errors import MetarunError
+from metarun.logging.local import read_metrics
+
+# Config sections that must match for a checkpoint to be continued (they shape the model, the
+# data or the random streams); train.steps, logging and the device may change.
+RESUME_MUST_MATCH = ("algo", "backbone", "dataset", "task", "seed", "checkpoint")
+
+
+# Options added after checkpoints may have been written, with the value that reproduces what
+# metarun did before they existed: a checkpoint without the key resumes if the run keeps it.
+ADDED_OPTIONS = {
+    "algo.task_chunk": 0,
+    "algo.write": "key",
+    "algo.key_strength": False,
+    "dataset.shift": 0,
+    "algo.adapt": "all",
+    "algo.learn_inner_lr": False,
+    "algo.per_step_inner_lr": False,
+    "algo.multi_step_loss": 0,
+    "algo.first_order_until": 0,
+    "algo.per_step_bn": False,
+    "algo.per_step_bn_stats": False,
+}
+_ABSENT = object()
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys where ``a`` (the checkpoint's config) and ``b`` (this run's) differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [
+            d
+            for k in sorted(set(a) | set(b))
+            for d in _differences(a.get(k, _ABSENT), b.get(k, _ABSENT), f"{prefix}{k}.")
+        ]
+    key = prefix.rstrip(".")
+    if a is _ABSENT and key in ADDED_OPTIONS and b == ADDED_OPTIONS[key]:
+        return []
+    return [] if a == b else [key]
+
+
+# What a checkpoint must hold for a run to continue from it (checkpoints written by metarun do).
+RESUME_KEYS = ("optimizer", "scheduler", "rng", "loop")
+
+
+def resume_checkpoint(config: dict, run_dir: Path, device: torch.device) -> dict:
+    """``run_dir``'s last checkpoint, checked against ``config``, with the best weights of the
+    run (``best_model``) when it validated. Reads only: a refusal leaves the folder as it was."""
+    path = run_dir / "checkpoints" / "last.pt"
+    checkpoint = load_checkpoint(path)
+    missing = [k for k in RESUME_KEYS if k not in checkpoint]
+    loop = checkpoint.get("loop")
+    if not missing and (not isinstance(loop, dict) or not LOOP_KEYS <= set(loop)):
+        missing = ["loop." + k for k in sorted(LOOP_KEYS - set(loop or {}))] or ["loop"]
+    if missing:
+        raise MetarunError(
+            f"cannot resume {run_dir}: {path} lacks {', '.join(missing)} (written by another "
+            "tool, or only weights); start a new run from its weights with "
+            f"train.init_from={path}"
+        )
+    changed = [
+        d
+        for key in RESUME_MUST_MATCH
+        for d in _differences(checkpoint["config"].get(key), config.get(key), f"{key}.")
+    ]
+    if changed:
+        raise MetarunError(
+            f"cannot resume {run_dir}: the config differs from the checkpoint's in "
+            f"{', '.join(changed)}; resume with the run's original overrides (see its "
+            ".hydra/overrides.yaml)"
+        )
+    if loop["best_step"] is not None:  # the meta-test at the end needs the best weights
+        best_path = run_dir / "checkpoints" / "best.pt"
+        if not best_path.is_file():
+            raise MetarunError(
+                f"cannot resume {run_dir}: {best_path} (the best weights, step "
+                f"{loop['best_step']}, which the meta-test uses) is missing; restore it, or start "
+                f"a new run from the last weights with train.init_from={path}"
+            )
+        checkpoint["best_model"] = load_checkpoint(best_path, device)["model"]
+    read_metrics(run_dir / "metrics.jsonl")  # the resumed run rewrites it: it must be readable
+    return checkpoint
+
+
+LOOP_KEYS = {"sums", "count", "best_value", "best_step"}
