@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.metarun-installed
 
-.PHONY: run test soak lint install clean
+.PHONY: run test test-without-data soak fuzz lint install clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "metarun needs Python >= 3.10; set PYTHON=python3.11 (for example)")'
@@ -28,6 +28,16 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The tests that need the Omniglot archives, with METARUN_TEST_DATA pointing nowhere: each must
+# skip (with a line saying how to enable it), none may fail. A clone without ../shared is this.
+test-without-data: $(STAMP)
+	METARUN_TEST_DATA=/nonexistent $(BIN)/python -m pytest -m omniglot $(PYTEST_ARGS)
+
+# 300 random values for the schemas' fields through the CLI: each a run or a one-line error,
+# no earlier folder changed (scripts/fuzz.py; bounded to 10 minutes).
+fuzz: $(STAMP)
+	$(BIN)/python scripts/fuzz.py --draws 300 --seed 0 --budget 600
 
 # 200 short jobs with random overrides in one multirun: each finishes or fails in one line.
 soak: $(STAMP)

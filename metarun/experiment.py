@@ -136,17 +136,19 @@ def build_experiment(
     run_dir: Path | None = None,
     splits: tuple[str, ...] = ("train", "val", "test"),
     resuming: bool = False,
+    dataset: Any = None,
 ) -> Experiment:
     """Check the config, then build dataset, backbone, learner and optimizer from it.
 
     ``run_dir`` defaults to Hydra's output folder; ``resuming`` continues the run there from its
     last checkpoint (checked first); ``splits`` are the dataset splits whose episode shape is
-    checked (evaluation needs only ``test``)."""
+    checked (evaluation needs only ``test``); ``dataset``, when given, is used instead of building
+    ``cfg.dataset`` (benchmarks on synthetic data of a preset's shapes)."""
     check_config(cfg)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device.name)
     _check_kinds(cfg)
-    dataset = build(cfg.dataset)
+    dataset = build(cfg.dataset) if dataset is None else dataset
     metric, mode = MONITOR[dataset.problem]
     t = cfg.task
     eval_shape = TaskShape(t.way, t.shot, t.query)
