@@ -262,6 +262,41 @@ CASES = [
             ("val.episodes", 0, []), ("algo.read_heads", 0, ["algo=mann"]),
         ]
     ),
+    # values checked from the schemas (metarun/checks.py) and combinations, before any work
+    Case("negative weight decay", ["algo.optimizer.weight_decay=-0.1"],
+         "algo.optimizer.weight_decay=-0.1 must be >= 0"),
+    Case("optimizer that does not exist", ["algo.optimizer._target_=torch.optim.Adamm"],
+         "torch.optim has no Adamm; did you mean torch.optim.Adam"),
+    Case("NaN learning rate", ["algo.optimizer.lr=nan"], "algo.optimizer.lr=nan must be a finite"),
+    Case("seed beyond 64 bits", ["seed=99999999999999999999999"], "does not fit in 64 bits"),
+    Case("float beyond float32", ["algo.inner_lr=1e300"], "beyond the float32 range"),
+    Case("conv backbone on 1-D inputs", ["backbone=conv4"], "backbone Conv4 takes images "
+         r"\(channels x height x width\) but this dataset's inputs have shape \(1,\)"),
+    Case("ResNet-12 on 1-D inputs", ["backbone=resnet12"], "backbone ResNet12 takes images"),
+    Case("negative layer width", ["backbone.hidden=[-5]"], r"backbone.hidden\[0\]=-5 must be "
+         "positive"),
+    Case("zero-width layer", ["backbone.hidden=[40,0]"], r"backbone.hidden\[1\]=0 must be "
+         "positive"),
+    Case("empty splits", ["dataset=omniglot", "dataset.split_sizes=[0,0,0]"],
+         r"dataset.split_sizes\[0\]=0 must be positive"),
+    Case("zero image size", ["dataset=omniglot", "dataset.image_size=0"],
+         r"dataset.image_size=0 must be >= 1 and <= 1024 \(pixels per side"),
+    Case("negative checkpoint interval", ["checkpoint.every=-1"], "checkpoint.every=-1 must be "
+         ">= 0"),
+    Case("evaluation chunk not a number", ["val.batch_size=fast"], "val.batch_size='fast' must "
+         "be a positive integer or auto"),
+    Case("scheduler that is not an object", ["algo.scheduler=steplr"], "algo.scheduler='steplr' "
+         "must be null or an object config with a _target_"),
+    Case("scheduler without _partial_", ["+algo.scheduler._target_=torch.optim.lr_scheduler."
+         "StepLR"], "algo.scheduler: torch.optim.lr_scheduler.StepLR could not be built"),
+    Case("algorithm target of another kind", ["algo._target_=torch.nn.Linear"],
+         "algo._target_=torch.nn.Linear is not a metarun MetaLearner"),
+    Case("a group given a number", ["logger=5"], "Config group override must be a string or a "
+         "list. Got int"),
+    Case("memory the machine lacks", [*QUIET, "task.meta_batch=100000000"], "this run needs at "
+         "least .* GB before any activation .*; lower task.meta_batch"),
+    Case("an allocation that fails", ["algo=mann", *GLYPHS, *QUIET, "task.query=0",
+         "algo.memory_slots=1000000000000"], r"out of memory \(an allocation of .* bytes\)"),
     Case("unknown MANN read order", ["algo=mann", *GLYPHS, *QUIET, "algo.read_order=later"],
          "algo.read_order='later' is unknown; use one of after_write, before_write, null"),
     Case("test episodes < 2", ["test.episodes=1"], "test.episodes=1 must be >= 2 \\(a 95%"),
