@@ -69,7 +69,38 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise MetarunError(
             f"{path} is a PyTorch file but not a metarun checkpoint (no config, model and step)"
         )
+    kinds = {"config": dict, "model": dict, "step": int}
+    wrong = [k for k, kind in kinds.items() if not isinstance(checkpoint[k], kind)]
+    wrong += [] if wrong else [f"model.{k}" for k, v in checkpoint["model"].items()
+                               if not isinstance(v, torch.Tensor)][:1]  # fmt: skip
+    if wrong:
+        raise MetarunError(
+            f"{path} is a PyTorch file but not a metarun checkpoint ({wrong[0]} is not what "
+            "metarun writes there); use another checkpoint (best.pt or last.pt of the run)"
+        )
     return checkpoint
+
+
+def load_model_state(model: torch.nn.Module, checkpoint: dict, source: str, key="model") -> None:
+    """Load ``checkpoint[key]`` into ``model``, or say in one line which weights do not fit."""
+    own, theirs = model.state_dict(), checkpoint[key]
+    problems = [f"{k} missing" for k in sorted(set(own) - set(theirs))]
+    problems += [f"{k} not in this model" for k in sorted(set(theirs) - set(own))]
+    problems += [
+        f"{k} is {tuple(theirs[k].shape)}, not {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(theirs))
+        if theirs[k].shape != own[k].shape
+    ]
+    if problems:
+        config = checkpoint.get("config", {})
+        algo = config.get("algo", {}).get("_target_", "?").rsplit(".", 1)[-1]
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise MetarunError(
+            f"{source}: its weights ({algo}, step {checkpoint.get('step', '?')}) do not fit this "
+            f"model ({'; '.join(problems[:3])}{more}); use a checkpoint of the same algo and "
+            "backbone options"
+        )
+    model.load_state_dict(theirs)
 
 
 def remove_partial_writes(folder: Path) -> list[Path]:
@@ -93,21 +124,5 @@ def load_weights(model: torch.nn.Module, source: str | Path) -> tuple[Path, int]
         checkpoint = load_checkpoint(path)
     except MetarunError as e:
         raise MetarunError(f"train.init_from={source}: {e}") from None
-    own, theirs = model.state_dict(), checkpoint["model"]
-    problems = [f"{k} missing" for k in sorted(set(own) - set(theirs))]
-    problems += [f"{k} not in this model" for k in sorted(set(theirs) - set(own))]
-    problems += [
-        f"{k} is {tuple(theirs[k].shape)}, not {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(theirs))
-        if theirs[k].shape != own[k].shape
-    ]
-    if problems:
-        algo = checkpoint["config"].get("algo", {}).get("_target_", "?").rsplit(".", 1)[-1]
-        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
-        raise MetarunError(
-            f"train.init_from={source}: its weights ({algo}, step {checkpoint['step']}) do not fit "
-            f"this model ({'; '.join(problems[:3])}{more}); use a checkpoint of the same algo "
-            "and backbone options"
-        )
-    model.load_state_dict(theirs)
+    load_model_state(model, checkpoint, f"train.init_from={source}")
     return path, int(checkpoint["step"])

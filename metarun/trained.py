@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from metarun.atomic import atomic_write
-from metarun.checkpoint import load_checkpoint
+from metarun.checkpoint import load_checkpoint, load_model_state
 from metarun.config import MetarunConfig
 from metarun.device import resolve_device
 from metarun.errors import MetarunError, print_line, warn
@@ -84,7 +84,7 @@ def load_trained(path: Path, overrides: list[str]) -> Experiment:
     checkpoint = load_checkpoint(path)
     cfg = checkpoint_config(checkpoint, overrides)
     exp = build_experiment(cfg, run_dir=path.parent.parent, splits=("test",))
-    exp.learner.load_state_dict(checkpoint["model"])
+    load_model_state(exp.learner, checkpoint, str(path))
     return exp
 
 
@@ -177,7 +177,7 @@ def predict(argv: list[str]) -> list[dict]:
         cfg.backbone, input_shape=checkpoint["data"]["input_shape"], out_features=out_features
     )
     learner = build(cfg.algo, backbone=backbone)
-    learner.load_state_dict(checkpoint["model"])
+    load_model_state(learner, checkpoint, own["checkpoint"])
     learner.to(device).eval()
     support_x = torch.stack([x for x, _ in support]).to(device)
     support_y = torch.tensor([c for _, c in support], device=device)

@@ -155,7 +155,8 @@ def main() -> None:
     worst = max(rows, key=lambda r: max(r["train_mb"], r["eval_mb"]), default=None)
     if worst:
         print(f"largest: {worst['preset']} at {max(worst['train_mb'], worst['eval_mb']):.0f} MB")
-    evals_over = [r["preset"] for r in rows if r["eval_mb"] > max(r["train_mb"], r["built_mb"])]
+    # 8 MB of slack: allocator noise between two peaks read a second apart
+    evals_over = [r["preset"] for r in rows if r["eval_mb"] > max(r["train_mb"], r["data_mb"]) + 8]
     print(f"presets whose evaluation chunk peaked above their training step: {evals_over or 0}")
     if over:
         print(f"over {BUDGET_GB} GB or failed: {over}")

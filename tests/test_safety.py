@@ -84,6 +84,23 @@ def _plain_torch_file(run: Path) -> None:
     torch.save({"weights": torch.zeros(3)}, run / "checkpoints" / "last.pt")
 
 
+def _renamed_weights(run: Path) -> None:
+    import torch
+
+    from metarun.checkpoint import save_checkpoint
+
+    last = run / "checkpoints" / "last.pt"
+    content = torch.load(last, weights_only=True)
+    content["model"] = {f"{k}_renamed": v for k, v in content["model"].items()}
+    save_checkpoint(last, **content)
+
+
+def _hand_made(run: Path) -> None:
+    import torch
+
+    torch.save({"config": 5, "model": {}, "step": 0}, run / "checkpoints" / "last.pt")
+
+
 def _edited_metrics(run: Path) -> None:
     lines = (run / "metrics.jsonl").read_text().splitlines()
     (run / "metrics.jsonl").write_text("\n".join([lines[0], "[1, 2]", *lines[1:]]) + "\n")
@@ -120,6 +137,12 @@ CASES = [
     Case("resume from a PyTorch file that is not a checkpoint", RESUME,
          "last.pt is a PyTorch file but not a metarun checkpoint",
          _finished(_plain_torch_file), _unchanged()),
+    Case("resume from a last.pt holding other weights", RESUME,
+         "cannot resume .*/done: last.pt: its weights \\(MAML, step 10\\) do not fit this model",
+         _finished(_renamed_weights), _unchanged()),
+    Case("resume from a hand-made checkpoint", RESUME, "last.pt is a PyTorch file but not a "
+         "metarun checkpoint \\(config is not what metarun writes there\\)",
+         _finished(_hand_made), _unchanged()),
     Case("resume with a changed model", [*RESUME, "backbone.hidden=[8]"],
          "the config differs from the checkpoint's in backbone.hidden", _finished(), _unchanged()),
     Case("a bad value while resuming", [*RESUME, "algo.optimizer.lr=nan"],

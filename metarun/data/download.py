@@ -97,6 +97,8 @@ def fetch(name: str, url: str, md5: str, root: Path, download: bool) -> Path:
     A present file with the wrong checksum is downloaded again once; a download that still does
     not match fails with a message naming the file.
     """
+    if root.exists() and not root.is_dir():
+        raise MetarunError(f"dataset.root={root} is a file, not a folder; give the folder")
     candidates = [root / name, cache_dir() / name]
     for path in candidates:
         if path.is_file() and md5sum(path) == md5:
