@@ -100,8 +100,9 @@ def _decode(archive: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, size: int
     except (OSError, zipfile.BadZipFile, ValueError) as e:
         why = "not an image format Pillow knows" if isinstance(e, UnidentifiedImageError) else e
         raise MetarunError(
-            f"{archive.name}: {info.filename} is not a readable image ({why}); the archive is "
-            "corrupt: delete it and download it again"
+            f"{archive.name}: {info.filename} is not a readable image ({why}); the archive "
+            "passed its md5 check, so this Pillow cannot decode it: upgrade it (pip install -U "
+            "pillow); the archive is not at fault"
         ) from e
 
 
