@@ -70,6 +70,12 @@ def checkpoint_config(checkpoint: dict, overrides: list[str]):
         ) from None
 
 
+def checkpoint_file(value: str) -> Path:
+    """``checkpoint=``: a checkpoint file, or a run folder (its ``checkpoints/best.pt``)."""
+    path = Path(value).expanduser()
+    return path / "checkpoints" / "best.pt" if path.is_dir() else path
+
+
 def _run_tool(fn, argv) -> None:
     try:
         fn(sys.argv[1:] if argv is None else argv)
@@ -90,7 +96,7 @@ def load_trained(path: Path, overrides: list[str]) -> Experiment:
 
 def evaluate_checkpoint(argv: list[str]) -> dict[str, float]:
     own, overrides = _parse(argv, "metarun-eval", {"checkpoint": True})
-    path = Path(own["checkpoint"]).expanduser()
+    path = checkpoint_file(own["checkpoint"])
     exp = load_trained(path, overrides)
     scores = meta_test(exp)
     shape = exp.eval_shape
@@ -129,7 +135,7 @@ def predict(argv: list[str]) -> list[dict]:
         argv, "metarun-predict", {"checkpoint": True, "support": True, "query": True, "out": False}
     )
     out = _output_path(own.get("out", "predictions.csv"))
-    checkpoint = load_checkpoint(Path(own["checkpoint"]).expanduser())
+    checkpoint = load_checkpoint(checkpoint_file(own["checkpoint"]))
     preprocess = checkpoint.get("data", {}).get("preprocess")
     if not preprocess:
         raise MetarunError(

@@ -104,3 +104,12 @@ def test_a_full_disk_keeps_the_earlier_report_whole(two_runs, tmp_path, monkeypa
     assert "No space left on device" in err and len(err.splitlines()) == 1
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temporary files left
     assert json.loads((a / "summary.json").read_text())["status"] == "finished"
+
+
+def test_eval_takes_a_run_folder_for_its_best_checkpoint(two_runs):
+    from metarun.trained import evaluate_checkpoint
+
+    a, _ = two_runs
+    by_folder = evaluate_checkpoint([f"checkpoint={a}"])
+    assert by_folder == evaluate_checkpoint([f"checkpoint={a / 'checkpoints' / 'best.pt'}"])
+    assert by_folder["test/mse"] == json.loads((a / "summary.json").read_text())["test/mse"]
