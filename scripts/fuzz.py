@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import io
 import math
+import os
 import random
 import re
 import signal
@@ -194,6 +195,7 @@ def fuzz(draws: int, seed: int, budget: float, per_draw: float = 20.0) -> dict:
     torch.set_num_threads(1)
     rng = random.Random(seed)
     work = Path(tempfile.mkdtemp(prefix="metarun-fuzz-"))
+    os.chdir(work)  # relative paths a draw names (dataset.root=small1) land here, not in a clone
     done = work / "done"
     outcome, text = run_cli([*TINY, "train.steps=2", f"hydra.run.dir={done}"], 120)
     assert outcome == "ok", text

@@ -14,6 +14,7 @@ the cache, not the run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -92,6 +93,7 @@ def cached(
     found = read_cache(path)
     if found is not None:
         return found
+    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(path) + ".lock")
@@ -103,7 +105,15 @@ def cached(
         found = read_cache(path, report=False)  # built by a concurrent job meanwhile?
         if found is not None:
             return found
-        array, meta = build()
+        try:
+            array, meta = build()
+        except BaseException:  # e.g. the source is missing: leave no folders or lock behind
+            if created:
+                Path(lock.lock_file).unlink(missing_ok=True)
+                for folder in created:  # deepest first
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
+            raise
         try:
             write_cache(path, array, meta)
         except OSError as e:

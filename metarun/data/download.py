@@ -32,7 +32,8 @@ def cache_dir() -> Path:
 
 
 def is_writable(folder: Path) -> bool:
-    """True if files may be created in ``folder`` (created if missing).
+    """True if ``folder`` (or, when it does not exist yet, the nearest folder above it that does)
+    may be written to. Nothing is created: a run that fails leaves no empty folders behind.
 
     A folder without write permission bits counts as read-only even for root, who could write
     there anyway: a data folder someone made read-only is not ours to fill.
@@ -40,13 +41,9 @@ def is_writable(folder: Path) -> bool:
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    if not (existing.stat().st_mode & 0o222) or not os.access(existing, os.W_OK | os.X_OK):
+    if not existing.is_dir():
         return False
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return False
-    return True
+    return bool(existing.stat().st_mode & 0o222) and os.access(existing, os.W_OK | os.X_OK)
 
 
 def writable_dir(root: Path, sub: str) -> Path:
