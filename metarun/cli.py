@@ -145,6 +145,9 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing several lines
     try:
         _main()
+    except BrokenPipeError:  # `metarun --help | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     except Exception as e:
         message = _one_line(e)
         if message is None or user_traceback:
