@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from metarun.errors import MetarunError
 
@@ -17,14 +17,17 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 def load_image(path: Path, preprocess: dict) -> torch.Tensor:
     """A user's image file as the model saw its training images (size, channels, polarity).
 
-    Transparency is composited onto white first (a drawing app's usual export has a transparent
-    background, which would otherwise turn black and blank the image); images larger than
-    Pillow's decompression-bomb limit are refused."""
+    A camera's EXIF orientation is applied; 16-bit and float greyscale images are scaled to
+    8 bits by their range (Pillow's plain conversion clips them, mostly to white); transparency
+    is composited onto white (a drawing app's usual export has a transparent background, which
+    would otherwise turn black and blank the image); images larger than Pillow's
+    decompression-bomb limit are refused."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                img = _on_white(img).convert(preprocess["mode"])
+                img = _on_white(_eight_bit(ImageOps.exif_transpose(img)))
+                img = img.convert(preprocess["mode"])
                 img = img.resize((preprocess["size"], preprocess["size"]), Image.Resampling.BOX)
                 array = np.asarray(img, dtype=np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -40,6 +43,17 @@ def load_image(path: Path, preprocess: dict) -> torch.Tensor:
         array = 255 - array
     x = torch.from_numpy(array.copy()).float() / 255
     return x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)
+
+
+def _eight_bit(img: Image.Image) -> Image.Image:
+    """16-bit or float greyscale as 8 bits, scaled by the format's range."""
+    if img.mode not in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return img
+    values = np.asarray(img, dtype=np.float64)
+    top = 65535.0 if img.mode.startswith("I;16") or values.max() > 255 else 255.0
+    if img.mode == "F" and values.max() <= 1.0:
+        top = 1.0
+    return Image.fromarray(np.clip(values / top * 255 + 0.5, 0, 255).astype(np.uint8), "L")
 
 
 def _on_white(img: Image.Image) -> Image.Image:

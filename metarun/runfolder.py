@@ -79,6 +79,8 @@ class RunFolderGuard(Callback):
     one-line error itself and exits with code 2."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not str(config.hydra.run.dir).strip():
+            _refuse("hydra.run.dir is empty; give the folder for the run (or leave it unset)")
         folder = Path(str(config.hydra.run.dir)).expanduser().absolute()
         resuming_here = config.get("resume") and _same(config.get("resume_dir"), folder)
         found = holds_run(folder)
@@ -86,6 +88,8 @@ class RunFolderGuard(Callback):
             _refuse(_taken(folder, found))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not str(config.hydra.sweep.dir).strip():
+            _refuse("hydra.sweep.dir is empty; give the folder for the sweep (or leave it unset)")
         folder = Path(str(config.hydra.sweep.dir)).expanduser().absolute()
         if (folder / SWEEP_FILE).exists() and _explicit(config.hydra, "hydra.sweep.dir"):
             _refuse(

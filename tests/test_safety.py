@@ -113,6 +113,8 @@ CASES = [
          ".*/done already holds a finished run; a new run never writes into it: choose a new "
          "hydra.run.dir",
          _finished(), _unchanged()),
+    Case("empty run folder", [*QUIET, "hydra.run.dir="], "hydra.run.dir is empty; give the "
+         "folder for the run"),
     Case("sweep folder holds a sweep", ["-m", *QUIET, "seed=3,4", "hydra.sweep.dir={tmp}/sweep"],
          "hydra.sweep.dir=.*/sweep already holds a sweep \\(multirun.yaml\\)",
          _sweep, _unchanged("sweep")),

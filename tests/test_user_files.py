@@ -42,6 +42,27 @@ def test_a_transparent_background_is_white_not_black(tmp_path):
     assert load_image(tmp_path / "palette.png", OMNIGLOT_LIKE).mean() < 0.2
 
 
+def test_sixteen_bit_and_rotated_photos_read_as_they_look(tmp_path):
+    import numpy as np
+
+    white = load_image(_save(_drawing((255, 255, 255)), tmp_path / "white.png"), OMNIGLOT_LIKE)
+    grey16 = np.asarray(_drawing((255, 255, 255)).convert("L"), dtype=np.uint16) * 257
+    Image.fromarray(grey16.astype(np.uint16)).save(tmp_path / "deep.png")  # a 16-bit PNG
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    assert torch.allclose(load_image(tmp_path / "deep.png", OMNIGLOT_LIKE), white, atol=1 / 255)
+    rotated = _drawing((255, 255, 255)).rotate(-90, expand=True)  # stored sideways ...
+    exif = Image.Exif()
+    exif[0x0112] = 8  # ... with the EXIF orientation that turns it back for viewing
+    rotated.save(tmp_path / "photo.jpg", exif=exif, quality=100)
+    photo = load_image(tmp_path / "photo.jpg", OMNIGLOT_LIKE)
+    assert (photo - white).abs().mean() < 0.02  # upright again (JPEG noise aside)
+
+
+def _save(img: Image.Image, path):
+    img.save(path)
+    return path
+
+
 def test_a_decompression_bomb_is_refused_in_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # a 105x105 image is "too large" here
     _drawing((255, 255, 255)).save(tmp_path / "big.png")
