@@ -116,12 +116,13 @@ def _check_number(key: str, value: float, rule: Range | None) -> None:
     if isinstance(value, int) and not -INT64 <= value < INT64:
         raise MetarunError(f"{key}={value} does not fit in 64 bits; use a smaller number")
     rule = rule or NON_NEGATIVE
-    if not rule.allows(value) or (rule.auto and not isinstance(value, int)):
+    if not rule.allows(value):
         raise MetarunError(f"{key}={value} must be {rule.describe()}")
 
 
-def _leaves(node: Any, prefix: str) -> Iterator[tuple[str, Any, Range | None, tuple | None]]:
-    """(dotted key, value, bound, choices) of every leaf under ``node``, elements of lists too."""
+def _leaves(node: Any, prefix: str) -> Iterator[tuple[str, Any, Range | None, Any]]:
+    """(dotted key, value, bound, choices) of every leaf under ``node``, elements of lists too;
+    choices are a tuple (``CHOICES``), a regular expression (``PATTERNS``), ``OBJECT`` or None."""
     schema = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
     typed = dataclasses.is_dataclass(schema)
     bounds = getattr(schema, "BOUNDS", {}) if typed else {}
