@@ -52,10 +52,14 @@ def group(runs: list[Run]) -> dict[tuple, list[Run]]:
     return groups
 
 
-def _stats(values: list[float]) -> tuple[float, float]:
-    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+def _stats(values: list) -> tuple[float, float]:
+    """Mean and sample std of the numbers among ``values`` (None, NaN and non-numbers left
+    out); an infinite value makes the mean infinite and the spread NaN, never an exception."""
+    values = [float(v) for v in values if isinstance(v, (int, float)) and not math.isnan(v)]
     if not values:
         return float("nan"), float("nan")
+    if not all(math.isfinite(v) for v in values):
+        return sum(values) / len(values), float("nan")
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
     return statistics.fmean(values), spread
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from metarun.errors import MetarunError
-from metarun.logging.local import read_metrics
+from metarun.logging.local import decode_value, read_metrics
 
 
 @dataclass
@@ -41,6 +41,7 @@ def _read_run(folder: Path) -> Run:
         summary = json.loads((folder / "summary.json").read_text())
         if not isinstance(summary, dict):
             raise ValueError("not a JSON object")
+        summary = {k: decode_value(v) for k, v in summary.items()}
     except (OSError, ValueError) as e:  # metarun's writes are atomic: not written by metarun
         return _unreadable(folder, f"{folder / 'summary.json'} is not a metarun summary ({e})")
     overrides_file = folder / ".hydra" / "overrides.yaml"

@@ -144,3 +144,23 @@ def test_a_mistyped_dataset_root_leaves_no_folders_behind(tmp_path, monkeypatch)
         Omniglot(root=str(tmp_path / "nothere" / "deeper"), background="small1", download=False)
     assert not (tmp_path / "nothere").exists()
     assert not list(tmp_path.rglob("*.lock"))  # nor a lock file in the cache folder
+
+
+def test_non_finite_values_round_trip_through_the_run_files(two_runs, tmp_path, capsys):
+    """JSON has no NaN: metarun writes "nan"/"inf" strings and reads them back as floats, so a
+    report over a run that logged one compares and plots instead of failing on a string."""
+    import math
+
+    from metarun.logging.local import read_metrics
+
+    a, b = two_runs
+    lines = (a / "metrics.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    first["train/loss"] = "inf"
+    (a / "metrics.jsonl").write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    summary = json.loads((b / "summary.json").read_text())
+    (b / "summary.json").write_text(json.dumps({**summary, "test/mse_ci95": "nan"}))
+    assert math.isinf(read_metrics(a / "metrics.jsonl")[0]["train/loss"])
+    report.main([str(a), str(b), "--out", str(tmp_path / "out")])
+    assert "2 runs, 1 configurations" in capsys.readouterr().out
+    assert (tmp_path / "out" / "report.png").read_bytes()[:4] == b"\x89PNG"

@@ -24,6 +24,14 @@ def atomic_write_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
+NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def decode_value(value: Any) -> Any:
+    """The inverse of :func:`_jsonable`: ``"nan"``, ``"inf"``, ``"-inf"`` back to floats."""
+    return NON_FINITE.get(value, value) if isinstance(value, str) else value
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """The records of a ``metrics.jsonl`` (none when it does not exist).
 
@@ -44,6 +52,8 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
             if number == len(lines):  # a line cut short by a kill
                 break
             record = None
+        if isinstance(record, dict):  # NaN and inf were written as strings (JSON has none)
+            record = {k: decode_value(v) for k, v in record.items()}
         if not isinstance(record, dict) or type(record.get("step")) is not int:
             raise MetarunError(
                 f"{path} line {number} is not a metarun record (a JSON object with an integer "
@@ -71,7 +81,7 @@ class LocalFilesSink(Sink):
         if not self.metrics_path.is_file():
             return
         kept = [
-            json.dumps(record) + "\n"
+            json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n"
             for record in read_metrics(self.metrics_path)
             if record["step"] <= step and not any(k.startswith("test/") for k in record)
         ]
