@@ -33,6 +33,7 @@ from metarun.experiment import (
     seed_everything,
 )
 from metarun.images import images_in, load_image
+from metarun.usage import USAGE
 
 
 def _parse(argv: list[str], tool: str, special: dict[str, bool]) -> tuple[dict, list[str]]:
@@ -76,11 +77,18 @@ def checkpoint_file(value: str) -> Path:
     return path / "checkpoints" / "best.pt" if path.is_dir() else path
 
 
-def _run_tool(fn, argv) -> None:
+def _run_tool(fn, argv, tool: str) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in args):
+        print(USAGE[tool])
+        return
+    if not args:
+        print_line(USAGE[tool])
+        sys.exit(2)
     try:
-        fn(sys.argv[1:] if argv is None else argv)
+        fn(args)
     except MetarunError as e:
-        print_line(f"{Path(sys.argv[0]).name}: error: {e}")
+        print_line(f"{tool}: error: {e}")
         sys.exit(2)
 
 
@@ -220,9 +228,9 @@ def predict(argv: list[str]) -> list[dict]:
 
 def eval_main(argv: list[str] | None = None) -> None:
     """``metarun-eval checkpoint=PATH [overrides]``: mean ± 95% CI on fixed test episodes."""
-    _run_tool(evaluate_checkpoint, argv)
+    _run_tool(evaluate_checkpoint, argv, "metarun-eval")
 
 
 def predict_main(argv: list[str] | None = None) -> None:
     """``metarun-predict checkpoint=PATH support=DIR query=DIR [out=FILE.csv]``."""
-    _run_tool(predict, argv)
+    _run_tool(predict, argv, "metarun-predict")

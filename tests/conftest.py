@@ -170,7 +170,7 @@ def entry(tmp_path, monkeypatch, capsys):
     from metarun import cli, report, trained
 
     mains = {"metarun": cli.main, "metarun-predict": trained.predict_main}
-    mains["metarun-report"] = report.main
+    mains.update({"metarun-report": report.main, "metarun-eval": trained.eval_main})
 
     def _run(tool: str, args: list[str]) -> tuple[int | None, str]:
         capsys.readouterr()

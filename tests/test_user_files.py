@@ -164,3 +164,12 @@ def test_non_finite_values_round_trip_through_the_run_files(two_runs, tmp_path, 
     report.main([str(a), str(b), "--out", str(tmp_path / "out")])
     assert "2 runs, 1 configurations" in capsys.readouterr().out
     assert (tmp_path / "out" / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("tool", ["metarun-eval", "metarun-predict"])
+def test_every_tool_answers_help_and_a_bare_call_with_its_usage(entry, tool):
+    code, err = entry(tool, ["--help"])
+    assert code == 0 and err == ""
+    code, err = entry(tool, [])
+    assert code == 2 and err.startswith(f"usage: {tool} checkpoint=PATH")
+    assert "example:" in err and "a run folder" in err
