@@ -42,9 +42,15 @@ def _record_path(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
-def read_cache(path: Path, report: bool = True) -> tuple[np.ndarray, dict] | None:
-    """The array and metadata of a verified entry; None when absent or unusable (then, with
-    ``report``, a warning says why: the caller rebuilds it)."""
+Accept = Callable[[np.ndarray, dict], bool]
+
+
+def read_cache(
+    path: Path, report: bool = True, accept: Accept | None = None
+) -> tuple[np.ndarray, dict] | None:
+    """The array and metadata of a verified entry that ``accept(array, meta)`` (when given)
+    takes; None when absent or unusable (then, with ``report``, a warning says why: the caller
+    rebuilds it)."""
     record_path = _record_path(path)
     if not path.is_file() and not record_path.is_file():
         return None
@@ -61,6 +67,8 @@ def read_cache(path: Path, report: bool = True) -> tuple[np.ndarray, dict] | Non
             problem = "its shape or type differs from its record"
         elif digest(array) != record["digest"]:
             problem = "its contents do not match their recorded digest"
+        elif accept is not None and not accept(array, record.get("meta", {})):
+            problem = "it holds another layout than this dataset's"
     if problem is None:
         return array, record.get("meta", {})
     if report:
@@ -86,11 +94,13 @@ def write_cache(path: Path, array: np.ndarray, meta: dict[str, Any]) -> None:
 
 
 def cached(
-    path: Path, build: Callable[[], tuple[np.ndarray, dict[str, Any]]]
+    path: Path,
+    build: Callable[[], tuple[np.ndarray, dict[str, Any]]],
+    accept: Accept | None = None,
 ) -> tuple[np.ndarray, dict]:
-    """The entry at ``path``, built with ``build() -> (array, meta)`` when it is missing or does
-    not verify."""
-    found = read_cache(path)
+    """The entry at ``path``, built with ``build() -> (array, meta)`` (and written) when it is
+    missing, does not verify, or is not what ``accept(array, meta)`` expects."""
+    found = read_cache(path, accept=accept)
     if found is not None:
         return found
     created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
@@ -102,7 +112,7 @@ def cached(
         warn(f"could not use the dataset cache {path} ({e.strerror or e}); not caching")
         return build()
     try:
-        found = read_cache(path, report=False)  # built by a concurrent job meanwhile?
+        found = read_cache(path, report=False, accept=accept)  # built by a concurrent job?
         if found is not None:
             return found
         try:

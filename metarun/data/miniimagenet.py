@@ -164,12 +164,13 @@ def load_split(root: Path, layout: str, split: str, size: int) -> tuple[np.ndarr
             images, names = decode_pickle(sources[0], size)
         return images, {"names": names}
 
-    images, meta = cached(path, build)
-    names = meta.get("names")
-    if images.ndim != 5 or images.shape[2:] != (3, size, size) or len(names or []) != len(images):
-        images, meta = build()  # a verified entry of another layout: not this split's
-        names = meta["names"]
-    return images, names
+    def accept(images: np.ndarray, meta: dict) -> bool:
+        names = meta.get("names")
+        shape = images.ndim == 5 and images.shape[2:] == (3, size, size)
+        return shape and isinstance(names, list) and len(names) == len(images)
+
+    images, meta = cached(path, build, accept)
+    return images, meta["names"]
 
 
 class MiniImageNet(EpisodicImages):

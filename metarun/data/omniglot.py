@@ -119,16 +119,13 @@ def load_archive(
         images, names = decode_archive(archive, image_size)
         return images, {"names": names, "archive": name, "md5": md5}
 
-    images, meta = cached(path, build)
-    names = meta.get("names")
-    if (
-        images.shape[1:] != (DRAWERS, image_size, image_size)
-        or not isinstance(names, list)
-        or len(names) != len(images)
-    ):  # a verified entry of another layout (never written by this version): rebuild
-        images, meta = build()
-        names = meta["names"]
-    return images, [str(n) for n in names]
+    def accept(images: np.ndarray, meta: dict) -> bool:
+        names = meta.get("names")
+        shape = images.shape[1:] == (DRAWERS, image_size, image_size)
+        return shape and isinstance(names, list) and len(names) == len(images)
+
+    images, meta = cached(path, build, accept)
+    return images, [str(n) for n in meta["names"]]
 
 
 def _sizes(total: int, wanted: Sequence[int]) -> tuple[int, int, int]:
