@@ -71,8 +71,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         )
     kinds = {"config": dict, "model": dict, "step": int}
     wrong = [k for k, kind in kinds.items() if not isinstance(checkpoint[k], kind)]
-    wrong += [] if wrong else [f"model.{k}" for k, v in checkpoint["model"].items()
-                               if not isinstance(v, torch.Tensor)][:1]  # fmt: skip
+    if not wrong:
+        model = checkpoint["model"]
+        wrong = [f"model.{k}" for k, v in model.items() if not isinstance(v, torch.Tensor)]
     if wrong:
         raise MetarunError(
             f"{path} is a PyTorch file but not a metarun checkpoint ({wrong[0]} is not what "
@@ -81,9 +82,10 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     return checkpoint
 
 
-def load_model_state(model: torch.nn.Module, checkpoint: dict, source: str, key="model") -> None:
-    """Load ``checkpoint[key]`` into ``model``, or say in one line which weights do not fit."""
-    own, theirs = model.state_dict(), checkpoint[key]
+def check_weights(model: torch.nn.Module, checkpoint: dict, source: str) -> None:
+    """Say in one line which weights of ``checkpoint["model"]`` do not fit ``model`` (names and
+    shapes), if any."""
+    own, theirs = model.state_dict(), checkpoint["model"]
     problems = [f"{k} missing" for k in sorted(set(own) - set(theirs))]
     problems += [f"{k} not in this model" for k in sorted(set(theirs) - set(own))]
     problems += [
@@ -100,7 +102,12 @@ def load_model_state(model: torch.nn.Module, checkpoint: dict, source: str, key=
             f"model ({'; '.join(problems[:3])}{more}); use a checkpoint of the same algo and "
             "backbone options"
         )
-    model.load_state_dict(theirs)
+
+
+def load_model_state(model: torch.nn.Module, checkpoint: dict, source: str) -> None:
+    """Load ``checkpoint["model"]`` into ``model`` once :func:`check_weights` found it fits."""
+    check_weights(model, checkpoint, source)
+    model.load_state_dict(checkpoint["model"])
 
 
 def remove_partial_writes(folder: Path) -> list[Path]:

@@ -61,9 +61,7 @@ def chunk_size(batch_size, eval_shape: TaskShape, train_shape: TaskShape, meta_b
     memory than training did; at least one task."""
     if batch_size != "auto":
         return int(batch_size)
-    per_train = train_shape.way * (train_shape.shot + train_shape.query)
-    per_eval = eval_shape.way * (eval_shape.shot + eval_shape.query)
-    return max(1, meta_batch * per_train // per_eval)
+    return max(1, meta_batch * train_shape.examples // eval_shape.examples)
 
 
 def mean_ci95(values: torch.Tensor) -> tuple[float, float]:

@@ -59,14 +59,10 @@ def check_memory(
     if total is None:
         return
     example = math.prod(input_shape) * FLOAT_BYTES
-
-    def examples(shape: TaskShape) -> int:
-        return shape.way * (shape.shot + shape.query)
-
-    need = {  # what it is for -> (bytes, what to lower)
-        "one training batch": (cfg.task.meta_batch * examples(train_shape), "task.meta_batch"),
-        "the validation episodes": (cfg.val.episodes * examples(eval_shape), "val.episodes"),
-        "one evaluation chunk": (eval_chunk * examples(eval_shape), "val/test.batch_size"),
+    need = {  # what it is for -> (examples, what to lower)
+        "one training batch": (cfg.task.meta_batch * train_shape.examples, "task.meta_batch"),
+        "the validation episodes": (cfg.val.episodes * eval_shape.examples, "val.episodes"),
+        "one evaluation chunk": (eval_chunk * eval_shape.examples, "val/test.batch_size"),
     }
     need = {what: (n * example, key) for what, (n, key) in need.items()}
     if parameters is not None:

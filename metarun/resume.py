@@ -50,6 +50,7 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 # What a checkpoint must hold for a run to continue from it (checkpoints written by metarun do).
 RESUME_KEYS = ("optimizer", "scheduler", "rng", "loop")
+LOOP_KEYS = {"sums", "count", "best_value", "best_step"}  # the loop's own state in "loop"
 
 
 def resume_checkpoint(config: dict, run_dir: Path, device: torch.device) -> dict:
@@ -89,6 +90,3 @@ def resume_checkpoint(config: dict, run_dir: Path, device: torch.device) -> dict
         checkpoint["best_model"] = load_checkpoint(best_path, device)["model"]
     read_metrics(run_dir / "metrics.jsonl")  # the resumed run rewrites it: it must be readable
     return checkpoint
-
-
-LOOP_KEYS = {"sums", "count", "best_value", "best_step"}

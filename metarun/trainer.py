@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from metarun.checkpoint import (
+    check_weights,
     load_model_state,
     remove_partial_writes,
     rng_state,
@@ -49,7 +50,7 @@ class Trainer:
         exp = self.exp
         if checkpoint.get("best_model") is not None:  # the meta-test loads it at the end: fits?
             best = {**checkpoint, "model": checkpoint["best_model"]}
-            load_model_state(exp.learner, best, f"cannot resume {exp.run_dir}: best.pt")
+            check_weights(exp.learner, best, f"cannot resume {exp.run_dir}: best.pt")
         load_model_state(exp.learner, checkpoint, f"cannot resume {exp.run_dir}: last.pt")
         exp.optimizer.load_state_dict(checkpoint["optimizer"])
         if exp.scheduler is not None:

@@ -56,3 +56,8 @@ class TaskShape:
     way: int
     shot: int
     query: int
+
+    @property
+    def examples(self) -> int:
+        """Examples in one task: support and query of every class."""
+        return self.way * (self.shot + self.query)
