@@ -29,6 +29,7 @@ from metarun.experiment import (
     Experiment,
     build,
     build_experiment,
+    check_config,
     meta_test,
     seed_everything,
 )
@@ -54,7 +55,8 @@ def _parse(argv: list[str], tool: str, special: dict[str, bool]) -> tuple[dict, 
 
 
 def checkpoint_config(checkpoint: dict, overrides: list[str]):
-    """The checkpoint's config under the schema, evaluated on any available device."""
+    """The checkpoint's config under the schema with the overrides, checked as a run's is,
+    evaluated on any available device."""
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(MetarunConfig), checkpoint["config"])
         cfg.device.name = "auto"
@@ -62,13 +64,15 @@ def checkpoint_config(checkpoint: dict, overrides: list[str]):
         cfg.train.init_from = None  # the checkpoint's own weights are loaded, not its start
         # Closed to new keys: an override the saved algo/dataset/backbone lacks is a typo.
         OmegaConf.set_struct(cfg, True)
-        return OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
     except OmegaConfBaseException as e:
         where = f"{e.full_key}: " if getattr(e, "full_key", None) else ""
         raise MetarunError(
             f"bad override: {where}{str(e).splitlines()[0]} (keys must exist in the checkpoint's "
             "config, see its .hydra/config.yaml)"
         ) from None
+    check_config(cfg)  # the overrides' values, as metarun checks a run's (predict builds no run)
+    return cfg
 
 
 def checkpoint_file(value: str) -> Path:

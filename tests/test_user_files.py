@@ -173,3 +173,15 @@ def test_every_tool_answers_help_and_a_bare_call_with_its_usage(entry, tool):
     code, err = entry(tool, [])
     assert code == 2 and err.startswith(f"usage: {tool} checkpoint=PATH")
     assert "example:" in err and "a run folder" in err
+
+
+def test_predict_checks_its_overrides_values_as_a_run_does(run_inprocess, tmp_path):
+    from metarun.trained import predict
+
+    run, _ = run_inprocess(
+        [*QUIET, "dataset=glyphs", "dataset.classes=[12,6,6]", "train.steps=2", "val.every=2"],
+        name="glyph_run",
+    )
+    with pytest.raises(MetarunError, match="algo.inner_lr=nan must be a finite number"):
+        predict([f"checkpoint={run}", f"support={tmp_path}", f"query={tmp_path}",
+                 "algo.inner_lr=nan"])  # fmt: skip
