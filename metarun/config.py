@@ -283,6 +283,7 @@ class CIFARConfig:
     url: str = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
     md5: str = "eb9058c3a382ffc7106e4002c42a8d85"
     PATTERNS: ClassVar = {"md5": "[0-9a-f]{32}"}
+    ALSO_FOR: ClassVar = ("metarun.data.FC100",)
     rotations: bool = False
     shift: int = 0
 
@@ -363,20 +364,31 @@ def added_keys(node: DictConfig, prefix: str = "") -> list[tuple[str, type]]:
     return found
 
 
+# Each group's schemas by option name: where the YAML defaults lists look for them.
+SCHEMAS = {
+    "algo": {"maml": MAMLConfig, "protonet": ProtoNetConfig, "mann": MANNConfig,
+             "reptile": ReptileConfig},
+    "dataset": {"sinusoid": SinusoidConfig, "omniglot": OmniglotConfig, "glyphs": GlyphsConfig,
+                "miniimagenet": MiniImageNetConfig, "cifar": CIFARConfig},
+    "backbone": {"mlp": MLPConfig, "conv4": Conv4Config, "resnet12": ResNet12Config},
+    "logger": {"wandb": WandbConfig},
+}  # fmt: skip
+
+
 def register_configs() -> None:
     """Put the schemas where the YAML defaults lists look for them."""
     cs = ConfigStore.instance()
     cs.store(group="schema", name="metarun", node=MetarunConfig)
-    cs.store(group="schema/algo", name="maml", node=MAMLConfig)
-    cs.store(group="schema/algo", name="protonet", node=ProtoNetConfig)
-    cs.store(group="schema/algo", name="mann", node=MANNConfig)
-    cs.store(group="schema/algo", name="reptile", node=ReptileConfig)
-    cs.store(group="schema/dataset", name="sinusoid", node=SinusoidConfig)
-    cs.store(group="schema/dataset", name="omniglot", node=OmniglotConfig)
-    cs.store(group="schema/dataset", name="glyphs", node=GlyphsConfig)
-    cs.store(group="schema/dataset", name="miniimagenet", node=MiniImageNetConfig)
-    cs.store(group="schema/dataset", name="cifar", node=CIFARConfig)
-    cs.store(group="schema/backbone", name="mlp", node=MLPConfig)
-    cs.store(group="schema/backbone", name="conv4", node=Conv4Config)
-    cs.store(group="schema/backbone", name="resnet12", node=ResNet12Config)
-    cs.store(group="schema/logger", name="wandb", node=WandbConfig)
+    for group, schemas in SCHEMAS.items():
+        for name, schema in schemas.items():
+            cs.store(group=f"schema/{group}", name=name, node=schema)
+
+
+def schema_for(group: str, target: str) -> type | None:
+    """The schema of ``group`` whose objects have class ``target`` (its ``_target_`` default or
+    one of its ``ALSO_FOR``), or None."""
+    for schema in SCHEMAS[group].values():
+        default = next(f.default for f in dataclasses.fields(schema) if f.name == "_target_")
+        if target == default or target in getattr(schema, "ALSO_FOR", ()):
+            return schema
+    return None

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from metarun.atomic import atomic_write
 from metarun.checkpoint import load_checkpoint, load_model_state
-from metarun.config import MetarunConfig
+from metarun.config import MetarunConfig, schema_for
 from metarun.device import resolve_device
 from metarun.errors import MetarunError, print_line, warn
 from metarun.experiment import (
@@ -58,7 +58,8 @@ def checkpoint_config(checkpoint: dict, overrides: list[str]):
     """The checkpoint's config under the schema with the overrides, checked as a run's is,
     evaluated on any available device."""
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(MetarunConfig), checkpoint["config"])
+        saved = _under_schemas(checkpoint["config"])
+        cfg = OmegaConf.merge(OmegaConf.structured(MetarunConfig), saved)
         cfg.device.name = "auto"
         cfg.resume = False
         cfg.train.init_from = None  # the checkpoint's own weights are loaded, not its start
@@ -73,6 +74,21 @@ def checkpoint_config(checkpoint: dict, overrides: list[str]):
         ) from None
     check_config(cfg)  # the overrides' values, as metarun checks a run's (predict builds no run)
     return cfg
+
+
+def _under_schemas(config: dict) -> dict:
+    """The saved ``algo``, ``dataset`` and ``backbone`` under their group's schema (types and
+    value checks apply to overrides, as in a run); a section no schema fits stays as saved."""
+    out = dict(config)
+    for group in ("algo", "dataset", "backbone"):
+        section = config.get(group)
+        schema = schema_for(group, section.get("_target_")) if isinstance(section, dict) else None
+        if schema is not None:
+            try:
+                out[group] = OmegaConf.merge(OmegaConf.structured(schema), section)
+            except OmegaConfBaseException:  # an older checkpoint's keys: keep it untyped
+                pass
+    return out
 
 
 def checkpoint_file(value: str) -> Path:

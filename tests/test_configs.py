@@ -188,3 +188,35 @@ def test_the_readme_form_of_dataset_files_composes(compose_cfg):
     spec = '{mini-imagenet-cache-train.pkl: {url: "https://example.org/t.pkl", md5: "abc"}}'
     cfg = compose_cfg(["dataset=miniimagenet", f"++dataset.files={spec}"])
     assert cfg.dataset.files["mini-imagenet-cache-train.pkl"].md5 == "abc"
+
+
+def test_the_schemas_choices_are_what_the_classes_accept():
+    """A string option's values live in its class (which checks them when used directly) and in
+    the schema's CHOICES (checked before any work): they must agree."""
+    from metarun.algorithms import lrua, reptile
+    from metarun.backbones import mlp, norm
+    from metarun.config import (
+        BATCH_NORMS,
+        Conv4Config,
+        MANNConfig,
+        MLPConfig,
+        OmniglotConfig,
+        ReptileConfig,
+    )
+    from metarun.data import omniglot
+
+    assert set(MLPConfig.CHOICES["activation"]) == set(mlp._ACTIVATIONS)
+    assert set(ReptileConfig.CHOICES["inner_optimizer"]) == set(reptile.INNER_OPTIMIZERS)
+    assert set(OmniglotConfig.CHOICES["background"]) == set(omniglot.BACKGROUNDS)
+    assert set(MANNConfig.CHOICES["write"]) == set(lrua.WRITE_KINDS)
+    assert set(MANNConfig.CHOICES["read_order"]) - {None} == set(lrua.READ_ORDERS)
+    for kind in BATCH_NORMS:
+        norm.make_batch_norm(kind, 4)
+    with pytest.raises(MetarunError):
+        norm.make_batch_norm("group", 4)
+    from metarun.backbones import Conv4
+
+    for pool in Conv4Config.CHOICES["pool"]:
+        Conv4((1, 28, 28), 5, pool=pool)
+    with pytest.raises(MetarunError):
+        Conv4((1, 28, 28), 5, pool="avg")
