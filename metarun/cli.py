@@ -21,7 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from metarun.config import close_names, register_configs
+from metarun.schemas import close_names, register_configs
 from metarun.errors import Interrupted, MetarunError, print_line
 
 # OSErrors that the machine or the user's paths cause, never a bug in metarun.

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from metarun.algorithms.base import MetaLearner
 from metarun.checkpoint import load_weights
 from metarun.checks import check_values
-from metarun.config import added_keys, close_names
+from metarun.schemas import added_keys, close_names
 from metarun.data.batch import TaskBatch, TaskShape
 from metarun.device import resolve_device
 from metarun.errors import MetarunError

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from metarun.atomic import atomic_write
 from metarun.checkpoint import load_checkpoint, load_model_state
-from metarun.config import MetarunConfig, schema_for
+from metarun.schemas import MetarunConfig, schema_for
 from metarun.device import resolve_device
 from metarun.errors import MetarunError, print_line, warn
 from metarun.experiment import (

@@ -278,7 +278,7 @@ def test_per_step_batch_norm_with_equal_rows_is_maml_that_leaves_batch_norm_out_
 def test_mamlpp_per_step_running_statistics_are_recorded_per_step_and_make_tests_inductive():
     batch = conv_batch()
     learner = conv_maml(per_step_bn=True, per_step_bn_stats=True)
-    assert learner.batching_for(torch.device("cpu")) == "loop"
+    assert learner.batching_for(torch.device("cpu")).name == "loop"
     bn = learner.backbone.features[1]
     learner.meta_backward(TaskBatch(*(t[:1] for t in batch)))  # one task, 2 inner steps
     # Row 0 saw one forward: the support set at step 0 (momentum 0.1 from zero).

@@ -1,9 +1,28 @@
-"""Meta-learners: each wraps a backbone and turns a :class:`~metarun.data.TaskBatch` into a loss."""
+"""Meta-learners: each wraps a backbone and turns a :class:`~metarun.data.TaskBatch` into a loss.
 
+One module per algorithm (``algo=<name>`` picks ``configs/algo/<name>.yaml``, whose ``_target_``
+is the class): MAML and its variants FOMAML, ANIL, Meta-SGD and MAML++ (``maml.py`` is their
+shared core), ProtoNet, MANN (and its LSTM baseline, ``memory: none``), Reptile.
+"""
+
+from metarun.algorithms.anil import ANIL
 from metarun.algorithms.base import MetaLearner
+from metarun.algorithms.fomaml import FOMAML
 from metarun.algorithms.maml import MAML
+from metarun.algorithms.mamlpp import MAMLPlusPlus
 from metarun.algorithms.mann import MANN
+from metarun.algorithms.metasgd import MetaSGD
 from metarun.algorithms.protonet import ProtoNet
 from metarun.algorithms.reptile import Reptile
 
-__all__ = ["MetaLearner", "MAML", "MANN", "ProtoNet", "Reptile"]
+__all__ = [
+    "MetaLearner",
+    "MAML",
+    "FOMAML",
+    "ANIL",
+    "MetaSGD",
+    "MAMLPlusPlus",
+    "MANN",
+    "ProtoNet",
+    "Reptile",
+]

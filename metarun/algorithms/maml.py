@@ -1,35 +1,32 @@
-"""Model-Agnostic Meta-Learning (Finn et al. 2017) and its first-order variant.
+"""Model-Agnostic Meta-Learning (Finn et al. 2017): the core its variants share.
 
-The backbone is any ``nn.Module``. Adaptation runs on "fast weights" (a dict of tensors): inner
-gradients come from ``torch.autograd.grad``, with ``create_graph`` for second order, so the
-outer backward runs through them and gives the exact second-order meta-gradient;
-``first_order=True`` builds no graph of the inner gradients at all, which drops exactly the
-Hessian-vector terms (FOMAML) and their cost. The tasks of a meta-batch run in one of three ways
-(``task_batching``), all giving the same meta-gradient (float64 tests):
+The backbone is any ``nn.Module``. Adaptation runs on "fast weights" (a dict of tensors) in one
+inner loop, :meth:`MAML.inner_loop`, which meta-training, evaluation and prediction all use:
+inner gradients come from ``torch.autograd.grad``, with ``create_graph`` for second order, so
+the outer backward runs through them and gives the exact second-order meta-gradient; first order
+builds no graph of the inner gradients, which drops exactly the Hessian-vector terms (FOMAML) and
+their cost. How the tasks of a meta-batch go through that loop (one by one, ``vmap``-ed, or
+folded into one network call) is a :mod:`~metarun.algorithms.task_batching` strategy, chosen
+once per device; all give the same meta-gradient (float64 tests).
 
-- ``fold``: the tasks are folded into one network call with per-task weights (grouped
-  convolutions, batched matmuls; see :mod:`metarun.backbones.folded`), ``task_chunk`` tasks at a
-  time, each chunk backpropagated as soon as its loss is known so its graph is freed;
-- ``loop``: one task at a time through ``torch.func.functional_call``, each backpropagated at
-  once (what learn2learn and ``higher`` do);
-- ``vmap``: ``torch.func.vmap`` over the tasks (memory-hungry; kept for small MLPs).
-
-``auto`` (:meth:`MAML.batching_for`) folds where the backbone can and folding wins on the
-device (MLPs; conv nets on CUDA) and loops otherwise.
+The variants are this class with other switches, each in a module of its own: FOMAML
+(:mod:`~metarun.algorithms.fomaml`), ANIL (:mod:`~metarun.algorithms.anil`), Meta-SGD
+(:mod:`~metarun.algorithms.metasgd`) and MAML++ (:mod:`~metarun.algorithms.mamlpp`). The
+switches combine (Meta-SGD with MAML++'s multi-step loss, say), so they live here; what each one
+adds to the inner loop is built by :mod:`~metarun.algorithms.maml_options`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad
 
 from metarun.algorithms.base import MetaLearner, OptimizerFactory, SchedulerFactory
-from metarun.algorithms.losses import batched_task_metrics, task_loss, task_losses, task_metrics
+from metarun.algorithms.losses import batched_task_metrics, task_loss, task_losses
 from metarun.algorithms.maml_options import (
     adapted_names,
     batch_norm_names,
@@ -37,25 +34,21 @@ from metarun.algorithms.maml_options import (
     multi_step_weights,
     parameter_key,
     per_parameter,
-    stack,
     trainable,
 )
-from metarun.backbones.norm import (
-    TransductiveBatchNorm2d,
-    plain_op_batch_norm,
-    step_statistics,
-)
+from metarun.algorithms.task_batching import FOLD_ELEMENTS, TaskBatching, choose
+from metarun.backbones.norm import TransductiveBatchNorm2d, step_statistics
 from metarun.data.batch import TaskBatch
 
+__all__ = ["MAML", "FOLD_ELEMENTS"]
+
 Params = dict[str, torch.Tensor]
-#: ``task_chunk=0`` folds as many tasks into one call as keep its input (support + query values)
-#: under this many elements: every task of a sinusoid batch, 16 Omniglot 5-way 15-query tasks.
-#: Peak memory grows with the chunk; ``algo.task_chunk`` sets it by hand.
-FOLD_ELEMENTS = 2**20
+#: ``loss_fn(params, step)``: the support loss of inner step ``step``.
+LossFn = Callable[[Params, int], torch.Tensor]
 
 
 class MAML(MetaLearner):
-    """MAML / FOMAML with SGD inner loop.
+    """MAML with an SGD inner loop, and the switches of its variants.
 
     Args:
         inner_lr: step size of the inner SGD updates.
@@ -64,27 +57,24 @@ class MAML(MetaLearner):
         eval_report_steps: extra step counts at which evaluation also reports query metrics
             (keys ``<metric>_step<k>``), all read off one adaptation trajectory.
         first_order: drop second-order terms (FOMAML).
-        task_batching: ``fold``, ``loop``, ``vmap`` or ``auto`` (see the module docstring).
+        task_batching: ``fold``, ``loop``, ``vmap`` or ``auto`` (:mod:`.task_batching`).
         task_chunk: tasks per forward and backward; 0 picks it (``fold``: inputs of about
             ``FOLD_ELEMENTS`` values per call; ``loop``: 1; ``vmap``: the whole meta-batch).
-        adapt: ``all`` parameters in the inner loop (MAML) or only the ``head`` (ANIL, Raghu
-            et al. 2020: the last layer; the body gets outer updates only).
-        learn_inner_lr: Meta-SGD (Li et al. 2017): a learned inner step size per adapted
-            parameter element, initialised to ``inner_lr`` and meta-trained with the weights.
-        per_step_inner_lr: MAML++ LSLR (Antoniou et al. 2019): a learned step size per adapted
-            tensor and inner step (evaluation beyond ``inner_steps`` reuses the last one).
+        adapt: ``all`` parameters in the inner loop (MAML) or only the ``head`` (ANIL).
+        learn_inner_lr: Meta-SGD: a learned inner step size per adapted parameter element.
+        per_step_inner_lr: MAML++ LSLR: a learned step size per adapted tensor and inner step
+            (evaluation beyond ``inner_steps`` reuses the last one).
         multi_step_loss: MAML++ MSL: over the first this-many meta-iterations the meta-loss is
-            a weighted sum of the query losses after every inner step, the weights moving
-            linearly from uniform to the last step alone; 0 turns it off.
+            a weighted sum of the query losses after every inner step (0: off).
         first_order_until: MAML++ derivative-order annealing: first order before this
             meta-iteration, second order from it on (0: ``first_order`` decides throughout).
         per_step_bn: MAML++ BNWB: batch-norm weights and biases of their own for each inner
-            step (the support forward of step i and the query forward after it use row i),
-            meta-learned and not adapted in the inner loop; ignored without batch norm.
+            step, meta-learned and not adapted in the inner loop; ignored without batch norm.
         per_step_bn_stats: MAML++ BNRS: batch-norm running statistics per inner step, recorded
-            in meta-training and used at evaluation instead of the batch's statistics (so a
-            query's prediction no longer depends on the other queries); per-task loop path only.
+            in meta-training and used at evaluation; per-task loop path only.
     """
+
+    metric_series = {"{metric}_step{i}": "inner steps at test"}
 
     def __init__(
         self,
@@ -108,80 +98,41 @@ class MAML(MetaLearner):
         per_step_bn_stats: bool = False,
     ) -> None:
         super().__init__(backbone, optimizer, scheduler, batch_norm)
-        self.bn_names = batch_norm_names(backbone)
-        check_options(
-            backbone,
-            bn_names=self.bn_names,
-            adapt=adapt,
-            task_batching=task_batching,
-            task_chunk=task_chunk,
-            inner_steps=inner_steps,
-            eval_inner_steps=eval_inner_steps,
-            eval_report_steps=eval_report_steps,
-            batch_norm=batch_norm,
-            learn_inner_lr=learn_inner_lr,
-            per_step_inner_lr=per_step_inner_lr,
-            multi_step_loss=multi_step_loss,
-            first_order_until=first_order_until,
-            per_step_bn_stats=per_step_bn_stats,
-        )
-        self.inner_lr = inner_lr
-        self.inner_steps = inner_steps
+        self.inner_lr, self.inner_steps, self.first_order = inner_lr, inner_steps, first_order
         self.eval_inner_steps = eval_inner_steps
         self.eval_report_steps = tuple(sorted(set(eval_report_steps)))
-        self.first_order = first_order
-        self.task_batching = task_batching
-        self.task_chunk = task_chunk
-        self.adapt_mode = adapt
-        # Each parameter's ParameterDict key, computed once.
+        self.task_batching, self.task_chunk, self.adapt_mode = task_batching, task_chunk, adapt
+        self.multi_step_loss, self.first_order_until = multi_step_loss, first_order_until
+        self.bn_names = batch_norm_names(backbone)
+        check_options(self, learn_inner_lr, per_step_inner_lr, per_step_bn_stats)
         self._key = {name: parameter_key(name) for name, _ in backbone.named_parameters()}
-        per_step_bn = per_step_bn and bool(self.bn_names)  # nothing to do without batch norm
         self.bn_stats = per_step_bn_stats and bool(self.bn_names)
         if self.bn_stats:
             for module in backbone.modules():
                 if isinstance(module, TransductiveBatchNorm2d):
                     module.keep_step_statistics(inner_steps)
         self._bn_mode = "record"  # "use" while evaluating (per-step running statistics)
+        per_step_bn = per_step_bn and bool(self.bn_names)  # nothing to do without batch norm
         # With per-step batch norm the inner loop leaves the batch-norm parameters alone.
         excluded = self.bn_names if per_step_bn else frozenset()
         self.adapt_names = adapted_names(backbone, adapt) - excluded
-        # MAML++ BNWB: a row of batch-norm weights per inner step, each starting as the module's.
-        self.step_bn = (
-            per_parameter(backbone, self.bn_names, lambda p: p.unsqueeze(0).repeat(inner_steps, 1))
-            if per_step_bn
-            else None
-        )
-        # Meta-SGD's step sizes, one per element of each adapted tensor.
-        self.inner_lrs = (
-            per_parameter(backbone, self.adapt_names, lambda p: torch.full_like(p, inner_lr))
-            if learn_inner_lr
-            else None
-        )
-        # MAML++ LSLR: one step size per adapted tensor and inner step.
-        self.step_lrs = (
-            per_parameter(
-                backbone, self.adapt_names, lambda p: p.new_full((inner_steps,), inner_lr)
-            )
-            if per_step_inner_lr
-            else None
-        )
-        self.multi_step_loss = multi_step_loss
-        self.first_order_until = first_order_until
+        # The learned parts (under these names in checkpoints): MAML++ BNWB's batch-norm rows,
+        # Meta-SGD's step size per element, MAML++ LSLR's step size per tensor and step.
+        rows = lambda p: p.unsqueeze(0).repeat(inner_steps, 1)  # noqa: E731
+        self.step_bn = per_parameter(backbone, self.bn_names, rows) if per_step_bn else None
+        element = lambda p: torch.full_like(p, inner_lr)  # noqa: E731
+        self.inner_lrs = per_parameter(backbone, self.adapt_names, element) if learn_inner_lr else None
+        step = lambda p: p.new_full((inner_steps,), inner_lr)  # noqa: E731
+        self.step_lrs = per_parameter(backbone, self.adapt_names, step) if per_step_inner_lr else None
+        self._batching: dict[str, TaskBatching] = {}
 
-    def batching_for(self, device: torch.device) -> str:
-        """The path ``task_batching`` takes on ``device``: ``auto`` folds where the backbone
-        says folding wins on that device (``fold_devices``: MLPs everywhere, conv nets on CUDA,
-        where the per-task loop is launch-bound; on CPU a conv's cost is its arithmetic, which
-        folding does not reduce, see the README's performance section), else loops."""
-        if self.task_batching != "auto":
-            return self.task_batching
-        if self.bn_stats:
-            return "loop"
-        can_fold = getattr(self.backbone, "can_fold_tasks", False)
-        folds = device.type in getattr(self.backbone, "fold_devices", ())
-        return "fold" if can_fold and folds else "loop"
+    def batching_for(self, device: torch.device) -> TaskBatching:
+        """The task-batching strategy on ``device``, chosen once per device type."""
+        if device.type not in self._batching:
+            self._batching[device.type] = choose(self, device)
+        return self._batching[device.type]
 
-    # -- functional pieces -------------------------------------------------------------------
+    # -- the pieces of one inner step ----------------------------------------------------------
     def _with_step_bn(self, params: Params, step: int) -> Params:
         """``params`` with the batch-norm entries of inner step ``step`` (MAML++ BNWB)."""
         if self.step_bn is None:
@@ -192,27 +143,15 @@ class MAML(MetaLearner):
             out[name] = row.expand_as(params[name])  # folded weights carry a task axis
         return out
 
-    def _forward(self, params: Params, x: torch.Tensor, step: int = 0) -> torch.Tensor:
+    def forward_one(self, params: Params, x: torch.Tensor, step: int = 0) -> torch.Tensor:
+        """One task's inputs through the backbone with weights ``params`` at inner step ``step``."""
         stats = step_statistics(self._bn_mode, step) if self.bn_stats else contextlib.nullcontext()
         with stats:
             return functional_call(self.backbone, self._with_step_bn(params, step), (x,))
 
-    def _forward_tasks(self, params: Params, x: torch.Tensor, step: int = 0) -> torch.Tensor:
+    def forward_tasks(self, params: Params, x: torch.Tensor, step: int = 0) -> torch.Tensor:
+        """Folded tasks ``[B, N, ...]`` through per-task weights (each with a task axis)."""
         return self.backbone.forward_tasks(self._with_step_bn(params, step), x)
-
-    def _support_loss(
-        self, params: Params, x: torch.Tensor, y: torch.Tensor, step: int = 0
-    ) -> torch.Tensor:
-        return task_loss(self._forward(params, x, step), y)
-
-    def _inner_grads(self, loss: torch.Tensor, params: Params) -> Params:
-        """Gradients of ``loss`` for the adapted fast weights; differentiable only in second
-        order."""
-        names = [k for k in params if k in self.adapt_names]
-        grads = torch.autograd.grad(
-            loss, [params[k] for k in names], create_graph=not self.first_order_now()
-        )
-        return dict(zip(names, grads))
 
     def first_order_now(self) -> bool:
         """First order by choice, or (MAML++ annealing) before ``first_order_until``."""
@@ -220,8 +159,7 @@ class MAML(MetaLearner):
 
     def step_weights(self) -> torch.Tensor | None:
         """MAML++ multi-step loss: weights of the query losses after each inner step, or None
-        when only the last counts. Uniform at first, all on the last step once
-        ``multi_step_loss`` meta-iterations have passed."""
+        when only the last counts."""
         return multi_step_weights(self.inner_steps, self.meta_step, self.multi_step_loss)
 
     def _lr(self, name: str, step: int) -> torch.Tensor | float:
@@ -235,120 +173,109 @@ class MAML(MetaLearner):
             return lrs[min(step, len(lrs) - 1)]
         return self.inner_lr
 
-    def _step(self, params: Params, grads: Params, step: int = 0) -> Params:
+    def _step(self, params: Params, grads: Params, step: int) -> Params:
         """Inner update number ``step`` of the adapted weights; the others pass unchanged."""
         return {k: p - self._lr(k, step) * grads[k] if k in grads else p for k, p in params.items()}
 
-    def _sgd_no_graph(
-        self, loss_fn: Callable[[Params], torch.Tensor], params: Params, step: int = 0
-    ) -> Params:
-        """Inner step ``step`` for evaluation: detached in, detached out, grad mode or not."""
-        with torch.enable_grad():
-            params = {
-                k: p.detach().requires_grad_(k in self.adapt_names) for k, p in params.items()
-            }
-            names = [k for k in params if k in self.adapt_names]
-            grads = dict(
-                zip(names, torch.autograd.grad(loss_fn(params), [params[k] for k in names]))
-            )
-        with torch.no_grad():
-            return {
-                k: (p - self._lr(k, step) * grads[k] if k in grads else p).detach()
-                for k, p in params.items()
-            }
+    def autograd_grads(self, loss_fn: LossFn, params: Params, step: int) -> Params:
+        """Inner gradients by ``torch.autograd``; differentiable only in second order."""
+        names = [k for k in params if k in self.adapt_names]
+        grads = torch.autograd.grad(
+            loss_fn(params, step), [params[k] for k in names], create_graph=not self.first_order_now()
+        )
+        return dict(zip(names, grads))
 
-    def adapt(self, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int) -> Params:
-        """``steps`` SGD updates of ``params`` on one task's support set ``(x, y)``."""
-        params = trainable(params)
-        for i in range(steps):
-            loss = self._support_loss(params, x, y, i)
-            params = self._step(params, self._inner_grads(loss, params), i)
+    def func_grads(self, loss_fn: LossFn, params: Params, step: int) -> Params:
+        """Inner gradients by ``torch.func.grad`` (inside ``vmap``); detached in first order."""
+        grads = grad(lambda ps: loss_fn(ps, step))(params)
+        grads = {k: g for k, g in grads.items() if k in self.adapt_names}
+        return {k: g.detach() for k, g in grads.items()} if self.first_order_now() else grads
+
+    def _detached_step(self, loss_fn: LossFn, params: Params, step: int) -> Params:
+        """Inner step ``step`` off the meta-graph (evaluation): detached in, detached out."""
+        with torch.enable_grad():
+            params = {k: p.detach().requires_grad_(k in self.adapt_names) for k, p in params.items()}
+            names = [k for k in params if k in self.adapt_names]
+            grads = torch.autograd.grad(loss_fn(params, step), [params[k] for k in names])
+        with torch.no_grad():
+            return {k: p.detach() for k, p in self._step(params, dict(zip(names, grads)), step).items()}
+
+    # -- the inner loop, written once ----------------------------------------------------------
+    def inner_loop(
+        self,
+        params: Params,
+        loss_fn: LossFn,
+        steps: int,
+        grads: Callable[[LossFn, Params, int], Params] | None = None,
+        visit: Callable[[int, Params], None] | None = None,
+    ) -> Params:
+        """``steps`` SGD updates of ``params`` on ``loss_fn``; ``visit(k, params)`` sees the
+        weights after ``k`` updates, for ``k = 0 .. steps``. ``grads`` (``autograd_grads``,
+        ``func_grads``) keeps the meta-graph; without it each step is detached (evaluation)."""
+        if grads is not None:
+            params = trainable(params)
+        for k in range(steps + 1):
+            if visit is not None:
+                visit(k, params)
+            if k < steps:
+                params = (
+                    self._step(params, grads(loss_fn, params, k), k)
+                    if grads is not None
+                    else self._detached_step(loss_fn, params, k)
+                )
         return params
 
-    # -- meta-training -------------------------------------------------------------------------
-    # Each path adapts with the support set and returns the query loss after the last inner
-    # step, or, under the multi-step loss, the weighted sum of the query losses after each step.
-    def _query_loss(self, params: Params, qx, qy, step: int = 0) -> tuple[torch.Tensor, dict]:
-        pred = self._forward(params, qx, step)
-        loss = task_loss(pred, qy)
-        return loss, task_metrics(pred.detach(), qy, loss.detach())
+    def adapt(self, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int) -> Params:
+        """``steps`` differentiable SGD updates of ``params`` on one task's support set."""
+        support = lambda ps, k: self.support_loss(ps, x, y, k)  # noqa: E731
+        return self.inner_loop(params, support, steps, self.autograd_grads)
 
-    def _train_task(
-        self, params: Params, sx, sy, qx, qy, weights: torch.Tensor | None
-    ) -> tuple[torch.Tensor, dict]:
-        params = trainable(params)
-        total = 0.0
-        for i in range(self.inner_steps):
-            loss = self._support_loss(params, sx, sy, i)
-            params = self._step(params, self._inner_grads(loss, params), i)
-            if weights is not None and i < self.inner_steps - 1:
-                total = total + weights[i] * self._query_loss(params, qx, qy, i)[0]
-        loss, metrics = self._query_loss(params, qx, qy, self.inner_steps - 1)
-        return (loss if weights is None else total + weights[-1] * loss), metrics
+    def support_loss(self, params: Params, x, y, step: int = 0) -> torch.Tensor:
+        return task_loss(self.forward_one(params, x, step), y)
 
-    def _train_task_vmap(
-        self, params: Params, sx, sy, qx, qy, weights: torch.Tensor | None
-    ) -> tuple[torch.Tensor, dict]:
-        grad_fn = grad(self._support_loss)
-        total = 0.0
-        for i in range(self.inner_steps):
-            grads = grad_fn(params, sx, sy, i)
-            grads = {k: g for k, g in grads.items() if k in self.adapt_names}
-            if self.first_order_now():
-                grads = {k: g.detach() for k, g in grads.items()}
-            params = self._step(params, grads, i)
-            if weights is not None and i < self.inner_steps - 1:
-                total = total + weights[i] * self._query_loss(params, qx, qy, i)[0]
-        loss, metrics = self._query_loss(params, qx, qy, self.inner_steps - 1)
-        return (loss if weights is None else total + weights[-1] * loss), metrics
+    def train_task(self, params: Params, loss_fn: LossFn, query: Callable, grads) -> tuple:
+        """Meta-training on one task (or on folded tasks): adapt on the support set, then the
+        query loss after the last step (``query(params, step) -> (loss, metrics)``), or under
+        the multi-step loss the weighted sum of the query losses after every step."""
+        weights = self.step_weights()
+        earlier: list[torch.Tensor] = []
 
-    def _train_tasks_folded(
-        self, params: Params, batch: TaskBatch, weights: torch.Tensor | None
-    ) -> tuple[torch.Tensor, dict]:
-        sx, sy, qx, qy = batch
-        params = trainable({k: p.expand(batch.num_tasks, *p.shape) for k, p in params.items()})
-        total = 0.0
-        for i in range(self.inner_steps):
-            loss = task_losses(self._forward_tasks(params, sx, i), sy).sum()
-            params = self._step(params, self._inner_grads(loss, params), i)
-            if weights is not None and i < self.inner_steps - 1:
-                query = task_losses(self._forward_tasks(params, qx, i), qy)
-                total = total + weights[i] * query
-        pred = self._forward_tasks(params, qx, self.inner_steps - 1)
-        losses = task_losses(pred, qy)
-        metrics = batched_task_metrics(pred.detach(), qy, losses.detach())
-        return (losses if weights is None else total + weights[-1] * losses), metrics
+        def visit(k: int, ps: Params) -> None:
+            if weights is not None and 0 < k < self.inner_steps:
+                earlier.append(weights[k - 1] * query(ps, k - 1)[0])
 
-    def _train_tasks(
-        self, params: Params, batch: TaskBatch, batching: str
-    ) -> tuple[torch.Tensor, dict]:
-        """Per-task query losses ``[B]`` (differentiable) and detached per-task metrics."""
-        weights = self.step_weights()  # the same for every task of the batch
-        if batching == "fold":
-            return self._train_tasks_folded(params, batch, weights)
-        if batching == "vmap":
-            task_fn = functools.partial(self._train_task_vmap, weights=weights)
-            with plain_op_batch_norm():
-                return vmap(task_fn, in_dims=(None, 0, 0, 0, 0))(params, *batch)
-        return stack([self._train_task(params, *task, weights) for task in zip(*batch)])
+        params = self.inner_loop(params, loss_fn, self.inner_steps, grads, visit)
+        loss, metrics = query(params, self.inner_steps - 1)
+        return (loss if weights is None else sum(earlier) + weights[-1] * loss), metrics
 
-    def chunk_size(self, batch: TaskBatch, batching: str | None = None) -> int:
-        """Tasks per forward/backward in :meth:`meta_backward` (``batching``: the path taken,
-        by default :meth:`batching_for` the batch's device)."""
-        if self.task_chunk:
-            return self.task_chunk
-        batching = batching or self.batching_for(batch.support_x.device)
-        if batching == "vmap":
-            return batch.num_tasks
-        if batching == "loop":
-            return 1
-        elements = (batch.support_x[0].numel() + batch.query_x[0].numel()) or 1
-        return max(1, FOLD_ELEMENTS // elements)
+    def eval_task(self, params: Params, loss_fn: LossFn, forward: Callable, qx, qy) -> dict:
+        """Query metrics after ``eval_inner_steps`` updates and at each ``eval_report_steps``,
+        read off one adaptation trajectory (``forward(params, x, step)`` gives ``[B, M, out]``)."""
+        out: dict[str, torch.Tensor] = {}
+
+        def visit(k: int, ps: Params) -> None:
+            if k != self.eval_inner_steps and k not in self.eval_report_steps:
+                return
+            with torch.no_grad():  # the batch norm of the last step taken (MAML++ BNWB)
+                pred = forward(ps, qx, max(k - 1, 0))
+                scores = batched_task_metrics(pred, qy, task_losses(pred, qy))
+            if k == self.eval_inner_steps:
+                out.update(scores)
+            if k in self.eval_report_steps:
+                out.update({f"{m}_step{k}": v for m, v in scores.items()})
+
+        self.inner_loop(params, loss_fn, max((self.eval_inner_steps, *self.eval_report_steps)), visit=visit)
+        return out
+
+    # -- the MetaLearner interface -------------------------------------------------------------
+    def chunk_size(self, batch: TaskBatch, batching: TaskBatching | None = None) -> int:
+        """Tasks per forward/backward in :meth:`meta_backward` (``algo.task_chunk`` or the
+        strategy's own choice)."""
+        return self.task_chunk or (batching or self.batching_for(batch.support_x.device)).chunk(batch)
 
     def meta_loss(self, batch: TaskBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         params = dict(self.backbone.named_parameters())
-        batching = self.batching_for(batch.support_x.device)
-        losses, metrics = self._train_tasks(params, batch, batching)
+        losses, metrics = self.batching_for(batch.support_x.device).train(self, params, batch)
         loss = losses.mean()
         return loss, {"loss": loss.detach(), **{k: v.mean() for k, v in metrics.items()}}
 
@@ -361,34 +288,11 @@ class MAML(MetaLearner):
         sums: dict[str, torch.Tensor] = {}
         for start in range(0, tasks, size):
             chunk = TaskBatch(*(t[start : start + size] for t in batch))
-            losses, metrics = self._train_tasks(params, chunk, batching)
+            losses, metrics = batching.train(self, params, chunk)
             (losses.sum() / tasks).backward()
             for k, v in {"loss": losses.detach(), **metrics}.items():
                 sums[k] = sums[k] + v.sum() if k in sums else v.sum()
         return {k: v / tasks for k, v in sums.items()}
-
-    # -- evaluation --------------------------------------------------------------------------
-    def _eval_scores(self, forward: Callable, update: Callable, params: Params, qx, qy) -> dict:
-        """Query metrics after ``eval_inner_steps`` updates (and at each ``eval_report_steps``),
-        read off one adaptation trajectory."""
-        last = max((self.eval_inner_steps, *self.eval_report_steps))
-        out: dict[str, torch.Tensor] = {}
-        for step in range(last + 1):
-            if step == self.eval_inner_steps or step in self.eval_report_steps:
-                with torch.no_grad():  # the batch norm of the last step taken (MAML++ BNWB)
-                    pred = forward(params, qx, max(step - 1, 0))
-                    scores = batched_task_metrics(pred, qy, task_losses(pred, qy))
-                if step == self.eval_inner_steps:
-                    out.update(scores)
-                if step in self.eval_report_steps:
-                    out.update({f"{k}_step{step}": v for k, v in scores.items()})
-            if step < last:
-                params = update(params, step)
-        return out
-
-    def evaluate(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
-        with self._using_running_stats():
-            return self._evaluate(batch)
 
     @contextlib.contextmanager
     def _using_running_stats(self):
@@ -399,42 +303,18 @@ class MAML(MetaLearner):
         finally:
             self._bn_mode = "record"
 
-    def _evaluate(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
+    def evaluate(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
         params = {k: p.detach() for k, p in self.backbone.named_parameters()}
-        sx, sy, qx, qy = batch
-        if self.batching_for(sx.device) == "fold":
-            tasks = {k: p.expand(batch.num_tasks, *p.shape) for k, p in params.items()}
-
-            def update(ps: Params, step: int) -> Params:
-                loss = lambda q: task_losses(self._forward_tasks(q, sx, step), sy).sum()  # noqa: E731
-                return self._sgd_no_graph(loss, ps, step)
-
-            return self._eval_scores(self._forward_tasks, update, tasks, qx, qy)
-        per_task = []
-        for t in range(batch.num_tasks):
-
-            def update(ps: Params, step: int, t=t) -> Params:
-                loss = lambda q: self._support_loss(q, sx[t], sy[t], step)  # noqa: E731
-                return self._sgd_no_graph(loss, ps, step)
-
-            def forward(ps: Params, x: torch.Tensor, step: int) -> torch.Tensor:
-                return self._forward(ps, x[0], step).unsqueeze(0)  # one task, as a batch of 1
-
-            one = slice(t, t + 1)
-            per_task.append(self._eval_scores(forward, update, params, qx[one], qy[one]))
-        return {k: torch.cat([s[k] for s in per_task]) for k in per_task[0]}
+        with self._using_running_stats():
+            return self.batching_for(batch.support_x.device).evaluate(self, params, batch)
 
     def predict(self, support_x, support_y, query_x) -> torch.Tensor:
-        with self._using_running_stats():
-            return self._predict(support_x, support_y, query_x)
-
-    def _predict(self, support_x, support_y, query_x) -> torch.Tensor:
         params = {k: p.detach() for k, p in self.backbone.named_parameters()}
-        for step in range(self.eval_inner_steps):
-            loss_fn = lambda q, s=step: self._support_loss(q, support_x, support_y, s)  # noqa: E731
-            params = self._sgd_no_graph(loss_fn, params, step)
-        with torch.no_grad():
-            return self._forward(params, query_x, max(self.eval_inner_steps - 1, 0))
+        support = lambda ps, k: self.support_loss(ps, support_x, support_y, k)  # noqa: E731
+        with self._using_running_stats():
+            params = self.inner_loop(params, support, self.eval_inner_steps)
+            with torch.no_grad():
+                return self.forward_one(params, query_x, max(self.eval_inner_steps - 1, 0))
 
     def extra_repr(self) -> str:
         order = "first" if self.first_order else "second"

@@ -7,11 +7,12 @@ the learned inner-loop parameters of Meta-SGD and MAML++ (kept on the MAML modul
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 from torch import nn
 
+from metarun.backbones.folded import folds
 from metarun.backbones.norm import TransductiveBatchNorm2d
 from metarun.errors import MetarunError
 
@@ -20,23 +21,16 @@ BATCHING = ("auto", "fold", "loop", "vmap")
 
 
 def check_options(
-    backbone: nn.Module,
-    *,
-    bn_names: frozenset[str],
-    adapt: str,
-    task_batching: str,
-    task_chunk: int,
-    inner_steps: int,
-    eval_inner_steps: int,
-    eval_report_steps: Sequence[int],
-    batch_norm: str,
-    learn_inner_lr: bool,
-    per_step_inner_lr: bool,
-    multi_step_loss: int,
-    first_order_until: int,
-    per_step_bn_stats: bool,
+    learner, learn_inner_lr: bool, per_step_inner_lr: bool, per_step_bn_stats: bool
 ) -> None:
-    """Raise :class:`MetarunError` naming the option (and the fix) for the first bad one."""
+    """Raise :class:`MetarunError` naming the option (and the fix) for the first bad one of a
+    :class:`~metarun.algorithms.MAML` whose plain options are set (the flags that build learned
+    parts are passed, since those parts do not exist yet)."""
+    backbone, adapt, task_batching = learner.backbone, learner.adapt_mode, learner.task_batching
+    inner_steps, eval_inner_steps = learner.inner_steps, learner.eval_inner_steps
+    eval_report_steps, task_chunk = learner.eval_report_steps, learner.task_chunk
+    multi_step_loss, first_order_until = learner.multi_step_loss, learner.first_order_until
+    batch_norm, bn_names = learner.batch_norm, learner.bn_names
     if adapt not in ("all", "head"):
         raise MetarunError(f"algo.adapt={adapt!r} is unknown; use all (MAML) or head (ANIL)")
     if task_batching not in BATCHING:
@@ -57,7 +51,7 @@ def check_options(
             "statistics inside its inner loop; set algo.batch_norm=transductive and "
             "backbone.batch_norm=transductive"
         )
-    if task_batching == "fold" and not getattr(backbone, "can_fold_tasks", False):
+    if task_batching == "fold" and not folds(backbone):
         raise MetarunError(
             f"algo.task_batching=fold needs a backbone of plain conv / batch-norm / "
             f"element-wise layers (conv4, mlp); {type(backbone).__name__} is not one; use "

@@ -13,6 +13,8 @@ meta-gradient against it) with a few large kernel calls instead of many small on
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,6 +22,28 @@ from torch import nn
 from metarun.backbones.norm import TransductiveBatchNorm2d
 
 Params = dict[str, torch.Tensor]
+
+
+@runtime_checkable
+class FoldsTasks(Protocol):
+    """What a backbone provides for MAML's folded fast path (``algo.task_batching=fold``):
+    :class:`~metarun.backbones.base.ImageBackbone` and :class:`~metarun.backbones.MLP` do.
+
+    ``can_fold_tasks`` says whether this instance's layers can be folded (a plain conv stack can;
+    a residual net cannot); ``fold_devices`` lists the device types where folding beats a
+    per-task loop, which is where ``task_batching=auto`` folds; ``forward_tasks`` runs every
+    task of ``x`` ``[B, N, ...]`` through its own weights (``params``: each of the module's
+    parameters with a leading task axis ``B``) and returns ``[B, N, out]``."""
+
+    fold_devices: tuple[str, ...]
+    can_fold_tasks: bool
+
+    def forward_tasks(self, params: Params, x: torch.Tensor) -> torch.Tensor: ...
+
+
+def folds(backbone: object) -> bool:
+    """Whether ``backbone`` implements :class:`FoldsTasks` and can fold its layers."""
+    return isinstance(backbone, FoldsTasks) and bool(backbone.can_fold_tasks)
 
 #: Layers that act per channel or per element, so they run unchanged on the folded layout.
 _AGNOSTIC = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.GELU, nn.MaxPool2d, nn.Identity)

@@ -25,6 +25,7 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Mapping
 
 import numpy as np
@@ -181,7 +182,7 @@ class MiniImageNet(EpisodicImages):
         root: str | None = None,
         image_size: int = 84,
         download: bool = False,
-        files: Mapping[str, Mapping[str, Any]] | None = None,
+        files: Mapping[str, Mapping[str, Any]] = MappingProxyType({}),
         rotations: bool = False,
         shift: int = 0,
     ) -> None:

@@ -1,0 +1,91 @@
+"""Schemas of the ``dataset`` group."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Dict, List, Optional
+
+from metarun.checks import POSITIVE, SIGNED, Range
+from metarun.schemas.registry import schema
+
+IMAGE_SIZE = Range(1, 1024, why="pixels per side the images are resized to")
+
+
+@schema("dataset", "sinusoid")
+@dataclass
+class SinusoidConfig:
+    BOUNDS: ClassVar = {"amplitude": SIGNED, "phase": SIGNED, "x_range": SIGNED}
+    _target_: str = "metarun.data.Sinusoid"
+    amplitude: List[float] = field(default_factory=lambda: [0.1, 5.0])
+    phase: List[float] = field(default_factory=lambda: [0.0, math.pi])
+    x_range: List[float] = field(default_factory=lambda: [-5.0, 5.0])
+
+
+@schema("dataset", "omniglot")
+@dataclass
+class OmniglotConfig:
+    BOUNDS: ClassVar = {
+        "image_size": IMAGE_SIZE,
+        "split_sizes": POSITIVE,
+        "val_alphabets": POSITIVE,
+    }
+    CHOICES: ClassVar = {
+        "background": ("full", "small1", "small2", "small1+small2"),
+        "split": ("lake", "random"),
+    }
+    _target_: str = "metarun.data.Omniglot"
+    root: Optional[str] = None  # null: metarun's cache dir ($METARUN_CACHE_DIR, ~/.cache/metarun)
+    background: str = "full"  # full | small1 | small2 | small1+small2
+    split: str = "lake"  # lake | random
+    image_size: int = 28
+    rotations: bool = False
+    shift: int = 0  # random translation of meta-training images, up to this many pixels
+    download: bool = True
+    split_sizes: List[int] = field(default_factory=lambda: [1100, 100, 423])
+    val_alphabets: int = 5
+    split_seed: int = 0
+
+
+@schema("dataset", "glyphs")
+@dataclass
+class GlyphsConfig:
+    BOUNDS: ClassVar = {
+        "classes": Range(1, 100_000),
+        "samples_per_class": Range(2, 10_000),
+        "image_size": IMAGE_SIZE,
+    }
+    _target_: str = "metarun.data.Glyphs"
+    classes: List[int] = field(default_factory=lambda: [1000, 200, 400])
+    samples_per_class: int = 20
+    image_size: int = 28
+    rotations: bool = False
+    shift: int = 0  # random translation of meta-training images, up to this many pixels
+    seed: int = 0
+
+
+@schema("dataset", "miniimagenet")
+@dataclass
+class MiniImageNetConfig:
+    BOUNDS: ClassVar = {"image_size": IMAGE_SIZE}
+    _target_: str = "metarun.data.MiniImageNet"
+    root: Optional[str] = None  # null: <metarun's cache dir>/miniimagenet
+    image_size: int = 84
+    download: bool = False  # true: fetch dataset.files (there is no official download)
+    files: Dict[str, Any] = field(default_factory=dict)  # name -> {url: ..., md5: ...}
+    rotations: bool = False
+    shift: int = 0
+
+
+@schema("dataset", "cifar")
+@dataclass
+class CIFARConfig:
+    _target_: str = "metarun.data.CIFARFS"
+    root: Optional[str] = None  # null: <metarun's cache dir>/cifar100
+    download: bool = True
+    url: str = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+    md5: str = "eb9058c3a382ffc7106e4002c42a8d85"
+    PATTERNS: ClassVar = {"md5": "[0-9a-f]{32}"}
+    ALSO_FOR: ClassVar = ("metarun.data.FC100",)
+    rotations: bool = False
+    shift: int = 0

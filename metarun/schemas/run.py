@@ -1,0 +1,116 @@
+"""The root config and its sections that every run has (task, train, val, test, ...)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, ClassVar, List, Optional
+
+from omegaconf import MISSING
+
+from metarun.checks import AUTO_OR_POSITIVE, POSITIVE, Range
+from metarun.schemas.registry import schema
+
+
+class DeviceName(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class WandbMode(str, Enum):
+    auto = "auto"  # online when W&B credentials exist, else offline
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
+@dataclass
+class TaskConfig:
+    """Episode shape shared by every dataset. ``train_*: null`` means "same as evaluation"."""
+
+    BOUNDS: ClassVar = {
+        k: POSITIVE for k in ("way", "shot", "meta_batch", "train_way", "train_shot")
+    }
+
+    way: int = 5  # classes per task (regression ignores it)
+    shot: int = 10  # K support examples per class (support points for regression)
+    query: int = 10  # Q query examples per class
+    meta_batch: int = 25  # tasks per meta-update
+    train_way: Optional[int] = None  # null: same as way
+    train_shot: Optional[int] = None  # null: same as shot
+
+
+@dataclass
+class TrainConfig:
+    BOUNDS: ClassVar = {"log_every": POSITIVE}
+    steps: int = 8000  # meta-iterations
+    log_every: int = 50  # train metrics are averaged over this many steps
+    # A checkpoint (.pt) or run folder (its best.pt) whose weights start the run; optimizer,
+    # schedule and step start afresh (ignored when resuming).
+    init_from: Optional[str] = None
+
+
+@dataclass
+class ValConfig:
+    BOUNDS: ClassVar = {"every": POSITIVE, "episodes": POSITIVE, "batch_size": AUTO_OR_POSITIVE}
+    every: int = 1000  # meta-iterations between validations
+    episodes: int = 100  # fixed validation tasks
+    batch_size: Any = "auto"  # tasks evaluated at once; auto: a training step's examples
+    seed: int = 1001  # fixed, so every run validates on the same tasks
+
+
+@dataclass
+class TestConfig:
+    BOUNDS: ClassVar = {
+        "episodes": Range(2, why="a 95% confidence interval needs two episodes"),
+        "batch_size": AUTO_OR_POSITIVE,
+    }
+    episodes: int = 600  # fixed test tasks (mean and 95% CI)
+    batch_size: Any = "auto"  # as val.batch_size
+    seed: int = 2002  # fixed, so every run is tested on the same tasks
+
+
+@dataclass
+class CheckpointConfig:
+    save: bool = True
+    every: int = 0  # also write last.pt every this many steps; 0: only best.pt and last.pt
+
+
+@dataclass
+class DeviceConfig:
+    name: DeviceName = DeviceName.auto
+
+
+@schema("logger", "wandb")
+@dataclass
+class WandbConfig:
+    project: str = "metarun"
+    entity: Optional[str] = None
+    mode: WandbMode = WandbMode.auto
+    group: Optional[str] = None  # default: the sweep's name in multirun, none otherwise
+    name: Optional[str] = None  # default: the job's overrides
+    notes: Optional[str] = None
+
+
+@schema("root", "metarun")
+@dataclass
+class MetarunConfig:
+    """The root config. ``algo``, ``dataset`` and ``backbone`` get their schema from the group."""
+
+    algo: Any = MISSING
+    dataset: Any = MISSING
+    backbone: Any = MISSING
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    logger: Optional[WandbConfig] = None
+    task: TaskConfig = field(default_factory=TaskConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    val: ValConfig = field(default_factory=ValConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    seed: int = 0
+    resume: bool = False  # continue from <resume_dir>/checkpoints/last.pt
+    resume_dir: Optional[str] = None  # the run folder to continue (resume=true)
+    # Top level, not under `logger`, so that a preset's tags never re-create a disabled logger.
+    tags: List[str] = field(default_factory=list)
