@@ -21,8 +21,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from metarun.schemas import close_names, register_configs
 from metarun.errors import Interrupted, MetarunError, print_line
+from metarun.schemas import close_names, register_configs
 
 # OSErrors that the machine or the user's paths cause, never a bug in metarun.
 ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}

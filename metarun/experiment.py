@@ -18,13 +18,13 @@ from omegaconf import DictConfig, OmegaConf
 from metarun.algorithms.base import MetaLearner
 from metarun.checkpoint import load_weights
 from metarun.checks import check_values
-from metarun.schemas import added_keys, close_names
 from metarun.data.batch import TaskBatch, TaskShape
 from metarun.device import resolve_device
 from metarun.errors import MetarunError
 from metarun.evaluate import chunk_size, evaluate, fixed_episodes
 from metarun.memory import check_memory, model_parameters
 from metarun.resume import resume_checkpoint
+from metarun.schemas import added_keys, close_names
 
 EVAL_SPLITS = ("val", "test")
 

@@ -13,7 +13,6 @@ import csv
 import io
 import math
 import os
-import re
 import statistics
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from rich.table import Table
 from metarun.atomic import atomic_write
 from metarun.errors import print_line
 from metarun.run_records import Run, find_runs
+from metarun.series import members as series_members
 
 IGNORED = {"seed", "resume", "resume_dir", "hparams_search"}  # not part of a configuration
 
@@ -64,16 +64,15 @@ def _stats(values: list) -> tuple[float, float]:
     return statistics.fmean(values), spread
 
 
-def instance_keys(groups: dict[tuple, list[Run]]) -> list[str]:
-    """``test/acc_inst<i>`` keys (MANN's accuracy at the i-th presentation), by ``i``."""
-    found = {
-        k
-        for members in groups.values()
-        for r in members
-        for k in r.summary
-        if re.fullmatch(r"test/acc_inst\d+", k)
-    }
-    return sorted(found, key=lambda k: int(k.rsplit("inst", 1)[1]))
+def series_keys(groups: dict[tuple, list[Run]]) -> dict[tuple, list[tuple[int, str]]]:
+    """The ``test/`` keys of the metric series the runs' learners declare (MANN's accuracy by
+    presentation, MAML's metrics by inner step), by series and then index."""
+    found: dict[tuple, dict[int, str]] = {}
+    for runs in groups.values():
+        for run in runs:
+            for key, items in series_members(run.summary, run.series).items():
+                found.setdefault(key, {}).update(items)
+    return {key: sorted(items.items()) for key, items in found.items()}
 
 
 def table_rows(groups: dict[tuple, list[Run]], metric: str, higher: bool) -> tuple[list, list]:
@@ -81,7 +80,7 @@ def table_rows(groups: dict[tuple, list[Run]], metric: str, higher: bool) -> tup
     the per-presentation accuracies where runs report them (means over seeds)."""
     keys = sorted({k for key in groups for k, _ in key})
     differing = [k for k in keys if len({dict(g).get(k) for g in groups}) > 1]
-    extra = instance_keys(groups)
+    extra = [k for items in series_keys(groups).values() for _, k in items]
     columns = [*differing, "runs", metric, "seed std", "ci95 (mean)", "best_val step (mean)"]
     columns += [k.split("/", 1)[1] for k in extra]
     rows = []
@@ -114,16 +113,15 @@ def plot(groups: dict[tuple, list[Run]], differing: list[str], path) -> None:
     sample = next(iter(groups.values()))[0].rows
     val_key = "val/acc" if any("val/acc" in r for r in sample) else "val/mse"
     panels = [("train/loss", "meta-train loss"), (val_key, f"meta-validation {val_key[4:]}")]
-    instances = instance_keys(groups)
+    series = list(series_keys(groups).items())
     fig, axes = plt.subplots(
-        1, 3 if instances else 2, figsize=(16 if instances else 11, 4.2), constrained_layout=True
+        1, 2 + len(series), figsize=(5.5 * (2 + len(series)), 4.2), constrained_layout=True
     )
     for key, members in groups.items():
         label = _label(key, differing)
-        if instances:  # MANN: test accuracy against the presentation number of a class
-            xs = [int(k.rsplit("inst", 1)[1]) for k in instances]
-            ys = [_stats([r.summary.get(k) for r in members])[0] for k in instances]
-            axes[2].plot(xs, ys, marker="o", label=label, linewidth=1.8)
+        for ax, (_, items) in zip(axes[2:], series):  # a test metric against the series index
+            ys = [_stats([r.summary.get(k) for r in members])[0] for _, k in items]
+            ax.plot([i for i, _ in items], ys, marker="o", label=label, linewidth=1.8)
         for ax, (metric, _) in zip(axes, panels):
             curves = [{r["step"]: r[metric] for r in run.rows if metric in r} for run in members]
             steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
@@ -146,11 +144,11 @@ def plot(groups: dict[tuple, list[Run]], differing: list[str], path) -> None:
         ax.set_xlabel("meta-iteration")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
-    if instances:
-        axes[2].set_title("test accuracy by presentation of a class")
-        axes[2].set_xlabel("presentation")
-        axes[2].set_ylabel("test/acc_inst<i>")
-        axes[2].grid(alpha=0.3)
+    for ax, ((declared, metric), _) in zip(axes[2:], series):
+        ax.set_title(f"test {metric} by {declared.axis}")
+        ax.set_xlabel(declared.axis)
+        ax.set_ylabel(f"test/{declared.pattern.format(metric=metric, i='<i>')}")
+        ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8, loc="best")
     fig.suptitle("mean over seeds, band: ±1 std", fontsize=9)
     fig.savefig(path, dpi=150, format="png")

@@ -6,6 +6,7 @@ import contextlib
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class
 from omegaconf import DictConfig
 from rich.console import Console
 
@@ -13,7 +14,6 @@ from metarun.errors import Interrupted
 from metarun.experiment import build_experiment
 from metarun.logging.local import atomic_write_json
 from metarun.logging.setup import build_logger
-from metarun.logging.wandb_sink import check_wandb_settings
 from metarun.memory import out_of_memory_as_error
 from metarun.runfolder import claim
 from metarun.trainer import Trainer
@@ -46,13 +46,14 @@ def run(cfg: DictConfig) -> float:
 def _run_in(cfg: DictConfig, run_dir: Path, resuming: bool) -> float:
     console = Console(log_path=False)
     try:
-        if cfg.logger is not None and cfg.logger.mode != "disabled":
-            check_wandb_settings(cfg.logger)  # before the dataset is built
+        if cfg.logger is not None:  # before the dataset is built
+            get_class(cfg.logger._target_).check_config(cfg.logger)
         with out_of_memory_as_error():
             exp = build_experiment(cfg, run_dir=run_dir, resuming=resuming)
             trainer = Trainer(exp)  # restores a resumed run's state (read from the checkpoints)
         resume_step = exp.resume_from["step"] if exp.resume_from else None
-        logger = build_logger(cfg, exp.config, exp.run_dir, console, resume_step)
+        series = exp.learner.metric_series
+        logger = build_logger(cfg, exp.config, exp.run_dir, console, series, resume_step)
     except BaseException as e:
         if not resuming:  # a refused resume leaves its folder as it was
             _failure_summary(run_dir, e)

@@ -11,6 +11,7 @@ import yaml
 
 from metarun.errors import MetarunError
 from metarun.logging.local import decode_value, read_metrics
+from metarun.series import declared_by
 
 
 @dataclass
@@ -19,6 +20,7 @@ class Run:
     overrides: dict[str, str]
     summary: dict
     rows: list[dict] = field(repr=False)
+    series: tuple = ()  # the metric series its learner declares (metarun.series)
 
 
 def find_runs(patterns: list[str]) -> list[Run]:
@@ -57,7 +59,16 @@ def _read_run(folder: Path) -> Run:
     except MetarunError as e:
         return _unreadable(folder, str(e))
     overrides = dict(item.split("=", 1) for item in items or [] if "=" in item)
-    return Run(folder, overrides, summary, rows)
+    return Run(folder, overrides, summary, rows, declared_by(_algo_target(folder)))
+
+
+def _algo_target(folder: Path) -> str | None:
+    """``algo._target_`` of the run's saved config, or None when it cannot be read."""
+    try:
+        config = yaml.safe_load((folder / ".hydra" / "config.yaml").read_text())
+        return config["algo"]["_target_"]
+    except (OSError, yaml.YAMLError, TypeError, KeyError):
+        return None
 
 
 def _unreadable(folder: Path, error: str) -> Run:

@@ -22,7 +22,6 @@ from rich.table import Table
 
 from metarun.atomic import atomic_write
 from metarun.checkpoint import load_checkpoint, load_model_state
-from metarun.schemas import MetarunConfig, schema_for
 from metarun.device import resolve_device
 from metarun.errors import MetarunError, print_line, warn
 from metarun.experiment import (
@@ -34,6 +33,7 @@ from metarun.experiment import (
     seed_everything,
 )
 from metarun.images import images_in, load_image
+from metarun.schemas import MetarunConfig, schema_for
 from metarun.usage import USAGE
 
 

@@ -198,6 +198,7 @@ def test_the_schemas_choices_are_what_the_classes_accept():
     the schema's CHOICES (checked before any work): they must agree."""
     from metarun.algorithms import lrua, reptile
     from metarun.backbones import mlp, norm
+    from metarun.data import omniglot
     from metarun.schemas import (
         BATCH_NORMS,
         Conv4Config,
@@ -206,7 +207,6 @@ def test_the_schemas_choices_are_what_the_classes_accept():
         OmniglotConfig,
         ReptileConfig,
     )
-    from metarun.data import omniglot
 
     assert set(MLPConfig.CHOICES["activation"]) == set(mlp._ACTIVATIONS)
     assert set(ReptileConfig.CHOICES["inner_optimizer"]) == set(reptile.INNER_OPTIMIZERS)

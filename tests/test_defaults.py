@@ -15,7 +15,6 @@ from metarun.schemas import SCHEMAS, MetarunConfig, schema_for, target_of
 from tests.conftest import CONFIG_DIR, options
 
 
-
 def _plain(node) -> dict:
     return OmegaConf.to_container(node, resolve=False, enum_to_str=True)
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from metarun.data.batch import TaskBatch, TaskShape
 from metarun.errors import MetarunError
+from metarun.series import Series
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
@@ -25,6 +26,7 @@ class MetaLearner(nn.Module, ABC):
     norm (their configs default to ``${algo.batch_norm}``): ``transductive`` or ``running``.
     """
 
+    # -- what a learner declares to the generic parts (trainer, sinks, report) ---------------
     #: Whether the learner reads an episode as a sequence (MANN): the trainer and the evaluation
     #: episodes then shuffle each task's support set, with the run's task generator.
     sequential = False
@@ -32,6 +34,10 @@ class MetaLearner(nn.Module, ABC):
     #: The meta-iteration about to be trained, set by the trainer before each step (restored on
     #: resume with the step), for schedules inside an algorithm (MAML++'s annealing).
     meta_step = 0
+
+    #: Families of metric keys indexed by an integer that this learner reports
+    #: (:class:`~metarun.series.Series`): the sinks and the report group them.
+    metric_series: tuple[Series, ...] = ()
 
     def __init__(
         self,

@@ -19,35 +19,30 @@ adds to the inner loop is built by :mod:`~metarun.algorithms.maml_options`.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad
+from torch.func import functional_call
 
 from metarun.algorithms.base import MetaLearner, OptimizerFactory, SchedulerFactory
-from metarun.algorithms.losses import batched_task_metrics, task_loss, task_losses
+from metarun.algorithms.inner_loop import InnerLoop, Params
 from metarun.algorithms.maml_options import (
     adapted_names,
     batch_norm_names,
     check_options,
-    multi_step_weights,
     parameter_key,
     per_parameter,
-    trainable,
 )
 from metarun.algorithms.task_batching import FOLD_ELEMENTS, TaskBatching, choose
 from metarun.backbones.norm import TransductiveBatchNorm2d, step_statistics
 from metarun.data.batch import TaskBatch
+from metarun.series import Series
 
 __all__ = ["MAML", "FOLD_ELEMENTS"]
 
-Params = dict[str, torch.Tensor]
-#: ``loss_fn(params, step)``: the support loss of inner step ``step``.
-LossFn = Callable[[Params, int], torch.Tensor]
 
-
-class MAML(MetaLearner):
+class MAML(InnerLoop, MetaLearner):
     """MAML with an SGD inner loop, and the switches of its variants.
 
     Args:
@@ -74,7 +69,7 @@ class MAML(MetaLearner):
             in meta-training and used at evaluation; per-task loop path only.
     """
 
-    metric_series = {"{metric}_step{i}": "inner steps at test"}
+    metric_series = (Series("{metric}_step{i}", "step"),)  # algo.eval_report_steps
 
     def __init__(
         self,
@@ -121,9 +116,13 @@ class MAML(MetaLearner):
         rows = lambda p: p.unsqueeze(0).repeat(inner_steps, 1)  # noqa: E731
         self.step_bn = per_parameter(backbone, self.bn_names, rows) if per_step_bn else None
         element = lambda p: torch.full_like(p, inner_lr)  # noqa: E731
-        self.inner_lrs = per_parameter(backbone, self.adapt_names, element) if learn_inner_lr else None
+        self.inner_lrs = (
+            per_parameter(backbone, self.adapt_names, element) if learn_inner_lr else None
+        )
         step = lambda p: p.new_full((inner_steps,), inner_lr)  # noqa: E731
-        self.step_lrs = per_parameter(backbone, self.adapt_names, step) if per_step_inner_lr else None
+        self.step_lrs = (
+            per_parameter(backbone, self.adapt_names, step) if per_step_inner_lr else None
+        )
         self._batching: dict[str, TaskBatching] = {}
 
     def batching_for(self, device: torch.device) -> TaskBatching:
@@ -153,125 +152,13 @@ class MAML(MetaLearner):
         """Folded tasks ``[B, N, ...]`` through per-task weights (each with a task axis)."""
         return self.backbone.forward_tasks(self._with_step_bn(params, step), x)
 
-    def first_order_now(self) -> bool:
-        """First order by choice, or (MAML++ annealing) before ``first_order_until``."""
-        return self.first_order or self.meta_step < self.first_order_until
-
-    def step_weights(self) -> torch.Tensor | None:
-        """MAML++ multi-step loss: weights of the query losses after each inner step, or None
-        when only the last counts."""
-        return multi_step_weights(self.inner_steps, self.meta_step, self.multi_step_loss)
-
-    def _lr(self, name: str, step: int) -> torch.Tensor | float:
-        """The step size of parameter ``name`` at inner step ``step``: learned per element
-        (Meta-SGD), per tensor and step (MAML++ LSLR), or ``inner_lr``."""
-        key = self._key[name]
-        if self.inner_lrs is not None:
-            return self.inner_lrs[key]
-        if self.step_lrs is not None:
-            lrs = self.step_lrs[key]
-            return lrs[min(step, len(lrs) - 1)]
-        return self.inner_lr
-
-    def _step(self, params: Params, grads: Params, step: int) -> Params:
-        """Inner update number ``step`` of the adapted weights; the others pass unchanged."""
-        return {k: p - self._lr(k, step) * grads[k] if k in grads else p for k, p in params.items()}
-
-    def autograd_grads(self, loss_fn: LossFn, params: Params, step: int) -> Params:
-        """Inner gradients by ``torch.autograd``; differentiable only in second order."""
-        names = [k for k in params if k in self.adapt_names]
-        grads = torch.autograd.grad(
-            loss_fn(params, step), [params[k] for k in names], create_graph=not self.first_order_now()
-        )
-        return dict(zip(names, grads))
-
-    def func_grads(self, loss_fn: LossFn, params: Params, step: int) -> Params:
-        """Inner gradients by ``torch.func.grad`` (inside ``vmap``); detached in first order."""
-        grads = grad(lambda ps: loss_fn(ps, step))(params)
-        grads = {k: g for k, g in grads.items() if k in self.adapt_names}
-        return {k: g.detach() for k, g in grads.items()} if self.first_order_now() else grads
-
-    def _detached_step(self, loss_fn: LossFn, params: Params, step: int) -> Params:
-        """Inner step ``step`` off the meta-graph (evaluation): detached in, detached out."""
-        with torch.enable_grad():
-            params = {k: p.detach().requires_grad_(k in self.adapt_names) for k, p in params.items()}
-            names = [k for k in params if k in self.adapt_names]
-            grads = torch.autograd.grad(loss_fn(params, step), [params[k] for k in names])
-        with torch.no_grad():
-            return {k: p.detach() for k, p in self._step(params, dict(zip(names, grads)), step).items()}
-
-    # -- the inner loop, written once ----------------------------------------------------------
-    def inner_loop(
-        self,
-        params: Params,
-        loss_fn: LossFn,
-        steps: int,
-        grads: Callable[[LossFn, Params, int], Params] | None = None,
-        visit: Callable[[int, Params], None] | None = None,
-    ) -> Params:
-        """``steps`` SGD updates of ``params`` on ``loss_fn``; ``visit(k, params)`` sees the
-        weights after ``k`` updates, for ``k = 0 .. steps``. ``grads`` (``autograd_grads``,
-        ``func_grads``) keeps the meta-graph; without it each step is detached (evaluation)."""
-        if grads is not None:
-            params = trainable(params)
-        for k in range(steps + 1):
-            if visit is not None:
-                visit(k, params)
-            if k < steps:
-                params = (
-                    self._step(params, grads(loss_fn, params, k), k)
-                    if grads is not None
-                    else self._detached_step(loss_fn, params, k)
-                )
-        return params
-
-    def adapt(self, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int) -> Params:
-        """``steps`` differentiable SGD updates of ``params`` on one task's support set."""
-        support = lambda ps, k: self.support_loss(ps, x, y, k)  # noqa: E731
-        return self.inner_loop(params, support, steps, self.autograd_grads)
-
-    def support_loss(self, params: Params, x, y, step: int = 0) -> torch.Tensor:
-        return task_loss(self.forward_one(params, x, step), y)
-
-    def train_task(self, params: Params, loss_fn: LossFn, query: Callable, grads) -> tuple:
-        """Meta-training on one task (or on folded tasks): adapt on the support set, then the
-        query loss after the last step (``query(params, step) -> (loss, metrics)``), or under
-        the multi-step loss the weighted sum of the query losses after every step."""
-        weights = self.step_weights()
-        earlier: list[torch.Tensor] = []
-
-        def visit(k: int, ps: Params) -> None:
-            if weights is not None and 0 < k < self.inner_steps:
-                earlier.append(weights[k - 1] * query(ps, k - 1)[0])
-
-        params = self.inner_loop(params, loss_fn, self.inner_steps, grads, visit)
-        loss, metrics = query(params, self.inner_steps - 1)
-        return (loss if weights is None else sum(earlier) + weights[-1] * loss), metrics
-
-    def eval_task(self, params: Params, loss_fn: LossFn, forward: Callable, qx, qy) -> dict:
-        """Query metrics after ``eval_inner_steps`` updates and at each ``eval_report_steps``,
-        read off one adaptation trajectory (``forward(params, x, step)`` gives ``[B, M, out]``)."""
-        out: dict[str, torch.Tensor] = {}
-
-        def visit(k: int, ps: Params) -> None:
-            if k != self.eval_inner_steps and k not in self.eval_report_steps:
-                return
-            with torch.no_grad():  # the batch norm of the last step taken (MAML++ BNWB)
-                pred = forward(ps, qx, max(k - 1, 0))
-                scores = batched_task_metrics(pred, qy, task_losses(pred, qy))
-            if k == self.eval_inner_steps:
-                out.update(scores)
-            if k in self.eval_report_steps:
-                out.update({f"{m}_step{k}": v for m, v in scores.items()})
-
-        self.inner_loop(params, loss_fn, max((self.eval_inner_steps, *self.eval_report_steps)), visit=visit)
-        return out
-
     # -- the MetaLearner interface -------------------------------------------------------------
     def chunk_size(self, batch: TaskBatch, batching: TaskBatching | None = None) -> int:
         """Tasks per forward/backward in :meth:`meta_backward` (``algo.task_chunk`` or the
         strategy's own choice)."""
-        return self.task_chunk or (batching or self.batching_for(batch.support_x.device)).chunk(batch)
+        return self.task_chunk or (batching or self.batching_for(batch.support_x.device)).chunk(
+            batch
+        )
 
     def meta_loss(self, batch: TaskBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         params = dict(self.backbone.named_parameters())

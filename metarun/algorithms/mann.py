@@ -26,6 +26,7 @@ from metarun.algorithms.base import MetaLearner
 from metarun.algorithms.lrua import LRUAMemory, MemoryState
 from metarun.data.batch import TaskBatch, TaskShape
 from metarun.errors import MetarunError
+from metarun.series import Series
 
 MEMORY_KINDS = ("lrua", "none")
 
@@ -44,6 +45,7 @@ class MANN(MetaLearner):
     """
 
     sequential = True
+    metric_series = (Series("{metric}_inst{i}", "instance"),)  # algo.report_instances
 
     def __init__(
         self,

@@ -45,6 +45,7 @@ def folds(backbone: object) -> bool:
     """Whether ``backbone`` implements :class:`FoldsTasks` and can fold its layers."""
     return isinstance(backbone, FoldsTasks) and bool(backbone.can_fold_tasks)
 
+
 #: Layers that act per channel or per element, so they run unchanged on the folded layout.
 _AGNOSTIC = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.GELU, nn.MaxPool2d, nn.Identity)
 

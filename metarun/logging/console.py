@@ -18,6 +18,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from metarun.logging.logger import Sink
+from metarun.series import Series, is_member
 
 
 class _RateColumn(ProgressColumn):
@@ -33,8 +34,9 @@ def _fmt(value: Any) -> str:
 class ConsoleSink(Sink):
     """Shows step, steps/s, elapsed, ETA and the latest ``train/*`` and ``val/*`` values."""
 
-    def __init__(self, console: Console | None = None) -> None:
+    def __init__(self, console: Console | None = None, series: tuple[Series, ...] = ()) -> None:
         self.console = console or Console(log_path=False)
+        self.series = series  # their members stay in the files and W&B, out of the one-line view
         self._latest: dict[str, float] = {}
         fixed = Column(no_wrap=True)
         self._progress = Progress(
@@ -64,11 +66,13 @@ class ConsoleSink(Sink):
         self._progress.update(self._task, completed=step)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        # The bar shows the headline values; per-step and CI keys stay in the files.
+        # The bar shows the headline values; series members and CI keys stay in the files.
         shown = {
             k: v
             for k, v in metrics.items()
-            if k.split("/")[0] in ("train", "val") and "_ci95" not in k and "_step" not in k
+            if k.split("/")[0] in ("train", "val")
+            and not k.endswith("_ci95")
+            and not is_member(k, self.series)
         }
         self._latest.update(shown)
         if self._task is not None:

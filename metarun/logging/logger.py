@@ -6,7 +6,15 @@ from typing import Any
 
 
 class Sink:
-    """A destination for metrics. Methods are no-ops unless a sink needs them."""
+    """A destination for metrics. Methods are no-ops unless a sink needs them.
+
+    A sink chosen with ``logger=<name>`` is built from ``configs/logger/<name>.yaml`` (its
+    ``_target_`` and options) with the keyword arguments ``run_dir``, ``run_config`` (the resolved
+    run config), ``tags``, ``console`` and ``series`` (the learner's metric series) added."""
+
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        """Refuse, in one line, options this sink would only reject after the data is built."""
 
     def start(self, total_steps: int) -> None:
         pass

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import netrc
 import os
-import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -14,6 +13,7 @@ from rich.console import Console
 
 from metarun.errors import MetarunError
 from metarun.logging.logger import Sink
+from metarun.series import Series, members
 
 
 def wandb_credentials_present() -> bool:
@@ -44,6 +44,8 @@ _FORBIDDEN = set("/\\#?%:")
 
 def check_wandb_settings(logger_cfg: Any) -> None:
     """Problems W&B would only report after the dataset is built: no package, bad names."""
+    if getattr(logger_cfg.mode, "value", logger_cfg.mode) == "disabled":
+        return
     try:
         installed = importlib.util.find_spec("wandb") is not None
     except (ImportError, ValueError):  # a broken install, or a module set to None
@@ -72,24 +74,30 @@ def _refused(error: Exception) -> bool:
     return any(s in text for s in ("404", "403", "401", "not found", "permission denied"))
 
 
-def instance_curve(summary: dict[str, Any]) -> list[list[float]]:
-    """``[[i, acc, ci95], ...]`` from the ``test/acc_inst<i>`` keys of a summary, by ``i``."""
-    rows = []
-    for key, value in summary.items():
-        match = re.fullmatch(r"test/acc_inst(\d+)", key)
-        if match:
-            rows.append([int(match.group(1)), value, summary.get(f"{key}_ci95")])
-    return sorted(rows)
+def run_names(group: str | None, name: str | None) -> tuple[str | None, str | None]:
+    """W&B group (one per sweep) and run name (the job's overrides) unless set in config."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    if group is None and hydra_cfg.mode == RunMode.MULTIRUN:
+        group = "sweep-" + "_".join(Path(hydra_cfg.sweep.dir).parts[-2:])
+    if name is None:  # the overrides as typed, e.g. "algo=fomaml,seed=1"
+        name = ",".join(hydra_cfg.overrides.task) or None
+    return group, name
 
 
 class WandbSink(Sink):
-    """Logs metrics with the meta-iteration as step and puts final results in the run summary."""
+    """Logs metrics with the meta-iteration as step and puts final results in the run summary;
+    each metric series of the test results also becomes a table and a line plot."""
+
+    check_config = staticmethod(check_wandb_settings)
 
     def __init__(
         self,
         *,
         run_dir: Path,
-        config: dict[str, Any],
+        run_config: dict[str, Any],
         project: str,
         entity: str | None,
         mode: str,
@@ -98,13 +106,16 @@ class WandbSink(Sink):
         tags: list[str],
         notes: str | None,
         console: Console,
+        series: tuple[Series, ...] = (),
     ) -> None:
-        self.console = console
-        self.mode = resolve_mode(mode)
+        self.console, self.series = console, series
+        self.mode = resolve_mode(getattr(mode, "value", mode))
         self.run = None
         if self.mode == "disabled":
             return
         import wandb  # imported here: `logger=none` runs never pay for it
+
+        group, name = run_names(group, name)
 
         kwargs = dict(
             project=project,
@@ -113,7 +124,7 @@ class WandbSink(Sink):
             name=name,
             tags=tags or None,
             notes=notes,
-            config=config,
+            config=run_config,
             dir=str(run_dir),
             job_type="train",
             settings=wandb.Settings(console="off", silent=True),
@@ -154,17 +165,18 @@ class WandbSink(Sink):
 
     def summary(self, summary: dict[str, Any]) -> None:
         self._call("summary", lambda: self.run.summary.update(summary))
-        by_instance = instance_curve(summary)
-        if by_instance:
-            self._call("table", self._log_instance_table, by_instance)
+        for (series, metric), keys in members(summary, self.series).items():
+            rows = [[i, summary[k], summary.get(f"{k}_ci95")] for i, k in keys]
+            self._call("table", self._log_table, series.axis, metric, rows)
 
-    def _log_instance_table(self, rows: list[list[float]]) -> None:
-        """Accuracy vs. presentation number (MANN): a table and its line plot in the run."""
+    def _log_table(self, axis: str, metric: str, rows: list[list[float]]) -> None:
+        """``test/<metric>_by_<axis>``: a table of a series and its line plot."""
         import wandb
 
-        table = wandb.Table(columns=["instance", "acc", "acc_ci95"], data=rows)
-        plot = wandb.plot.line(table, "instance", "acc", title="test accuracy by presentation")
-        self.run.log({"test/acc_by_instance": table, "test/acc_by_instance_plot": plot})
+        table = wandb.Table(columns=[axis, metric, f"{metric}_ci95"], data=rows)
+        plot = wandb.plot.line(table, axis, metric, title=f"test {metric} by {axis}")
+        key = f"test/{metric}_by_{axis}"
+        self.run.log({key: table, f"{key}_plot": plot})
 
     def close(self, status: str) -> None:
         if self.run is None:

@@ -86,6 +86,7 @@ class DeviceConfig:
 @schema("logger", "wandb")
 @dataclass
 class WandbConfig:
+    _target_: str = "metarun.logging.wandb_sink.WandbSink"
     project: str = "metarun"
     entity: Optional[str] = None
     mode: WandbMode = WandbMode.auto
@@ -103,7 +104,7 @@ class MetarunConfig:
     dataset: Any = MISSING
     backbone: Any = MISSING
     device: DeviceConfig = field(default_factory=DeviceConfig)
-    logger: Optional[WandbConfig] = None
+    logger: Optional[Any] = None  # a Sink's config (logger=wandb | none | your own)
     task: TaskConfig = field(default_factory=TaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     val: ValConfig = field(default_factory=ValConfig)
