@@ -41,7 +41,7 @@ fuzz: $(STAMP)
 
 # 200 short jobs with random overrides in one multirun: each finishes or fails in one line.
 soak: $(STAMP)
-	$(BIN)/python scripts/soak.py --runs 200
+	$(BIN)/python tests/soak.py --runs 200
 
 lint: $(STAMP)
 	$(BIN)/ruff check metarun tests scripts

@@ -6,46 +6,54 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
 from metarun.checkpoint import load_checkpoint
 from metarun.errors import MetarunError
 from metarun.logging.local import read_metrics
+from metarun.schemas import MetarunConfig, schema_for
 
 # Config sections that must match for a checkpoint to be continued (they shape the model, the
 # data or the random streams); train.steps, logging and the device may change.
 RESUME_MUST_MATCH = ("algo", "backbone", "dataset", "task", "seed", "checkpoint")
 
 
-# Options added after checkpoints may have been written, with the value that reproduces what
-# metarun did before they existed: a checkpoint without the key resumes if the run keeps it.
-ADDED_OPTIONS = {
-    "algo.task_chunk": 0,
-    "algo.write": "key",
-    "algo.key_strength": False,
-    "dataset.shift": 0,
-    "algo.adapt": "all",
-    "algo.learn_inner_lr": False,
-    "algo.per_step_inner_lr": False,
-    "algo.multi_step_loss": 0,
-    "algo.first_order_until": 0,
-    "algo.per_step_bn": False,
-    "algo.per_step_bn_stats": False,
-}
 _ABSENT = object()
 
 
-def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
-    """Dotted keys where ``a`` (the checkpoint's config) and ``b`` (this run's) differ."""
+def _schema_defaults(config: dict) -> dict:
+    """The schema defaults of the run's ``algo``, ``dataset`` and ``backbone`` and of the root
+    sections, as plain data by section."""
+    out = _plain(OmegaConf.structured(MetarunConfig))
+    for group in ("algo", "dataset", "backbone"):
+        target = (config.get(group) or {}).get("_target_")
+        schema = schema_for(group, target) if isinstance(target, str) else None
+        out[group] = _plain(OmegaConf.structured(schema)) if schema is not None else {}
+    return out
+
+
+def _plain(node) -> dict:
+    return OmegaConf.to_container(node, resolve=False, enum_to_str=True)
+
+
+def _differences(a: Any, b: Any, default: Any = _ABSENT, prefix: str = "") -> list[str]:
+    """Dotted keys where ``a`` (the checkpoint's config) and ``b`` (this run's) differ.
+
+    An option the checkpoint lacks was added to metarun after it was written; every option is
+    added with a default that reproduces what metarun did before it existed (the rule for
+    contributors, docs/architecture.md), so the run may keep it at its schema ``default``."""
     if isinstance(a, dict) and isinstance(b, dict):
+        default = default if isinstance(default, dict) else {}
         return [
             d
             for k in sorted(set(a) | set(b))
-            for d in _differences(a.get(k, _ABSENT), b.get(k, _ABSENT), f"{prefix}{k}.")
+            for d in _differences(
+                a.get(k, _ABSENT), b.get(k, _ABSENT), default.get(k, _ABSENT), f"{prefix}{k}."
+            )
         ]
-    key = prefix.rstrip(".")
-    if a is _ABSENT and key in ADDED_OPTIONS and b == ADDED_OPTIONS[key]:
+    if a is _ABSENT and default is not _ABSENT and b == default:
         return []
-    return [] if a == b else [key]
+    return [] if a == b else [prefix.rstrip(".")]
 
 
 # What a checkpoint must hold for a run to continue from it (checkpoints written by metarun do).
@@ -68,10 +76,12 @@ def resume_checkpoint(config: dict, run_dir: Path, device: torch.device) -> dict
             "tool, or only weights); start a new run from its weights with "
             f"train.init_from={path}"
         )
+    defaults = _schema_defaults(config)
+    saved = checkpoint["config"]
     changed = [
         d
         for key in RESUME_MUST_MATCH
-        for d in _differences(checkpoint["config"].get(key), config.get(key), f"{key}.")
+        for d in _differences(saved.get(key), config.get(key), defaults.get(key), f"{key}.")
     ]
     if changed:
         raise MetarunError(

@@ -301,17 +301,9 @@ def bench_floor(names, args, device, records: list[dict]) -> None:
 
 # -- ProtoNet overhead and sampling, through the real config and trainer -------------------
 def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from metarun.compose import compose_config
 
-    from metarun.cli import config_dir
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = hydra_compose("train", overrides=overrides)
-    GlobalHydra.instance().clear()
-    return cfg
+    return compose_config(overrides)
 
 
 def trainer_for(overrides: list[str], run_dir: Path):

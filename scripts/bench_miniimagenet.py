@@ -74,17 +74,15 @@ def probe_load(root: str) -> dict:
 
 def probe_train(root: str, preset: str, steps: int) -> dict:
     import torch
-    from hydra import compose, initialize_config_dir
 
-    from metarun.cli import config_dir
+    from metarun.compose import compose_config
     from metarun.experiment import build_experiment
     from metarun.logging import Logger
     from metarun.trainer import Trainer
 
     overrides = [f"experiment={preset}", f"dataset.root={root}", "logger=none", "device=cpu"]
     overrides += ["val.episodes=2", "val.batch_size=2", "checkpoint.save=false"]
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+    cfg = compose_config(overrides)
     exp = build_experiment(cfg, run_dir=Path("/tmp"))
     trainer = Trainer(exp)
     trainer.logger = Logger([])

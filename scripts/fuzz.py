@@ -187,10 +187,8 @@ def run_cli(args: list[str], seconds: float) -> tuple[str, str]:
 def fuzz(draws: int, seed: int, budget: float, per_draw: float = 20.0) -> dict:
     """Run the draws (until ``budget`` seconds); returns the tally, messages and failures."""
     import torch
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
 
-    from metarun.cli import config_dir
+    from metarun.compose import compose_config
 
     torch.set_num_threads(1)
     rng = random.Random(seed)
@@ -202,10 +200,7 @@ def fuzz(draws: int, seed: int, budget: float, per_draw: float = 20.0) -> dict:
     snapshots = {done: tree(done)}
     data = datasets(work)
 
-    def composed(overrides: list[str]):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-            return compose("train", overrides=overrides)
+    composed = compose_config
 
     tally, messages, failures = collections.Counter(), collections.Counter(), []
     start = time.perf_counter()

@@ -87,17 +87,15 @@ def reset_peak(device) -> None:
 def probe(preset: str, device: str) -> dict:
     """In this process: the preset's phases and their peaks (MB)."""
     import torch
-    from hydra import compose, initialize_config_dir
 
-    from metarun.cli import config_dir
+    from metarun.compose import compose_config
     from metarun.evaluate import evaluate
     from metarun.experiment import build_experiment
     from metarun.logging import Logger
     from metarun.trainer import Trainer
 
     torch.set_num_threads(2)
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={preset}", f"device={device}"])
+    cfg = compose_config([f"experiment={preset}", f"device={device}"])
     exp = build_experiment(cfg, run_dir=Path("/nonexistent"), dataset=synthetic(cfg))
     record = {"preset": preset, "built_mb": peak_mb(exp.device)}
     trainer = Trainer(exp)  # draws and keeps the validation episodes

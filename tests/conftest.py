@@ -12,8 +12,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
@@ -127,13 +125,12 @@ def isolated_cache(tmp_path_factory):
 def compose_cfg():
     """``compose_cfg(overrides)`` returns the composed config, Hydra's own node included."""
 
+    from metarun.compose import compose_config
+
     def _compose(overrides: list[str] = ()) -> DictConfig:
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return compose("train", overrides=list(overrides), return_hydra_config=True)
+        return compose_config(overrides, hydra=True)
 
     yield _compose
-    GlobalHydra.instance().clear()
 
 
 @pytest.fixture
@@ -167,9 +164,9 @@ def entry(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
 
-    from metarun import cli, report, trained
+    from metarun import cli, predict, report, trained
 
-    mains = {"metarun": cli.main, "metarun-predict": trained.predict_main}
+    mains = {"metarun": cli.main, "metarun-predict": predict.predict_main}
     mains.update({"metarun-report": report.main, "metarun-eval": trained.eval_main})
 
     def _run(tool: str, args: list[str]) -> tuple[int | None, str]:

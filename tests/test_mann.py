@@ -18,6 +18,7 @@ from metarun import report
 from metarun.algorithms import MANN
 from metarun.algorithms.lrua import LRUAMemory, MemoryState, least_used
 from metarun.algorithms.mann import presentation_numbers
+from metarun.algorithms.memory_use import record_steps
 from metarun.backbones import MLP
 from metarun.data.batch import TaskBatch, TaskShape
 from metarun.data.episodes import EpisodicImages
@@ -381,7 +382,7 @@ def test_the_memory_use_script_reports_each_presentation(run_inprocess, capsys, 
     best = str(run_dir / "checkpoints" / "best.pt")
     args = ["--episodes", "6", "--seed", "2002", "--batch-size", "4"]
     monkeypatch.setattr(sys, "argv", [str(script), best, *args])
-    script_globals = runpy.run_path(str(script), run_name="__main__")
+    runpy.run_path(str(script), run_name="__main__")  # a thin CLI over memory_use
     lines = capsys.readouterr().out.splitlines()
     header = lines.index(next(line for line in lines if line.split()[:2] == ["inst", "entropy"]))
     rows = [line.split() for line in lines[header + 1 :]]
@@ -403,7 +404,7 @@ def test_the_memory_use_script_reports_each_presentation(run_inprocess, capsys, 
     )
     reads, new = memory.step(h, state)
     ablation = ["none"]
-    script_globals["record_steps"](memory, ablation)
+    record_steps(memory, ablation)
     expected = {
         "none": reads,
         "uniform": new.memory.mean(1, keepdim=True).expand(-1, 2, -1),

@@ -247,3 +247,16 @@ def test_a_kill_in_the_middle_of_a_checkpoint_write_loses_nothing(reference, tmp
     assert (run_dir / "metrics.jsonl").read_text() == (reference / "metrics.jsonl").read_text()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["test/mse"] == json.loads((reference / "summary.json").read_text())["test/mse"]
+
+
+def test_an_option_added_since_a_checkpoint_resumes_at_its_schema_default():
+    """Options metarun gained after a checkpoint was written are absent from its config; the
+    run may keep them at their schema default (which reproduces the old behaviour), nothing else."""
+    from metarun.resume import _differences, _schema_defaults
+
+    saved = {"_target_": "metarun.algorithms.MAML", "inner_lr": 0.1}
+    run = {**saved, "task_chunk": 0, "per_step_bn": False}
+    defaults = _schema_defaults({"algo": run})["algo"]
+    assert _differences(saved, run, defaults, "algo.") == []
+    assert _differences(saved, {**run, "task_chunk": 4}, defaults, "algo.") == ["algo.task_chunk"]
+    assert _differences(saved, {**run, "inner_lr": 0.2}, defaults, "algo.") == ["algo.inner_lr"]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from metarun import predict as predicting
 from metarun import trained
 from metarun.data import Glyphs
 from metarun.errors import MetarunError
@@ -80,7 +81,7 @@ def test_predict_classifies_new_images_into_a_csv(run_inprocess, tmp_path, algo)
     run_dir, _ = run_inprocess([*GLYPH_RUN, *ALGO[algo], "task.train_way=null", "train.steps=60"])
     support, query = _write_folders(tmp_path, classes=5, shot=2)
     out = tmp_path / "p.csv"
-    rows = trained.predict(
+    rows = predicting.predict(
         [
             f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}",
             f"support={support}",
@@ -101,7 +102,7 @@ def test_predict_with_a_mann_checkpoint_scores_only_the_support_classes(run_inpr
     support, query = _write_folders(tmp_path, classes=3, shot=2)  # fewer than its 5 outputs
     out = tmp_path / "p.csv"
     best = run_dir / "checkpoints" / "best.pt"
-    trained.predict([f"checkpoint={best}", f"support={support}", f"query={query}", f"out={out}"])
+    predicting.predict([f"checkpoint={best}", f"support={support}", f"query={query}", f"out={out}"])
     table = list(csv.DictReader(out.open()))
     assert len(table) == 3 * 18
     assert {r["predicted"] for r in table} <= {"class0", "class1", "class2"}
@@ -110,14 +111,14 @@ def test_predict_with_a_mann_checkpoint_scores_only_the_support_classes(run_inpr
     (tmp_path / "seven").mkdir()
     support7, _ = _write_folders(tmp_path / "seven", classes=7, shot=2)
     with pytest.raises(MetarunError, match="has 5 outputs .* the episode has 7 classes"):
-        trained.predict([f"checkpoint={best}", f"support={support7}", f"query={query}"])
+        predicting.predict([f"checkpoint={best}", f"support={support7}", f"query={query}"])
 
 
 def test_predict_explains_a_class_count_that_maml_cannot_use(run_inprocess, tmp_path):
     run_dir, _ = run_inprocess([*GLYPH_RUN, *ALGO["maml"], "task.train_way=null"])
     support, query = _write_folders(tmp_path, classes=3, shot=1)
     with pytest.raises(MetarunError, match="trained 5-way, so support needs 5 class folders"):
-        trained.predict(
+        predicting.predict(
             [
                 f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}",
                 f"support={support}",

@@ -176,7 +176,7 @@ def test_every_tool_answers_help_and_a_bare_call_with_its_usage(entry, tool):
 
 
 def test_predict_checks_its_overrides_values_as_a_run_does(run_inprocess, tmp_path):
-    from metarun.trained import predict
+    from metarun.predict import predict
 
     run, _ = run_inprocess(
         [*QUIET, "dataset=glyphs", "dataset.classes=[12,6,6]", "train.steps=2", "val.every=2"],

@@ -125,6 +125,11 @@ class LRUAMemory(nn.Module):
         a = gate.sigmoid().unsqueeze(-1)
         return a * state.read_weights + (1 - a) * state.least_used
 
+    #: ``observer(gate, write, reads, new) -> (reads, new)``, called at the end of every step
+    #: when set: it sees the step's write gate and weights and may replace what the step hands on
+    #: (:mod:`metarun.algorithms.memory_use` records and ablates reads). None: nothing.
+    observer = None
+
     def step(self, h: torch.Tensor, state: MemoryState) -> tuple[torch.Tensor, MemoryState]:
         b = h.shape[0]
         keys = torch.tanh(self.key(h)).view(b, self.heads, self.width)
@@ -132,7 +137,8 @@ class LRUAMemory(nn.Module):
         values = keys if self.add is None else torch.tanh(self.add(h)).view(b, -1, self.width)
         if self.read_order == "before_write":  # reads see past steps' writes only
             read = self.address(keys, state.memory, beta)
-        write = self.write_weights(self.gate(h), state)
+        gate = self.gate(h)
+        write = self.write_weights(gate, state)
         # The least-used slots are cleared before they are written (the paper's M_t(lu) <- 0),
         # then each head adds its vector where its write weights point.
         keep = 1.0 - state.least_used.sum(1).clamp(max=1.0)  # [B, S]
@@ -142,4 +148,6 @@ class LRUAMemory(nn.Module):
         reads = read @ memory  # [B, H, W]
         usage = self.gamma * state.usage + read.sum(1) + write.sum(1)
         new = MemoryState(memory, usage, read, least_used(usage, self.heads), reads)
+        if self.observer is not None:  # diagnostics (metarun.algorithms.memory_use)
+            reads, new = self.observer(gate, write, reads, new)
         return reads, new

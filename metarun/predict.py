@@ -1,0 +1,151 @@
+"""``metarun-predict``: classify new images with a trained model, given labelled examples.
+
+``metarun-predict checkpoint=PATH support=DIR query=DIR [out=FILE.csv] [overrides]``: the
+support folder holds one sub-folder of images per class; every image under the query folder is
+classified. The model is built from its checkpoint by the same code as a run
+(:func:`~metarun.trained.load_trained`), on a :class:`GivenImages` dataset of the support's shape.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+import torch
+from hydra.utils import get_class
+from rich.console import Console
+from rich.table import Table
+
+from metarun.atomic import atomic_write
+from metarun.checkpoint import load_checkpoint
+from metarun.errors import MetarunError, warn
+from metarun.images import images_in, load_image
+from metarun.trained import _parse, _run_tool, checkpoint_config, checkpoint_file, load_trained
+
+
+class GivenImages:
+    """The images a user hands to ``metarun-predict``: a classification task of a known input
+    shape, with no splits to sample from (the dataset interface :func:`build_experiment` needs)."""
+
+    problem = "classification"
+
+    def __init__(self, input_shape) -> None:
+        self.input_shape = tuple(input_shape)
+
+    def output_size(self, way: int) -> int:
+        return way
+
+    def check_shape(self, split: str, shape, what: str) -> None:
+        pass  # the user's folders are the one task; their checks are predict's own
+
+
+def _output_path(value: str) -> Path:
+    """``out=``: checked before any work, so a bad path never costs the predictions."""
+    out = Path(value).expanduser()
+    if out.is_dir():
+        raise MetarunError(f"out={value} is a folder; give a file name, e.g. out={out}/p.csv")
+    if not out.parent.is_dir():
+        raise MetarunError(
+            f"out={value}: the folder {out.parent} does not exist; create it or choose another path"
+        )
+    if not os.access(out.parent, os.W_OK):
+        raise MetarunError(f"out={value}: the folder {out.parent} is not writable")
+    return out
+
+
+def predict(argv: list[str]) -> list[dict]:
+    own, overrides = _parse(
+        argv, "metarun-predict", {"checkpoint": True, "support": True, "query": True, "out": False}
+    )
+    out = _output_path(own.get("out", "predictions.csv"))
+    checkpoint = load_checkpoint(checkpoint_file(own["checkpoint"]))
+    preprocess = checkpoint.get("data", {}).get("preprocess")
+    if not preprocess:
+        raise MetarunError(
+            "this checkpoint's dataset has no image preprocessing to apply "
+            "(regression, or written by an older metarun); predict needs images"
+        )
+    cfg = checkpoint_config(checkpoint, overrides)
+    support_dir, query_dir = Path(own["support"]), Path(own["query"])
+    classes = (
+        sorted(p.name for p in support_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if (support_dir.is_dir())
+        else []
+    )
+    if len(classes) < 2:
+        raise MetarunError(f"support={support_dir} needs one sub-folder per class (two or more)")
+    support = [
+        (load_image(f, preprocess), c)
+        for c, name in enumerate(classes)
+        for f in images_in(support_dir / name)
+    ]
+    queries = images_in(query_dir) if query_dir.is_dir() else []
+    if not queries:
+        raise MetarunError(f"query={query_dir} holds no images")
+    nested = sum(1 for q in queries if q.parent != query_dir)
+    if nested:
+        warn(
+            f"query={query_dir}: {nested} of the {len(queries)} images are in sub-folders; "
+            "all are predicted (the file column has their paths)"
+        )
+    empty = [name for name in classes if not images_in(support_dir / name)]
+    if empty:
+        raise MetarunError(f"support classes without images: {', '.join(empty)}")
+
+    dataset = GivenImages(checkpoint["data"]["input_shape"])
+    algo_cls = get_class(cfg.algo._target_)
+    out_features = algo_cls.output_size(dataset, cfg.task.train_way or cfg.task.way)
+    if out_features is not None and out_features != len(classes):
+        raise MetarunError(
+            f"this {algo_cls.__name__} model was trained {out_features}-way, so "
+            f"support needs {out_features} class folders (found {len(classes)})"
+        )
+    # The task is the user's: as many classes as the support has, and its shots.
+    task = [f"task.way={len(classes)}", f"task.shot={max(1, len(support) // len(classes))}"]
+    exp = load_trained(
+        checkpoint_file(own["checkpoint"]),
+        [*overrides, *task],
+        checkpoint,
+        splits=(),
+        dataset=dataset,
+    )
+    learner, device = exp.learner, exp.device
+    learner.eval()
+    support_x = torch.stack([x for x, _ in support]).to(device)
+    support_y = torch.tensor([c for _, c in support], device=device)
+    query_x = torch.stack([load_image(f, preprocess) for f in queries]).to(device)
+    probs = learner.predict(support_x, support_y, query_x).softmax(-1).cpu()
+
+    rows = [
+        {
+            "file": str(f),
+            "predicted": classes[int(p.argmax())],
+            **{f"p({name})": round(float(v), 4) for name, v in zip(classes, p)},
+        }
+        for f, p in zip(queries, probs)
+    ]
+    table = Table(
+        title=f"{len(queries)} queries, {len(classes)} classes, {len(support)} support images"
+    )
+    for column in rows[0]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    Console().print(table)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    try:
+        atomic_write(out, lambda f: f.write(text.getvalue().encode()))
+    except OSError as e:
+        raise MetarunError(f"could not write {out} ({e.strerror or e}); nothing was written") from e
+    print(f"wrote {out}")
+    return rows
+
+
+def predict_main(argv: list[str] | None = None) -> None:
+    """``metarun-predict checkpoint=PATH support=DIR query=DIR [out=FILE.csv]``."""
+    _run_tool(predict, argv, "metarun-predict")
