@@ -58,6 +58,17 @@ class MetaLearner(nn.Module, ABC):
         return dataset.output_size(way)
 
     @classmethod
+    def no_head_for_classes(cls, dataset: Any) -> None:
+        """``output_size`` of a learner that classifies with a headless backbone (ProtoNet's
+        embeddings, MANN's encoder): refuses a regression dataset in one line."""
+        if dataset.problem != "classification":
+            raise MetarunError(
+                f"algo={cls.__name__.lower()} classifies; it cannot run on a regression dataset "
+                f"({type(dataset).__name__}); use algo=maml or a classification dataset"
+            )
+        return None
+
+    @classmethod
     def check_task(cls, shape: TaskShape, what: str, algo_cfg: Any) -> None:
         """Raise a one-line error if this algorithm cannot use episodes of ``shape``."""
         if shape.query < 1:

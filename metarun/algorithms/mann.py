@@ -95,12 +95,7 @@ class MANN(MetaLearner):
 
     @classmethod
     def output_size(cls, dataset, way: int) -> None:
-        if dataset.problem != "classification":
-            raise MetarunError(
-                "algo=mann classifies; it cannot run on a regression dataset "
-                f"({type(dataset).__name__}); use algo=maml or a classification dataset"
-            )
-        return None  # the backbone encodes; the controller and output layer are MANN's
+        return cls.no_head_for_classes(dataset)  # the backbone embeds; no output layer
 
     @classmethod
     def check_task(cls, shape: TaskShape, what: str, algo_cfg) -> None:

@@ -7,7 +7,6 @@ import torch.nn.functional as F
 
 from metarun.algorithms.base import MetaLearner
 from metarun.data.batch import TaskBatch
-from metarun.errors import MetarunError
 
 
 class ProtoNet(MetaLearner):
@@ -22,12 +21,7 @@ class ProtoNet(MetaLearner):
 
     @classmethod
     def output_size(cls, dataset, way: int) -> None:
-        if dataset.problem != "classification":
-            raise MetarunError(
-                "algo=protonet classifies; it cannot run on a regression dataset "
-                f"({type(dataset).__name__}); use algo=maml or a classification dataset"
-            )
-        return None  # embeddings, no head
+        return cls.no_head_for_classes(dataset)  # the backbone embeds; no output layer
 
     def _logits(self, batch: TaskBatch) -> torch.Tensor:
         nk = batch.support_y.shape[1]

@@ -27,21 +27,37 @@ class OptimizerConfig:
     weight_decay: float = 0.0
 
 
+@dataclass
+class LearnerConfig:
+    """What every algorithm's schema has: the batch-norm mode its backbones read (their configs
+    default to ``${algo.batch_norm}``), the outer optimizer and an optional LR scheduler."""
+
+    OBJECTS: ClassVar = ("scheduler",)  # null or an object config with a _target_
+    CHOICES: ClassVar = {"batch_norm": BATCH_NORMS}
+    batch_norm: str = "transductive"  # transductive (batch statistics) | running
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: Optional[Any] = None  # a torch.optim.lr_scheduler class, _partial_: true
+
+
+@dataclass
+class FineTuningConfig(LearnerConfig):
+    """Algorithms that adapt the weights to each task with gradient steps (MAML, Reptile)."""
+
+    BOUNDS: ClassVar = {"inner_lr": POSITIVE, "inner_steps": POSITIVE}
+    inner_lr: float = 0.01  # inner step size
+    inner_steps: int = 1  # inner steps per task in meta-training
+    eval_inner_steps: int = 10  # inner steps at validation and test
+
+
 @schema("algo", "maml")
 @dataclass
-class MAMLConfig:
-    OBJECTS: ClassVar = ("scheduler",)  # null or an object config with a _target_
-    BOUNDS: ClassVar = {"inner_lr": POSITIVE, "inner_steps": POSITIVE}
-    CHOICES: ClassVar = {"batch_norm": BATCH_NORMS, "adapt": ("all", "head")}
+class MAMLConfig(FineTuningConfig):
+    CHOICES: ClassVar = {**LearnerConfig.CHOICES, "adapt": ("all", "head")}
     _target_: str = "metarun.algorithms.MAML"
-    inner_lr: float = 0.01
-    inner_steps: int = 1
-    eval_inner_steps: int = 10
     eval_report_steps: List[int] = field(default_factory=list)
     first_order: bool = False
     task_batching: TaskBatching = TaskBatching.auto
     task_chunk: int = 0  # tasks per forward + backward; 0: automatic (fold: ~1M input values)
-    batch_norm: str = "transductive"  # read by backbones with batch norm; MAML needs this one
     adapt: str = "all"  # all (MAML) | head (ANIL: the inner loop adapts the last layer only)
     learn_inner_lr: bool = False  # Meta-SGD: a learned inner step size per weight
     # MAML++ (Antoniou et al. 2019):
@@ -50,8 +66,6 @@ class MAMLConfig:
     first_order_until: int = 0  # derivative-order annealing: first order before this step
     per_step_bn: bool = False  # BNWB: batch-norm weights and biases per inner step (if any)
     per_step_bn_stats: bool = False  # BNRS: running statistics per step, used at evaluation
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    scheduler: Optional[Any] = None  # a torch.optim.lr_scheduler class, _partial_: true
 
 
 @schema("algo", "fomaml")
@@ -119,16 +133,13 @@ def _linear_to_zero() -> dict:
 
 @schema("algo", "reptile")
 @dataclass
-class ReptileConfig:
-    OBJECTS: ClassVar = ("scheduler",)  # null or an object config with a _target_
-    BOUNDS: ClassVar = {"inner_lr": POSITIVE, "inner_steps": POSITIVE}
-    CHOICES: ClassVar = {"batch_norm": BATCH_NORMS, "inner_optimizer": ("adam", "sgd")}
+class ReptileConfig(FineTuningConfig):
+    CHOICES: ClassVar = {**LearnerConfig.CHOICES, "inner_optimizer": ("adam", "sgd")}
     _target_: str = "metarun.algorithms.Reptile"
     inner_lr: float = 0.001
     inner_steps: int = 5
     eval_inner_steps: int = 50
     inner_optimizer: str = "adam"  # adam (beta1 = 0, the paper's) | sgd
-    batch_norm: str = "transductive"
     optimizer: OptimizerConfig = field(default_factory=SGDConfig)  # lr: the outer step size
     # The outer step size annealed linearly to 0 over train.steps, as in the paper.
     scheduler: Optional[Any] = field(default_factory=_linear_to_zero)
@@ -136,13 +147,9 @@ class ReptileConfig:
 
 @schema("algo", "protonet")
 @dataclass
-class ProtoNetConfig:
-    OBJECTS: ClassVar = ("scheduler",)  # null or an object config with a _target_
-    CHOICES: ClassVar = {"batch_norm": BATCH_NORMS}
+class ProtoNetConfig(LearnerConfig):
     _target_: str = "metarun.algorithms.ProtoNet"
-    batch_norm: str = "running"  # read by backbones with batch norm
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    scheduler: Optional[Any] = None  # a torch.optim.lr_scheduler class, _partial_: true
+    batch_norm: str = "running"  # running statistics for evaluation
 
 
 class MemoryKind(str, Enum):
@@ -152,14 +159,13 @@ class MemoryKind(str, Enum):
 
 @schema("algo", "mann")
 @dataclass
-class MANNConfig:
-    OBJECTS: ClassVar = ("scheduler",)  # null or an object config with a _target_
+class MANNConfig(LearnerConfig):
     BOUNDS: ClassVar = {
         **{k: POSITIVE for k in ("way", "controller_size", "memory_slots", "memory_width")},
         **{"read_heads": POSITIVE, "report_instances": POSITIVE, "gamma": Range(0, 1)},
     }
     CHOICES: ClassVar = {
-        "batch_norm": BATCH_NORMS,
+        **LearnerConfig.CHOICES,
         "write": ("key", "add"),
         "read_order": ("after_write", "before_write", None),  # None: by write kind
     }
@@ -175,6 +181,4 @@ class MANNConfig:
     write: str = "key"  # key (paper) | add
     read_order: Optional[str] = None  # after_write | before_write; None: by write kind
     report_instances: List[int] = field(default_factory=lambda: [1, 2, 3, 4, 5, 10])
-    batch_norm: str = "running"
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    scheduler: Optional[Any] = None  # a torch.optim.lr_scheduler class, _partial_: true
+    batch_norm: str = "running"  # read by a conv encoder only (backbone=conv4)
