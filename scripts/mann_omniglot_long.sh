@@ -2,9 +2,9 @@
 # MANN (one read head) and its LSTM baseline on the Omniglot "minimal" background sets
 # (small1+small2: 164 training characters x 4 rotations, 15 validation, 63 held-out test
 # characters), the paper's episodes (5 classes x 10 presentations, 20x20, 16 per batch), each
-# training image shifted by up to 2 pixels: the README's MANN table, made the way it was made.
+# training image shifted by up to 2 pixels: the MANN table of docs/results.md, made the way it was made.
 #   1. one sweep of 20,000 batches at Adam 3e-3, then both jobs resumed to STEPS (default
-#      100,000, the paper's budget; the README also reports 50,000): the same runs as one
+#      100,000, the paper's budget; docs/results.md also reports 50,000): the same runs as one
 #      STEPS-batch sweep, in pieces that fit a session;
 #   2. from each job's last weights, DECAY_STEPS (default 6,000) more batches at 3e-4, as a new
 #      run (train.init_from: Adam's moments and the episode stream start afresh).

@@ -42,7 +42,7 @@ def _omniglot_test_data() -> Path | None:
 OMNIGLOT_DATA = _omniglot_test_data()
 NO_DATA = (
     f"needs the official Omniglot archives {' and '.join(SMALL_ARCHIVES)}: set {DATA_ENV} to the "
-    "folder holding them (see README, Tests)"
+    "folder holding them (see docs/development.md, Tests on real data)"
 )
 SHARED_OMNIGLOT = OMNIGLOT_DATA or Path("/nonexistent-omniglot-test-data")
 # Small, offline versions of the image datasets for tests.

@@ -479,7 +479,7 @@ def test_mann_configs_pick_the_paper_episode_and_encoder(compose_cfg):
     assert lstm.algo.memory == "none" and lstm.algo._target_ == "metarun.algorithms.MANN"
     preset = compose_cfg(["experiment=mann_omniglot_5way"])
     assert preset.algo.memory == "lrua"
-    # The recipe measured in the README, for MANN and for its LSTM baseline in the same sweep.
+    # The recipe measured in docs/results.md, for MANN and for its LSTM baseline in the same sweep.
     for cfg in (preset, lstm):
         assert (cfg.algo.optimizer.lr, cfg.dataset.shift, cfg.train.steps) == (0.003, 2, 106000)
         # 3e-3 until batch 100,000, then 3e-4 (the scheduler steps once per batch)

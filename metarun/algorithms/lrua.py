@@ -13,7 +13,7 @@ controller output ``h_t``:
 Reading after writing (item 3 uses ``M_t``) is what makes LRUA bind by design: a key written to
 a fresh slot finds that slot, so the next step's write (gate towards ``wr_{t-1}``) can add the
 label that arrives then to the same slot. (The models trained on Omniglot keep the gate shut and
-read almost uniformly, yet rely on those reads: ``scripts/mann_memory_use.py`` and the README.)
+read almost uniformly, yet rely on those reads: ``scripts/mann_memory_use.py`` and docs/results.md.)
 The paper's content addressing is a plain softmax over cosine similarities; a learned key
 strength (``key_strength: true``, as in the Neural Turing Machine) sharpens it. Two variants:
 ``write: add`` writes a separate NTM-style add vector (the key only reads), and ``read_order:

@@ -9,7 +9,7 @@
 - BNWB: batch-norm weights and biases per inner step (``per_step_bn``; the learner's
   ``step_bn``), used by the support forward of step i and the query forward after it;
 - BNRS: batch-norm running statistics per inner step, recorded in meta-training and used at test
-  time (``per_step_bn_stats``, off by default: see docs/results.md, Algorithms).
+  time (``per_step_bn_stats``, off by default: see docs/configuration.md, Algorithms).
 
 ``algo=mamlpp`` adds the paper's cosine-annealed meta learning rate and 5 inner steps.
 """

@@ -18,7 +18,7 @@ class ImageBackbone(nn.Module):
     features: nn.Module
     head: nn.Module | None
     #: Devices where MAML's ``task_batching=auto`` folds tasks (when :attr:`can_fold_tasks`):
-    #: on CPU a conv's cost is its arithmetic, which folding does not cut (README, performance).
+    #: on CPU a conv's cost is its arithmetic, which folding does not cut (docs/performance.md).
     fold_devices: tuple[str, ...] = ("cuda",)
 
     @classmethod

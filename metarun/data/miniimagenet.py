@@ -58,7 +58,7 @@ def detect_layout(root: Path) -> str:
     partly = f" (found only {', '.join(found)})" if found else ""
     raise MetarunError(
         f"no miniImageNet files in {root}{partly}; put there either {LAYOUTS}, set "
-        "dataset.root to their folder, or list download URLs in dataset.files (README: Datasets)"
+        "dataset.root to their folder, or list download URLs in dataset.files (docs/datasets.md)"
     )
 
 
