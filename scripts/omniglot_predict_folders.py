@@ -5,7 +5,8 @@ Usage: python scripts/omniglot_predict_folders.py OUT [--root ../shared/data/omn
 Picks `--way` characters of the meta-test split of `dataset=omniglot
 dataset.background=small1+small2 dataset.split=random` (split_seed 0, as the runs of
 docs/results.md), copies `--shot` drawings of each into OUT/support/<character>/ and the
-other drawings into OUT/query/ named `<character>__<file>.png`, so accuracy can be read off metarun-predict's CSV (see --score).
+other drawings into OUT/query/ named `<character>__<file>.png`, so accuracy can be read
+off metarun-predict's CSV (see --score).
   python scripts/omniglot_predict_folders.py OUT --score predictions.csv
 """
 
