@@ -88,10 +88,8 @@ class Trainer:
             if self.saved_step is not None
             else ""
         )
-        raise MetarunError(
-            f"the {what} became NaN or inf in {steps}{kept}; lower algo.optimizer.lr or "
-            "algo.inner_lr"
-        )
+        lower = " or ".join(f"algo.{o}" for o in self.exp.learner.step_size_options)
+        raise MetarunError(f"the {what} became NaN or inf in {steps}{kept}; lower {lower}")
 
     def save(self, name: str, metrics: dict[str, float]) -> None:
         if not self.cfg.checkpoint.save:

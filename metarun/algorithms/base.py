@@ -35,6 +35,9 @@ class MetaLearner(nn.Module, ABC):
     #: resume with the step), for schedules inside an algorithm (MAML++'s annealing).
     meta_step = 0
 
+    #: The options whose step sizes a diverging run should lower (named in its error line).
+    step_size_options: tuple[str, ...] = ("optimizer.lr",)
+
     #: Families of metric keys indexed by an integer that this learner reports
     #: (:class:`~metarun.series.Series`): the sinks and the report group them.
     metric_series: tuple[Series, ...] = ()

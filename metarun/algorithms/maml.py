@@ -70,6 +70,7 @@ class MAML(InnerLoop, MetaLearner):
     """
 
     metric_series = (Series("{metric}_step{i}", "step"),)  # algo.eval_report_steps
+    step_size_options = ("optimizer.lr", "inner_lr")
 
     def __init__(
         self,

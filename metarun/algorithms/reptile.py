@@ -47,6 +47,8 @@ class Reptile(MetaLearner):
         inner_optimizer: ``adam`` (the paper's) or ``sgd``.
     """
 
+    step_size_options = ("optimizer.lr", "inner_lr")
+
     def __init__(
         self,
         backbone: nn.Module,
