@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 from metarun.checkpoint import load_checkpoint
@@ -56,6 +57,21 @@ def _differences(a: Any, b: Any, default: Any = _ABSENT, prefix: str = "") -> li
     return [] if a == b else [prefix.rstrip(".")]
 
 
+def _as_renamed(saved: dict, config: dict) -> dict:
+    """``saved`` with its algorithm class named as this run names it, when this run's class
+    declares that it ``replaces`` the saved one (FOMAML, ANIL, Meta-SGD and MAML++ were
+    ``metarun.algorithms.MAML`` with options before they had classes of their own; the options
+    are still compared)."""
+    old, new = (saved.get("algo") or {}).get("_target_"), (config.get("algo") or {}).get("_target_")
+    if old == new or not isinstance(new, str):
+        return saved
+    try:
+        replaces = getattr(get_class(new), "replaces", ())
+    except Exception:  # noqa: BLE001 - an unimportable class: compared as it is
+        return saved
+    return {**saved, "algo": {**saved["algo"], "_target_": new}} if old in replaces else saved
+
+
 # What a checkpoint must hold for a run to continue from it (checkpoints written by metarun do).
 RESUME_KEYS = ("optimizer", "scheduler", "rng", "loop")
 LOOP_KEYS = {"sums", "count", "best_value", "best_step"}  # the loop's own state in "loop"
@@ -77,7 +93,7 @@ def resume_checkpoint(config: dict, run_dir: Path, device: torch.device) -> dict
             f"train.init_from={path}"
         )
     defaults = _schema_defaults(config)
-    saved = checkpoint["config"]
+    saved = _as_renamed(checkpoint["config"], config)
     changed = [
         d
         for key in RESUME_MUST_MATCH

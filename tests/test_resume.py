@@ -260,3 +260,15 @@ def test_an_option_added_since_a_checkpoint_resumes_at_its_schema_default():
     assert _differences(saved, run, defaults, "algo.") == []
     assert _differences(saved, {**run, "task_chunk": 4}, defaults, "algo.") == ["algo.task_chunk"]
     assert _differences(saved, {**run, "inner_lr": 0.2}, defaults, "algo.") == ["algo.inner_lr"]
+
+
+def test_a_run_of_a_variant_made_before_it_had_a_class_resumes_under_its_new_name():
+    """algo=anil was metarun.algorithms.MAML with adapt=head: such a run resumes as ANIL, and
+    the options are still compared."""
+    from metarun.resume import _as_renamed
+
+    old = {"algo": {"_target_": "metarun.algorithms.MAML", "adapt": "head"}}
+    new = {"algo": {"_target_": "metarun.algorithms.ANIL", "adapt": "head"}}
+    assert _as_renamed(old, new) == new
+    other = {"algo": {"_target_": "metarun.algorithms.ProtoNet"}}
+    assert _as_renamed(old, other) == old  # ProtoNet replaces nothing

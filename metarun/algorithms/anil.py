@@ -11,5 +11,7 @@ from metarun.algorithms.maml import MAML
 class ANIL(MAML):
     """:class:`MAML` with ``adapt="head"`` by default (every other option is MAML's)."""
 
+    replaces = ("metarun.algorithms.MAML",)  # its runs from before it had a class
+
     def __init__(self, *args, adapt: str = "head", **options) -> None:
         super().__init__(*args, adapt=adapt, **options)

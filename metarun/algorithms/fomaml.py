@@ -10,5 +10,7 @@ from metarun.algorithms.maml import MAML
 class FOMAML(MAML):
     """:class:`MAML` with ``first_order=True`` by default (every other option is MAML's)."""
 
+    replaces = ("metarun.algorithms.MAML",)  # its runs from before it had a class
+
     def __init__(self, *args, first_order: bool = True, **options) -> None:
         super().__init__(*args, first_order=first_order, **options)

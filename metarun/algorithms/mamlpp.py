@@ -22,6 +22,8 @@ from metarun.algorithms.maml import MAML
 class MAMLPlusPlus(MAML):
     """:class:`MAML` with LSLR, MSL, annealing and BNWB on by default (the paper's settings)."""
 
+    replaces = ("metarun.algorithms.MAML",)  # its runs from before it had a class
+
     def __init__(
         self,
         *args,

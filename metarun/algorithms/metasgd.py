@@ -10,5 +10,7 @@ from metarun.algorithms.maml import MAML
 class MetaSGD(MAML):
     """:class:`MAML` with ``learn_inner_lr=True`` by default (every other option is MAML's)."""
 
+    replaces = ("metarun.algorithms.MAML",)  # its runs from before it had a class
+
     def __init__(self, *args, learn_inner_lr: bool = True, **options) -> None:
         super().__init__(*args, learn_inner_lr=learn_inner_lr, **options)
