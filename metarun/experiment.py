@@ -91,6 +91,10 @@ def check_config(cfg: DictConfig) -> None:
     check_values(cfg)
 
 
+def _chunk(cfg: DictConfig, split: str, eval_shape: TaskShape, train_shape: TaskShape) -> int:
+    return chunk_size(cfg[split].batch_size, eval_shape, train_shape, cfg.task.meta_batch)
+
+
 @dataclass
 class Experiment:
     """Everything a run builds from its config before training starts."""
@@ -112,9 +116,7 @@ class Experiment:
 
     def chunk(self, split: str) -> int:
         """Tasks per evaluation forward for ``split`` (``<split>.batch_size``, or auto)."""
-        return chunk_size(
-            self.cfg[split].batch_size, self.eval_shape, self.train_shape, self.cfg.task.meta_batch
-        )
+        return _chunk(self.cfg, split, self.eval_shape, self.train_shape)
 
     def episodes(self, split: str) -> Iterator[TaskBatch]:
         """The fixed evaluation episodes of ``split`` ("val" or "test"), set by ``<split>.*``."""
@@ -173,9 +175,7 @@ def build_experiment(
         backbone = build(cfg.backbone, input_shape=dataset.input_shape, out_features=out_features)
         return build(cfg.algo, backbone=backbone)
 
-    chunk = max(
-        chunk_size(cfg[s].batch_size, eval_shape, train_shape, t.meta_batch) for s in EVAL_SPLITS
-    )
+    chunk = max(_chunk(cfg, s, eval_shape, train_shape) for s in EVAL_SPLITS)
     parameters = model_parameters(build_learner)
     check_memory(cfg, dataset.input_shape, train_shape, eval_shape, chunk, parameters, device)
     learner = build_learner().to(device)

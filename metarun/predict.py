@@ -3,7 +3,7 @@
 ``metarun-predict checkpoint=PATH support=DIR query=DIR [out=FILE.csv] [overrides]``: the
 support folder holds one sub-folder of images per class; every image under the query folder is
 classified. The model is built from its checkpoint by the same code as a run
-(:func:`~metarun.trained.load_trained`), on a :class:`GivenImages` dataset of the support's shape.
+(:func:`~metarun.trained.build_trained`), on a :class:`GivenImages` dataset of the support's shape.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from metarun.atomic import atomic_write
 from metarun.checkpoint import load_checkpoint
 from metarun.errors import MetarunError, warn
 from metarun.images import images_in, load_image
-from metarun.trained import _parse, _run_tool, checkpoint_config, checkpoint_file, load_trained
+from metarun.trained import build_trained, checkpoint_config, checkpoint_file
+from metarun.usage import parse_args, run_tool
 
 
 class GivenImages:
@@ -56,11 +57,12 @@ def _output_path(value: str) -> Path:
 
 
 def predict(argv: list[str]) -> list[dict]:
-    own, overrides = _parse(
+    own, overrides = parse_args(
         argv, "metarun-predict", {"checkpoint": True, "support": True, "query": True, "out": False}
     )
     out = _output_path(own.get("out", "predictions.csv"))
-    checkpoint = load_checkpoint(checkpoint_file(own["checkpoint"]))
+    path = checkpoint_file(own["checkpoint"])
+    checkpoint = load_checkpoint(path)
     preprocess = checkpoint.get("data", {}).get("preprocess")
     if not preprocess:
         raise MetarunError(
@@ -76,11 +78,7 @@ def predict(argv: list[str]) -> list[dict]:
     )
     if len(classes) < 2:
         raise MetarunError(f"support={support_dir} needs one sub-folder per class (two or more)")
-    support = [
-        (load_image(f, preprocess), c)
-        for c, name in enumerate(classes)
-        for f in images_in(support_dir / name)
-    ]
+    files = {name: images_in(support_dir / name) for name in classes}
     queries = images_in(query_dir) if query_dir.is_dir() else []
     if not queries:
         raise MetarunError(f"query={query_dir} holds no images")
@@ -90,9 +88,12 @@ def predict(argv: list[str]) -> list[dict]:
             f"query={query_dir}: {nested} of the {len(queries)} images are in sub-folders; "
             "all are predicted (the file column has their paths)"
         )
-    empty = [name for name in classes if not images_in(support_dir / name)]
+    empty = [name for name in classes if not files[name]]
     if empty:
         raise MetarunError(f"support classes without images: {', '.join(empty)}")
+    support = [
+        (load_image(f, preprocess), c) for c, name in enumerate(classes) for f in files[name]
+    ]
 
     dataset = GivenImages(checkpoint["data"]["input_shape"])
     algo_cls = get_class(cfg.algo._target_)
@@ -103,14 +104,8 @@ def predict(argv: list[str]) -> list[dict]:
             f"support needs {out_features} class folders (found {len(classes)})"
         )
     # The task is the user's: as many classes as the support has, and its shots.
-    task = [f"task.way={len(classes)}", f"task.shot={max(1, len(support) // len(classes))}"]
-    exp = load_trained(
-        checkpoint_file(own["checkpoint"]),
-        [*overrides, *task],
-        checkpoint,
-        splits=(),
-        dataset=dataset,
-    )
+    cfg.task.way, cfg.task.shot = len(classes), max(1, len(support) // len(classes))
+    exp = build_trained(path, checkpoint, cfg, splits=(), dataset=dataset)
     learner, device = exp.learner, exp.device
     learner.eval()
     support_x = torch.stack([x for x, _ in support]).to(device)
@@ -148,4 +143,4 @@ def predict(argv: list[str]) -> list[dict]:
 
 def predict_main(argv: list[str] | None = None) -> None:
     """``metarun-predict checkpoint=PATH support=DIR query=DIR [out=FILE.csv]``."""
-    _run_tool(predict, argv, "metarun-predict")
+    run_tool(predict, argv, "metarun-predict")

@@ -63,13 +63,9 @@ def _as_renamed(saved: dict, config: dict) -> dict:
     ``metarun.algorithms.MAML`` with options before they had classes of their own; the options
     are still compared)."""
     old, new = (saved.get("algo") or {}).get("_target_"), (config.get("algo") or {}).get("_target_")
-    if old == new or not isinstance(new, str):
+    if old == new or old not in getattr(get_class(new), "replaces", ()):  # new: already built
         return saved
-    try:
-        replaces = getattr(get_class(new), "replaces", ())
-    except Exception:  # noqa: BLE001 - an unimportable class: compared as it is
-        return saved
-    return {**saved, "algo": {**saved["algo"], "_target_": new}} if old in replaces else saved
+    return {**saved, "algo": {**saved["algo"], "_target_": new}}
 
 
 # What a checkpoint must hold for a run to continue from it (checkpoints written by metarun do).

@@ -9,6 +9,7 @@ to the run, and the report adds their columns and a panel each. None of those na
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -21,13 +22,14 @@ class Series:
     pattern: str
     axis: str
 
+    @functools.cached_property
+    def _regex(self) -> re.Pattern:
+        regex = re.escape(self.pattern).replace(r"\{metric\}", r"(?P<metric>[A-Za-z]\w*?)")
+        return re.compile(regex.replace(r"\{i\}", r"(?P<i>\d+)"))
+
     def match(self, key: str) -> tuple[str, int] | None:
         """``(metric, i)`` when ``key`` (without its ``split/`` prefix) is a member."""
-        regex = re.escape(self.pattern)
-        regex = regex.replace(r"\{metric\}", r"(?P<metric>[A-Za-z]\w*?)").replace(
-            r"\{i\}", r"(?P<i>\d+)"
-        )
-        found = re.fullmatch(regex, key)
+        found = self._regex.fullmatch(key)
         return (found["metric"], int(found["i"])) if found else None
 
 

@@ -6,7 +6,6 @@ Both take ``key=value`` arguments like ``metarun``: ``checkpoint=PATH`` (a ``bes
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -15,27 +14,10 @@ from rich.console import Console
 from rich.table import Table
 
 from metarun.checkpoint import load_checkpoint, load_model_state
-from metarun.errors import MetarunError, print_line
+from metarun.errors import MetarunError
 from metarun.experiment import Experiment, build_experiment, check_config, meta_test
 from metarun.schemas import MetarunConfig, schema_for
-from metarun.usage import USAGE
-
-
-def _parse(argv: list[str], tool: str, special: dict[str, bool]) -> tuple[dict, list[str]]:
-    """Split ``key=value`` args into the tool's own keys and config overrides."""
-    own, overrides = {}, []
-    for arg in argv:
-        if "=" not in arg:
-            raise MetarunError(f"{tool} takes key=value arguments, got {arg!r}")
-        key, value = arg.split("=", 1)
-        if key in special:
-            own[key] = value
-        else:
-            overrides.append(arg)
-    missing = [k for k, required in special.items() if required and k not in own]
-    if missing:
-        raise MetarunError(f"{tool} needs {' '.join(f'{k}=...' for k in missing)}")
-    return own, overrides
+from metarun.usage import parse_args, run_tool
 
 
 def checkpoint_config(checkpoint: dict, overrides: list[str]):
@@ -81,37 +63,24 @@ def checkpoint_file(value: str) -> Path:
     return path / "checkpoints" / "best.pt" if path.is_dir() else path
 
 
-def _run_tool(fn, argv, tool: str) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in args):
-        print(USAGE[tool])
-        return
-    if not args:
-        print_line(USAGE[tool])
-        sys.exit(2)
-    try:
-        fn(args)
-    except MetarunError as e:
-        print_line(f"{tool}: error: {e}")
-        sys.exit(2)
-
-
-def load_trained(
-    path: Path, overrides: list[str], checkpoint: dict | None = None, **build
-) -> Experiment:
+def load_trained(path: Path, overrides: list[str]) -> Experiment:
     """The experiment of checkpoint ``path`` (its config plus ``overrides``) with its weights,
-    built by the same code as a run (``build``: :func:`build_experiment`'s options; by default
-    for testing on the checkpoint's dataset)."""
-    checkpoint = load_checkpoint(path) if checkpoint is None else checkpoint
-    cfg = checkpoint_config(checkpoint, overrides)
-    build = {"splits": ("test",), **build}
-    exp = build_experiment(cfg, run_dir=path.parent.parent, **build)
+    built for testing on the checkpoint's dataset."""
+    checkpoint = load_checkpoint(path)
+    return build_trained(path, checkpoint, checkpoint_config(checkpoint, overrides))
+
+
+def build_trained(path: Path, checkpoint: dict, cfg, **build) -> Experiment:
+    """The experiment of ``cfg`` (from :func:`checkpoint_config`) with the weights of
+    ``checkpoint`` (read from ``path``), built by the same code as a run (``build``:
+    :func:`build_experiment`'s options; by default for testing on the checkpoint's dataset)."""
+    exp = build_experiment(cfg, run_dir=path.parent.parent, **{"splits": ("test",), **build})
     load_model_state(exp.learner, checkpoint, str(path))
     return exp
 
 
 def evaluate_checkpoint(argv: list[str]) -> dict[str, float]:
-    own, overrides = _parse(argv, "metarun-eval", {"checkpoint": True})
+    own, overrides = parse_args(argv, "metarun-eval", {"checkpoint": True})
     path = checkpoint_file(own["checkpoint"])
     exp = load_trained(path, overrides)
     scores = meta_test(exp)
@@ -134,4 +103,4 @@ def evaluate_checkpoint(argv: list[str]) -> dict[str, float]:
 
 def eval_main(argv: list[str] | None = None) -> None:
     """``metarun-eval checkpoint=PATH [overrides]``: mean ± 95% CI on fixed test episodes."""
-    _run_tool(evaluate_checkpoint, argv, "metarun-eval")
+    run_tool(evaluate_checkpoint, argv, "metarun-eval")

@@ -1,4 +1,11 @@
-"""What ``--help`` (and a bare invocation) of ``metarun-eval`` and ``metarun-predict`` print."""
+"""The command lines of ``metarun-eval`` and ``metarun-predict``: ``key=value`` arguments, and
+what ``--help`` (and a bare invocation) print."""
+
+from __future__ import annotations
+
+import sys
+
+from metarun.errors import MetarunError, print_line
 
 USAGE = {
     "metarun-eval": """\
@@ -19,3 +26,37 @@ Classifies your own images with a trained model.
   out=FILE.csv      where the predictions go (default predictions.csv)
 example: metarun-predict checkpoint=outputs/2026-11-27/10-00-00 support=my_support query=mine""",
 }
+
+
+def parse_args(argv: list[str], tool: str, special: dict[str, bool]) -> tuple[dict, list[str]]:
+    """Split ``key=value`` args into the tool's own keys and config overrides."""
+    own, overrides = {}, []
+    for arg in argv:
+        if "=" not in arg:
+            raise MetarunError(f"{tool} takes key=value arguments, got {arg!r}")
+        key, value = arg.split("=", 1)
+        if key in special:
+            own[key] = value
+        else:
+            overrides.append(arg)
+    missing = [k for k, required in special.items() if required and k not in own]
+    if missing:
+        raise MetarunError(f"{tool} needs {' '.join(f'{k}=...' for k in missing)}")
+    return own, overrides
+
+
+def run_tool(fn, argv, tool: str) -> None:
+    """``fn(args)`` with the usage on ``--help`` or no arguments, a ``MetarunError`` as one
+    line and exit code 2."""
+    args = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in args):
+        print(USAGE[tool])
+        return
+    if not args:
+        print_line(USAGE[tool])
+        sys.exit(2)
+    try:
+        fn(args)
+    except MetarunError as e:
+        print_line(f"{tool}: error: {e}")
+        sys.exit(2)

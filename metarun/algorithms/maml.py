@@ -97,7 +97,8 @@ class MAML(InnerLoop, MetaLearner):
         self.inner_lr, self.inner_steps, self.first_order = inner_lr, inner_steps, first_order
         self.eval_inner_steps = eval_inner_steps
         self.eval_report_steps = tuple(sorted(set(eval_report_steps)))
-        self.task_batching, self.task_chunk, self.adapt_mode = task_batching, task_chunk, adapt
+        self.task_batching = str(getattr(task_batching, "value", task_batching))  # enum or str
+        self.task_chunk, self.adapt_mode = task_chunk, adapt
         self.multi_step_loss, self.first_order_until = multi_step_loss, first_order_until
         self.bn_names = batch_norm_names(backbone)
         check_options(self, learn_inner_lr, per_step_inner_lr, per_step_bn_stats)
@@ -213,7 +214,7 @@ class MAML(InnerLoop, MetaLearner):
         return (
             f"inner_lr={lr}{self.inner_lr}, inner_steps={self.inner_steps}, "
             f"eval_inner_steps={self.eval_inner_steps}, {order}-order, adapt={self.adapt_mode}, "
-            f"task_batching={getattr(self.task_batching, 'value', self.task_batching)}"
+            f"task_batching={self.task_batching}"
             + (f", multi_step_loss={self.multi_step_loss}" if self.multi_step_loss else "")
             + (", per-step batch norm" if self.step_bn is not None else "")
             + (" and running statistics" if self.bn_stats else "")

@@ -101,26 +101,28 @@ class Fold(TaskBatching):
         return max(1, FOLD_ELEMENTS // elements)
 
     @staticmethod
-    def _expand(params: Params, tasks: int) -> Params:
-        return {k: p.expand(tasks, *p.shape) for k, p in params.items()}
+    def _folded(learner: MAML, params: Params, batch: TaskBatch) -> tuple:
+        """Each weight with a task axis, and the support loss summed over the folded tasks."""
+        sx, sy = batch.support_x, batch.support_y
+        support = lambda ps, k: task_losses(learner.forward_tasks(ps, sx, k), sy).sum()  # noqa: E731
+        return {k: p.expand(batch.num_tasks, *p.shape) for k, p in params.items()}, support
 
     def train(self, learner: MAML, params: Params, batch: TaskBatch) -> tuple:
-        sx, sy, qx, qy = batch
+        qx, qy = batch.query_x, batch.query_y
 
         def query(ps: Params, step: int) -> tuple:
             pred = learner.forward_tasks(ps, qx, step)
             losses = task_losses(pred, qy)
             return losses, batched_task_metrics(pred.detach(), qy, losses.detach())
 
-        support = lambda ps, k: task_losses(learner.forward_tasks(ps, sx, k), sy).sum()  # noqa: E731
-        tasks = self._expand(params, batch.num_tasks)
+        tasks, support = self._folded(learner, params, batch)
         return learner.train_task(tasks, support, query, learner.autograd_grads)
 
     def evaluate(self, learner: MAML, params: Params, batch: TaskBatch) -> dict:
-        sx, sy, qx, qy = batch
-        support = lambda ps, k: task_losses(learner.forward_tasks(ps, sx, k), sy).sum()  # noqa: E731
-        tasks = self._expand(params, batch.num_tasks)
-        return learner.eval_task(tasks, support, learner.forward_tasks, qx, qy)
+        tasks, support = self._folded(learner, params, batch)
+        return learner.eval_task(
+            tasks, support, learner.forward_tasks, batch.query_x, batch.query_y
+        )
 
 
 STRATEGIES = {s.name: s for s in (Loop(), VMap(), Fold())}
@@ -129,7 +131,7 @@ STRATEGIES = {s.name: s for s in (Loop(), VMap(), Fold())}
 def choose(learner: MAML, device: torch.device) -> TaskBatching:
     """The strategy ``learner.task_batching`` asks for on ``device`` (``auto``: see above)."""
     if learner.task_batching != "auto":
-        return STRATEGIES[str(getattr(learner.task_batching, "value", learner.task_batching))]
+        return STRATEGIES[learner.task_batching]
     backbone = learner.backbone
     if not learner.bn_stats and folds(backbone) and device.type in backbone.fold_devices:
         return STRATEGIES["fold"]

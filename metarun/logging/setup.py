@@ -28,6 +28,7 @@ def build_logger(
     if cfg.logger is not None:
         extra = dict(run_dir=run_dir, run_config=config, tags=list(cfg.tags), console=console)
         options = OmegaConf.to_container(cfg.logger, resolve=True, enum_to_str=True)
-        sink = get_class(options.pop("_target_"))  # the run's objects are passed as they are
+        # Built here, not by instantiate: it would try to build the run config's nested targets.
+        sink = get_class(options.pop("_target_"))
         sinks.append(sink(**options, **extra, series=series))
     return Logger(sinks)

@@ -44,7 +44,7 @@ _FORBIDDEN = set("/\\#?%:")
 
 def check_wandb_settings(logger_cfg: Any) -> None:
     """Problems W&B would only report after the dataset is built: no package, bad names."""
-    if getattr(logger_cfg.mode, "value", logger_cfg.mode) == "disabled":
+    if logger_cfg.mode == "disabled":  # a str enum: equal to its value
         return
     try:
         installed = importlib.util.find_spec("wandb") is not None
@@ -109,7 +109,7 @@ class WandbSink(Sink):
         series: tuple[Series, ...] = (),
     ) -> None:
         self.console, self.series = console, series
-        self.mode = resolve_mode(getattr(mode, "value", mode))
+        self.mode = resolve_mode(mode)
         self.run = None
         if self.mode == "disabled":
             return
