@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar, List, Optional
 
+from omegaconf import MISSING
+
 from metarun.checks import POSITIVE, Range
 from metarun.schemas.backbones import BATCH_NORMS
 from metarun.schemas.registry import schema
@@ -34,6 +36,7 @@ class LearnerConfig:
 
     OBJECTS: ClassVar = ("scheduler",)  # null or an object config with a _target_
     CHOICES: ClassVar = {"batch_norm": BATCH_NORMS}
+    _target_: str = MISSING  # the algorithm's class (each schema sets it; first in the config)
     batch_norm: str = "transductive"  # transductive (batch statistics) | running
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: Optional[Any] = None  # a torch.optim.lr_scheduler class, _partial_: true
