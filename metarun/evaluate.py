@@ -9,6 +9,7 @@ import torch
 
 from metarun.algorithms.base import MetaLearner
 from metarun.data.batch import TaskBatch, TaskShape
+from metarun.distributed.world import SINGLE, World
 
 # Fixed episodes are drawn this many at a time, whatever the evaluation chunk: the tasks (and so
 # every result) do not depend on ``batch_size``, and 100 reproduces results of earlier versions.
@@ -24,18 +25,25 @@ def fixed_episodes(
     seed: int,
     device: torch.device,
     shuffle: bool = False,
+    part: slice = slice(None),
 ) -> Iterator[TaskBatch]:
     """The same ``episodes`` tasks on every call (and in every run) with the same ``seed``, in
     chunks of ``batch_size`` tasks (the last one smaller).
 
     ``shuffle`` mixes the order of each task's examples (for sequence learners); the tasks drawn
-    are the same as without it."""
+    are the same as without it. ``part`` (a range of the ``episodes``, a data-parallel rank's
+    share) yields only those tasks: all are drawn, only these are kept."""
     generator = torch.Generator().manual_seed(seed)
     order = torch.Generator().manual_seed(seed + 1)
+    first, stop, _ = part.indices(episodes)
     pending: list[TaskBatch] = []
     for start in range(0, episodes, DRAW_BLOCK):
         block = dataset.sample(split, min(DRAW_BLOCK, episodes - start), shape, generator, device)
-        pending.append(block.shuffled(order) if shuffle else block)
+        block = block.shuffled(order) if shuffle else block
+        lo, hi = max(first - start, 0), max(min(stop - start, block.num_tasks), 0)
+        if lo >= hi:
+            continue
+        pending.append(_take(block, lo, hi) if (lo, hi) != (0, block.num_tasks) else block)
         buffered = _cat(pending)
         while buffered.num_tasks >= batch_size:
             yield _take(buffered, 0, batch_size)
@@ -72,8 +80,12 @@ def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
     return values.mean().item(), 1.96 * std / math.sqrt(n)
 
 
-def evaluate(learner: MetaLearner, batches, prefix: str) -> dict[str, float]:
-    """Evaluate on every task of ``batches``; returns ``{prefix/metric, prefix/metric_ci95}``."""
+def evaluate(learner: MetaLearner, batches, prefix: str, world: World = SINGLE) -> dict[str, float]:
+    """Evaluate on every task of ``batches``; returns ``{prefix/metric, prefix/metric_ci95}``.
+
+    In a data-parallel run each rank evaluates its share of the episodes (in episode order) and
+    the per-task values of all ranks are put together before the means: every rank returns the
+    numbers one process computes."""
     was_training = learner.training
     learner.eval()
     per_task: dict[str, list[torch.Tensor]] = {}
@@ -81,6 +93,10 @@ def evaluate(learner: MetaLearner, batches, prefix: str) -> dict[str, float]:
         for key, values in learner.evaluate(batch).items():
             per_task.setdefault(key, []).append(values.detach().cpu())
     learner.train(was_training)
+    if world.active:
+        shares = world.gather({k: torch.cat(v) for k, v in per_task.items()})
+        keys = next((share for share in shares if share), {})  # a rank may have no episodes
+        per_task = {k: [share[k] for share in shares if k in share] for k in keys}
     out: dict[str, float] = {}
     for key, chunks in per_task.items():
         mean, ci = mean_ci95(torch.cat(chunks))

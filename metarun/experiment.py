@@ -3,6 +3,7 @@ checks a run (or a resumed run) must pass before any work."""
 
 from __future__ import annotations
 
+import inspect
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +17,13 @@ from hydra.utils import get_class, get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from metarun.algorithms.base import MetaLearner
+from metarun.backbones.norm import synchronise
 from metarun.checkpoint import load_weights
 from metarun.checks import check_values
 from metarun.data.batch import TaskBatch, TaskShape
 from metarun.device import resolve_device
+from metarun.distributed.sync import broadcast_state
+from metarun.distributed.world import SINGLE, World, device_of
 from metarun.errors import MetarunError
 from metarun.evaluate import chunk_size, evaluate, fixed_episodes
 from metarun.memory import check_memory, model_parameters
@@ -113,10 +117,30 @@ class Experiment:
     mode: str  # "min" or "max"
     resume_from: dict | None = None  # the last checkpoint, when continuing a run
     initialised_from: tuple[Path, int] | None = None  # train.init_from: the file and its step
+    world: World = SINGLE  # the run's processes (data-parallel runs: this one's rank)
 
     def chunk(self, split: str) -> int:
         """Tasks per evaluation forward for ``split`` (``<split>.batch_size``, or auto)."""
         return _chunk(self.cfg, split, self.eval_shape, self.train_shape)
+
+    def train_batch(self, generator: torch.Generator) -> TaskBatch:
+        """The next meta-training batch drawn from ``generator``: in a data-parallel run, this
+        rank's ``meta_batch / N`` tasks of the batch one process would draw (every rank draws
+        the same random numbers and keeps its share)."""
+        total, world = self.cfg.task.meta_batch, self.world
+        part = world.part(total) if world.active else slice(None)
+        if not world.active:
+            batch = self.dataset.sample("train", total, self.train_shape, generator, self.device)
+        elif "part" in inspect.signature(self.dataset.sample).parameters:
+            batch = self.dataset.sample(
+                "train", total, self.train_shape, generator, self.device, part=part
+            )
+        else:  # a dataset that cannot draw a share: draw all, keep ours
+            whole = self.dataset.sample("train", total, self.train_shape, generator, self.device)
+            batch = TaskBatch(*(t[part] for t in whole))
+        if self.learner.sequential:
+            batch = batch.shuffled(generator, total, part)
+        return batch
 
     def episodes(self, split: str) -> Iterator[TaskBatch]:
         """The fixed evaluation episodes of ``split`` ("val" or "test"), set by ``<split>.*``."""
@@ -130,6 +154,7 @@ class Experiment:
             section.seed,
             self.device,
             shuffle=self.learner.sequential,
+            part=self.world.span(section.episodes),
         )
 
 
@@ -139,16 +164,18 @@ def build_experiment(
     splits: tuple[str, ...] = ("train", "val", "test"),
     resuming: bool = False,
     dataset: Any = None,
+    world: World = SINGLE,
 ) -> Experiment:
     """Check the config, then build dataset, backbone, learner and optimizer from it.
 
     ``run_dir`` defaults to Hydra's output folder; ``resuming`` continues the run there from its
     last checkpoint (checked first); ``splits`` are the dataset splits whose episode shape is
     checked (evaluation needs only ``test``); ``dataset``, when given, is used instead of building
-    ``cfg.dataset`` (benchmarks on synthetic data of a preset's shapes)."""
+    ``cfg.dataset`` (benchmarks on synthetic data of a preset's shapes); ``world``: this
+    process's rank in a data-parallel run (:func:`metarun.distributed.init_world`)."""
     check_config(cfg)
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.device.name)
+    device = device_of(world, resolve_device(cfg.device.name))
     _check_kinds(cfg)
     dataset = build(cfg.dataset) if dataset is None else dataset
     metric, mode = MONITOR[dataset.problem]
@@ -179,6 +206,10 @@ def build_experiment(
     parameters = model_parameters(build_learner)
     check_memory(cfg, dataset.input_shape, train_shape, eval_shape, chunk, parameters, device)
     learner = build_learner().to(device)
+    if world.active:
+        if learner.batch_norm_across_tasks:
+            synchronise(learner)  # its batch statistics span the whole meta-batch
+        broadcast_state(world, learner)
     try:
         optimizer, scheduler = learner.configure_optimizers()
     except (TypeError, ValueError) as e:  # the optimizer's or scheduler's own check of its options
@@ -207,9 +238,10 @@ def build_experiment(
         eval_shape=eval_shape,
         metric=metric,
         mode=mode,
+        world=world,
     )
 
 
 def meta_test(exp: Experiment) -> dict[str, float]:
     """Mean and 95% CI of each metric on the fixed test episodes (``test.*``)."""
-    return evaluate(exp.learner, exp.episodes("test"), "test")
+    return evaluate(exp.learner, exp.episodes("test"), "test", exp.world)

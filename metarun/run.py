@@ -10,12 +10,14 @@ from hydra.utils import get_class
 from omegaconf import DictConfig
 from rich.console import Console
 
+from metarun.distributed.launch import claim_shared, lost_processes_as_error
+from metarun.distributed.world import World, init_world
 from metarun.errors import Interrupted
 from metarun.experiment import build_experiment
 from metarun.logging.local import atomic_write_json
+from metarun.logging.logger import Logger
 from metarun.logging.setup import build_logger
 from metarun.memory import out_of_memory_as_error
-from metarun.runfolder import claim
 from metarun.trainer import Trainer
 
 
@@ -36,37 +38,40 @@ def run(cfg: DictConfig) -> float:
     that is refused (or fails before training starts) leaves that folder byte for byte as it
     was. Otherwise, however it ends, the folder's ``summary.json`` says how (finished, failed
     with its ``error``, or interrupted) and the W&B run is closed with the same verdict."""
-    folder = claim(cfg, Path(HydraConfig.get().runtime.output_dir))
+    world = init_world(cfg)  # one process, or this one's rank among the launched ones
     try:
-        return _run_in(cfg, folder.run_dir, folder.resuming)
+        with lost_processes_as_error(world):
+            folder = claim_shared(world, cfg, Path(HydraConfig.get().runtime.output_dir))
+            try:
+                return _run_in(cfg, folder.run_dir, folder.resuming, world)
+            finally:
+                folder.release()
     finally:
-        folder.release()
+        world.close()
 
 
-def _run_in(cfg: DictConfig, run_dir: Path, resuming: bool) -> float:
+def _run_in(cfg: DictConfig, run_dir: Path, resuming: bool, world: World) -> float:
     console = Console(log_path=False)
     try:
         if cfg.logger is not None:  # before the dataset is built
             get_class(cfg.logger._target_).check_config(cfg.logger)
         with out_of_memory_as_error():
-            exp = build_experiment(cfg, run_dir=run_dir, resuming=resuming)
+            exp = build_experiment(cfg, run_dir=run_dir, resuming=resuming, world=world)
             trainer = Trainer(exp)  # restores a resumed run's state (read from the checkpoints)
         resume_step = exp.resume_from["step"] if exp.resume_from else None
         series = exp.learner.metric_series
-        logger = build_logger(cfg, exp.config, exp.run_dir, console, series, resume_step)
+        logger = (  # rank 0 logs for the run; the other processes log nothing
+            build_logger(cfg, exp.config, exp.run_dir, console, series, resume_step)
+            if world.is_main
+            else Logger([])
+        )
     except BaseException as e:
-        if not resuming:  # a refused resume leaves its folder as it was
+        if not resuming and world.is_main:  # a refused resume leaves its folder as it was
             _failure_summary(run_dir, e)
         raise
     try:
-        console.print(
-            f"run dir: {exp.run_dir}\ndevice: {exp.device}  algorithm: "
-            f"{exp.learner.__class__.__name__}({exp.learner.extra_repr()})",
-            soft_wrap=True,
-        )
-        if exp.initialised_from is not None:
-            path, step = exp.initialised_from
-            console.print(f"weights from: {path} (step {step})", soft_wrap=True)
+        if world.is_main:
+            _print_start(console, exp)
         with out_of_memory_as_error():
             objective = trainer.fit(logger)
     except BaseException as e:
@@ -80,3 +85,22 @@ def _run_in(cfg: DictConfig, run_dir: Path, resuming: bool) -> float:
         raise
     logger.close("finished")
     return objective
+
+
+def _print_start(console: Console, exp) -> None:
+    """What the run is: its folder, device, algorithm, and (data-parallel) its processes."""
+    console.print(
+        f"run dir: {exp.run_dir}\ndevice: {exp.device}  algorithm: "
+        f"{exp.learner.__class__.__name__}({exp.learner.extra_repr()})",
+        soft_wrap=True,
+    )
+    if exp.initialised_from is not None:
+        path, step = exp.initialised_from
+        console.print(f"weights from: {path} (step {step})", soft_wrap=True)
+    world = exp.world
+    if world.active:
+        share = exp.cfg.task.meta_batch // world.size
+        console.print(
+            f"processes: {world.size} ({world.backend}), {share} tasks each per step",
+            soft_wrap=True,
+        )

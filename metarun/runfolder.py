@@ -79,6 +79,8 @@ class RunFolderGuard(Callback):
     one-line error itself and exits with code 2."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if int(os.environ.get("RANK", "0") or 0) > 0:
+            return  # a data-parallel run's other processes: rank 0 checks and claims the folder
         if not str(config.hydra.run.dir).strip():
             _refuse("hydra.run.dir is empty; give the folder for the run (or leave it unset)")
         folder = Path(str(config.hydra.run.dir)).expanduser().absolute()
@@ -150,7 +152,7 @@ def claim(cfg: DictConfig, job_dir: Path) -> Claim:
     if resume_dir is not None:
         fd = _lock(resume_dir)
         if job_dir != resume_dir:
-            _remove_if_empty(job_dir)  # Hydra made it; the resumed run lives elsewhere
+            remove_if_empty(job_dir)  # Hydra made it; the resumed run lives elsewhere
         return Claim(resume_dir, True, fd)
     candidates = [job_dir]
     hydra_cfg = _hydra_node()
@@ -198,7 +200,8 @@ def _resume_dir(cfg: DictConfig, job_dir: Path) -> Path | None:
     return None
 
 
-def _remove_if_empty(folder: Path) -> None:
+def remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` if it is an empty folder; leave anything else as it is."""
     try:
         folder.rmdir()
     except OSError:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from metarun.backbones.norm import synchronised_batch_norm
 from metarun.checkpoint import (
     check_weights,
     load_model_state,
@@ -19,6 +20,7 @@ from metarun.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from metarun.distributed.sync import RunningStats, average_gradients, mean_over_ranks
 from metarun.errors import Interrupted, MetarunError
 from metarun.evaluate import evaluate
 from metarun.experiment import Experiment, meta_test
@@ -40,7 +42,11 @@ class Trainer:
         self.best_step: int | None = None
         self.best_state: dict | None = None
         self.eval_time = 0.0  # kept out of the training throughput
-        self.stop_signal: int | None = None
+        self.stop_signal: int | None = None  # a signal this process received
+        self.stopping = False  # whether any process of the run had one at the last step
+        self.world = exp.world
+        self.running_stats = RunningStats(self.world, exp.learner)
+        self.sync_batch_norm = self.world.active and exp.learner.batch_norm_across_tasks
         self.saved_step: int | None = None  # step of the last last.pt written
         self.finite_at: int | None = None  # step whose loss and weights were last checked
         if exp.resume_from is not None:
@@ -48,6 +54,14 @@ class Trainer:
 
     def _restore(self, checkpoint: dict) -> None:
         exp = self.exp
+        trained_by, size = checkpoint.get("world_size", 1), self.world.size
+        if trained_by != size:
+            how = f"torchrun --nproc_per_node={trained_by}" if trained_by > 1 else "one process"
+            raise MetarunError(
+                f"cannot resume {exp.run_dir}: it was trained by {trained_by} process(es) and "
+                f"this run has {size}; resume it with {trained_by} ({how}: the random streams "
+                "are per process)"
+            )
         if checkpoint.get("best_model") is not None:  # the meta-test loads it at the end: fits?
             best = {**checkpoint, "model": checkpoint["best_model"]}
             check_weights(exp.learner, best, f"cannot resume {exp.run_dir}: best.pt")
@@ -55,10 +69,14 @@ class Trainer:
         exp.optimizer.load_state_dict(checkpoint["optimizer"])
         if exp.scheduler is not None:
             exp.scheduler.load_state_dict(checkpoint["scheduler"])
-        set_rng_state(checkpoint["rng"], self.sampler)
         loop = checkpoint["loop"]
+        own = {"rng": checkpoint["rng"], "sums": loop["sums"]}
+        if self.world.active:  # each process continues its own random streams and sums
+            own = checkpoint["ranks"][self.world.rank]
+        set_rng_state(own["rng"], self.sampler)
         self.saved_step = checkpoint["step"]
-        self.step, self.sums, self.count = checkpoint["step"], loop["sums"], loop["count"]
+        self.step, self.count = checkpoint["step"], loop["count"]
+        self.sums = {k: v.to(exp.device) for k, v in own["sums"].items()}
         self.best_value, self.best_step = loop["best_value"], loop["best_step"]
         self.best_state = checkpoint.get("best_model")  # read and checked with last.pt
 
@@ -76,6 +94,7 @@ class Trainer:
             return
         losses = self.sums.get("loss")
         bad_loss = losses is not None and not bool(torch.isfinite(losses).all())
+        bad_loss = self.world.any(bad_loss)  # every process stops, or none
         weights = [torch.isfinite(p).all() for p in self.exp.learner.parameters()]
         if not bad_loss and bool(torch.stack(weights).all()):  # one device sync
             self.finite_at = self.step
@@ -97,8 +116,13 @@ class Trainer:
         self.check_finite()
         exp = self.exp
         path = exp.run_dir / "checkpoints" / name
+        own = {"rng": rng_state(self.sampler), "sums": {k: v.cpu() for k, v in self.sums.items()}}
+        ranks = self.world.gather(own) if self.world.active else None
+        if not self.world.is_main:  # rank 0 writes what every process needs to continue
+            self.saved_step = self.step if name == "last.pt" else self.saved_step
+            return
         try:
-            self._write_checkpoint(path, metrics)
+            self._write_checkpoint(path, metrics, ranks)
         except OSError as e:
             raise MetarunError(
                 f"could not write {path} ({e.strerror or e}); the previous checkpoint is intact: "
@@ -107,8 +131,9 @@ class Trainer:
         if name == "last.pt":
             self.saved_step = self.step
 
-    def _write_checkpoint(self, path: Path, metrics: dict[str, float]) -> None:
+    def _write_checkpoint(self, path: Path, metrics: dict[str, float], ranks: list | None) -> None:
         exp = self.exp
+        per_process = {"world_size": len(ranks), "ranks": ranks} if ranks else {}
         save_checkpoint(
             path,
             step=self.step,
@@ -128,12 +153,13 @@ class Trainer:
                 "preprocess": getattr(exp.dataset, "preprocess", None),
             },
             metrics=metrics,
+            **per_process,
         )
 
     def validate(self) -> None:
         self.check_finite()
         start = time.perf_counter()
-        scores = evaluate(self.exp.learner, self.val_batches, "val")
+        scores = evaluate(self.exp.learner, self.val_batches, "val", self.world)
         self.eval_time += time.perf_counter() - start
         self.logger.log(scores, self.step)
         value = scores[f"val/{self.exp.metric}"]
@@ -143,16 +169,20 @@ class Trainer:
             self.save("best.pt", scores)
 
     def train_step(self) -> None:
-        exp, cfg = self.exp, self.cfg
-        batch = exp.dataset.sample(
-            "train", cfg.task.meta_batch, exp.train_shape, self.sampler, exp.device
-        )
-        if exp.learner.sequential:
-            batch = batch.shuffled(self.sampler)
+        exp = self.exp
+        batch = exp.train_batch(self.sampler)
         exp.optimizer.zero_grad(set_to_none=True)
         exp.learner.meta_step = self.step
-        metrics = exp.learner.meta_backward(batch)
+        self.running_stats.snapshot()
+        with synchronised_batch_norm(self.sync_batch_norm):
+            metrics = exp.learner.meta_backward(batch)
+        # Data-parallel: the mean of the ranks' gradients is the meta-batch's; the stop request
+        # travels with it, so every process stops after the same step.
+        self.stopping = average_gradients(
+            self.world, exp.learner.parameters(), self.stop_signal is not None
+        )
         exp.optimizer.step()
+        self.running_stats.merge()
         if exp.scheduler is not None:
             exp.scheduler.step()
         self.step += 1
@@ -163,7 +193,8 @@ class Trainer:
 
     def log_train(self) -> None:
         self.check_finite()
-        means = {f"train/{k}": (v / self.count).item() for k, v in self.sums.items()}
+        sums = mean_over_ranks(self.world, self.sums)
+        means = {f"train/{k}": (v / self.count).item() for k, v in sums.items()}
         if self.exp.scheduler is not None:  # the step size the schedule has reached
             means["train/lr"] = self.exp.optimizer.param_groups[0]["lr"]
         self.logger.log(means, self.step)
@@ -190,9 +221,10 @@ class Trainer:
                 if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
                     self.save("last.pt", {})
                 self.logger.advance(self.step)
-                if self.stop_signal is not None:
+                if self.stopping:
                     self.save("last.pt", {})
-                    raise Interrupted(self.stop_signal, self.step, str(self.exp.run_dir))
+                    signum = self.stop_signal or signal.SIGTERM  # another process's signal
+                    raise Interrupted(signum, self.step, str(self.exp.run_dir))
         train_time = time.perf_counter() - start - self.eval_time
         if self.best_state is None:  # no validation happened (train.steps=0)
             self.validate()
@@ -236,6 +268,7 @@ class Trainer:
                 "train/steps_per_s": per_s(steps),
                 "train/tasks_per_s": per_s(steps * cfg.task.meta_batch),
                 "device": str(exp.device),
+                "world_size": self.world.size,
                 "seed": cfg.seed,
             }
         )

@@ -35,6 +35,12 @@ class MetaLearner(nn.Module, ABC):
     #: resume with the step), for schedules inside an algorithm (MAML++'s annealing).
     meta_step = 0
 
+    #: Whether one training forward normalises a whole batch of tasks with batch norm
+    #: (ProtoNet, MANN embed every task's images at once): a data-parallel run then takes those
+    #: statistics over every process's tasks, so it computes what one process does. Learners
+    #: that run each task through its own forward (MAML) leave it False.
+    batch_norm_across_tasks = False
+
     #: The options whose step sizes a diverging run should lower (named in its error line).
     step_size_options: tuple[str, ...] = ("optimizer.lr",)
 

@@ -45,6 +45,7 @@ class MANN(MetaLearner):
     """
 
     sequential = True
+    batch_norm_across_tasks = True
     metric_series = (Series("{metric}_inst{i}", "instance"),)  # algo.report_instances
 
     def __init__(

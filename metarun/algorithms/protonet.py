@@ -16,6 +16,8 @@ class ProtoNet(MetaLearner):
     Backbones with batch norm default to running statistics for it (``algo.batch_norm``).
     """
 
+    batch_norm_across_tasks = True
+
     def __init__(self, backbone, optimizer, scheduler=None, batch_norm: str = "running") -> None:
         super().__init__(backbone, optimizer, scheduler, batch_norm)
 

@@ -63,12 +63,15 @@ class TransductiveBatchNorm2d(nn.Module):
         self.momentum = 0.1
         self.register_buffer("step_mean", None)  # none until keep_step_statistics
         self.register_buffer("step_var", None)
+        # Updates each step's statistics has had (not saved: distributed runs merge by it).
+        self.register_buffer("step_updates", None, persistent=False)
 
     def keep_step_statistics(self, steps: int) -> None:
         """Running mean and variance for each of ``steps`` inner steps (saved in checkpoints)."""
         channels = self.weight.shape[0]
         self.step_mean = self.weight.new_zeros(steps, channels)
         self.step_var = self.weight.new_ones(steps, channels)
+        self.step_updates = torch.zeros(steps, dtype=torch.long, device=self.weight.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         context = _STEP_STATS.get()
@@ -77,6 +80,8 @@ class TransductiveBatchNorm2d(nn.Module):
             step = min(step, self.step_mean.shape[0] - 1)
             mean, var = self.step_mean[step], self.step_var[step]
             training = mode == "record"  # batch statistics, folded into the running ones
+            if training:
+                self.step_updates[step] += 1
             return F.batch_norm(
                 x, mean, var, self.weight, self.bias, training, self.momentum, self.eps
             )
@@ -86,6 +91,62 @@ class TransductiveBatchNorm2d(nn.Module):
         var = x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
         x = (x - mean) * torch.rsqrt(var + self.eps)
         return x * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
+# Set while a data-parallel run trains a learner whose forward normalises a whole batch.
+_SYNC = contextvars.ContextVar("metarun_synchronised_batch_norm", default=False)
+
+
+@contextlib.contextmanager
+def synchronised_batch_norm(on: bool = True) -> Iterator[None]:
+    """Within this block (when ``on``) :class:`SyncedBatchNorm2d` normalises with the statistics
+    of every process's batch, so N processes holding 1/N of a meta-batch each compute what one
+    process computes with all of it (``torch.nn.SyncBatchNorm`` does this on GPUs only)."""
+    token = _SYNC.set(on)
+    try:
+        yield
+    finally:
+        _SYNC.reset(token)
+
+
+class SyncedBatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` (same state) that, in training inside :func:`synchronised_batch_norm`,
+    takes its batch statistics over all processes: two differentiable all-reduces (sum, then
+    squared deviations), on any backend. Outside that block it is ``nn.BatchNorm2d``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and _SYNC.get()):
+            return super().forward(x)
+        import torch.distributed as dist
+        from torch.distributed.nn.functional import all_reduce
+
+        count = torch.tensor([x.numel() // x.shape[1]], dtype=x.dtype, device=x.device)
+        dist.all_reduce(count)
+        n = count[0]
+        mean = all_reduce(x.sum(dim=(0, 2, 3))) / n
+        centred = x - mean.view(1, -1, 1, 1)
+        var = all_reduce(centred.pow(2).sum(dim=(0, 2, 3))) / n
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1 / self.num_batches_tracked
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1).clamp(min=1), alpha=m)
+        out = centred * torch.rsqrt(var + self.eps).view(1, -1, 1, 1)
+        if self.affine:
+            out = out * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return out
+
+
+def synchronise(module: nn.Module) -> int:
+    """Make every plain ``nn.BatchNorm2d`` of ``module`` a :class:`SyncedBatchNorm2d` (same
+    parameters and buffers); returns how many."""
+    swapped = 0
+    for m in module.modules():
+        if type(m) is nn.BatchNorm2d:
+            m.__class__ = SyncedBatchNorm2d
+            swapped += 1
+    return swapped
 
 
 def make_batch_norm(kind: str, channels: int) -> nn.Module:

@@ -30,14 +30,19 @@ class TaskBatch(NamedTuple):
     def is_regression(self) -> bool:
         return self.query_y.is_floating_point()
 
-    def shuffled(self, generator: torch.Generator) -> "TaskBatch":
+    def shuffled(
+        self, generator: torch.Generator, of: int | None = None, part: slice = slice(None)
+    ) -> "TaskBatch":
         """Each task's support set and query set in a random order (drawn from ``generator``).
 
         Samplers emit support sets grouped by class; sequence learners (MANN) need them mixed.
+        A batch that is the ``part`` of a meta-batch of ``of`` tasks (a data-parallel rank's
+        share) draws the orders of all ``of`` and uses its own.
         """
 
         def permute(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            order = torch.rand(y.shape[:2], generator=generator).argsort(dim=1).to(y.device)
+            shape = (of or y.shape[0], y.shape[1])
+            order = torch.rand(shape, generator=generator)[part].argsort(dim=1).to(y.device)
             rows = torch.arange(y.shape[0], device=y.device).unsqueeze(1)
             return x[rows, order], y[rows, order]
 

@@ -82,11 +82,14 @@ class EpisodicImages:
         shape: TaskShape,
         generator: torch.Generator,
         device: torch.device | str = "cpu",
+        part: slice = slice(None),
     ) -> TaskBatch:
         """``num_tasks`` episodes; each draws its classes and samples without replacement.
 
         Labels are the classes' positions in a random draw, so the class-to-label assignment is
-        a fresh random permutation in every episode.
+        a fresh random permutation in every episode. ``part`` keeps only those episodes of the
+        ``num_tasks`` drawn (a data-parallel rank's share): the random draws are those of all
+        ``num_tasks``, only the images of ``part`` are gathered.
         """
         device = torch.device(device)
         self.check_shape(split, shape)
@@ -96,6 +99,13 @@ class EpisodicImages:
         classes = classes.argsort(dim=1)[:, :n]  # [B, N], a random permutation prefix
         picks = torch.rand(num_tasks, n, self.samples_per_class(split), generator=generator)
         picks = picks.argsort(dim=2)[:, :, : k + q]  # [B, N, K+Q]
+        offsets = None
+        if self.shift and split == "train":  # drawn for every image of every episode
+            s = self.shift
+            offsets = torch.randint(0, 2 * s + 1, (num_tasks, n * (k + q), 2), generator=generator)
+            offsets = offsets[part].reshape(-1, 2)
+        classes, picks = classes[part], picks[part]
+        num_tasks = classes.shape[0]
         base, turns = classes // self.rotations, classes % self.rotations
         images = data[base.to(device)[..., None], picks.to(device)]  # [B, N, K+Q, ch, H, W]
         if self.rotations > 1:
@@ -103,8 +113,8 @@ class EpisodicImages:
             for r in range(1, 4):
                 mask = turns == r
                 images[mask] = torch.rot90(images[mask], r, dims=(-2, -1))
-        if self.shift and split == "train":
-            images = self._shifted(images, generator)
+        if offsets is not None:
+            images = self._shifted(images, offsets)
         x = images.float().div_(255.0)
         labels = torch.arange(n, device=device).view(1, n, 1)
         support_y = labels.expand(num_tasks, n, k).reshape(num_tasks, n * k)
@@ -113,13 +123,13 @@ class EpisodicImages:
         query_x = x[:, :, k:].reshape(num_tasks, n * q, *self.input_shape)
         return TaskBatch(support_x, support_y, query_x, query_y)
 
-    def _shifted(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Each image of ``[..., ch, H, W]`` moved by its own random offset, zero-filled."""
+    def _shifted(self, images: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """Each image of ``[..., ch, H, W]`` moved by its own offset ``[M, 2]`` (in
+        ``[0, 2 * shift]``, ``shift`` meaning none), zero-filled."""
         *lead, ch, h, w = images.shape
         flat = images.reshape(-1, ch, h, w)
         s = self.shift
         padded = torch.nn.functional.pad(flat, (s, s, s, s))  # [M, ch, H + 2s, W + 2s]
-        offsets = torch.randint(0, 2 * s + 1, (flat.shape[0], 2), generator=generator)
         offsets = offsets.to(images.device)
         rows = offsets[:, :1] + torch.arange(h, device=images.device)  # [M, H]
         cols = offsets[:, 1:] + torch.arange(w, device=images.device)  # [M, W]

@@ -83,6 +83,23 @@ class DeviceConfig:
     name: DeviceName = DeviceName.auto
 
 
+class Backend(str, Enum):
+    auto = "auto"  # nccl on CUDA, gloo on CPU
+    nccl = "nccl"
+    gloo = "gloo"
+
+
+@dataclass
+class DistributedConfig:
+    """Data-parallel runs (``torchrun --nproc_per_node=N -m metarun ...`` or SLURM with several
+    tasks): every option here may change on resume; one process ignores them all."""
+
+    BOUNDS: ClassVar = {"timeout_s": POSITIVE}
+    backend: Backend = Backend.auto  # torch.distributed backend
+    # How long a process waits for the others (start-up and every exchange) before it stops.
+    timeout_s: int = 600
+
+
 @schema("logger", "wandb")
 @dataclass
 class WandbConfig:
@@ -104,6 +121,7 @@ class MetarunConfig:
     dataset: Any = MISSING
     backbone: Any = MISSING
     device: DeviceConfig = field(default_factory=DeviceConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     logger: Optional[Any] = None  # a Sink's config (logger=wandb | none | your own)
     task: TaskConfig = field(default_factory=TaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
