@@ -9,6 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
 from omegaconf import DictConfig
 from rich.console import Console
+from rich.markup import escape
 
 from metarun.distributed.launch import claim_shared, lost_processes_as_error
 from metarun.distributed.world import World, init_world
@@ -43,11 +44,14 @@ def run(cfg: DictConfig) -> float:
         with lost_processes_as_error(world):
             folder = claim_shared(world, cfg, Path(HydraConfig.get().runtime.output_dir))
             try:
-                return _run_in(cfg, folder.run_dir, folder.resuming, world)
+                objective = _run_in(cfg, folder.run_dir, folder.resuming, world)
             finally:
                 folder.release()
-    finally:
-        world.close()
+    except BaseException:
+        world.close(orderly=False)
+        raise
+    world.close()
+    return objective
 
 
 def _run_in(cfg: DictConfig, run_dir: Path, resuming: bool, world: World) -> float:
@@ -55,7 +59,7 @@ def _run_in(cfg: DictConfig, run_dir: Path, resuming: bool, world: World) -> flo
     try:
         if cfg.logger is not None:  # before the dataset is built
             get_class(cfg.logger._target_).check_config(cfg.logger)
-        with out_of_memory_as_error():
+        with out_of_memory_as_error(), lost_processes_as_error(world, run_dir):
             exp = build_experiment(cfg, run_dir=run_dir, resuming=resuming, world=world)
             trainer = Trainer(exp)  # restores a resumed run's state (read from the checkpoints)
         resume_step = exp.resume_from["step"] if exp.resume_from else None
@@ -69,21 +73,23 @@ def _run_in(cfg: DictConfig, run_dir: Path, resuming: bool, world: World) -> flo
         if not resuming and world.is_main:  # a refused resume leaves its folder as it was
             _failure_summary(run_dir, e)
         raise
-    try:
-        if world.is_main:
-            _print_start(console, exp)
-        with out_of_memory_as_error():
-            objective = trainer.fit(logger)
-    except BaseException as e:
-        interrupted = isinstance(e, (KeyboardInterrupt, Interrupted))
+    with trainer.catching_stop_signals():  # also while a failing run writes its summary
         try:
-            if not interrupted:
-                logger.summary({"error": str(e) or type(e).__name__})
-            logger.close("interrupted" if interrupted else "failed")
-        except Exception as close_error:  # e.g. the disk is full: keep the original error
-            console.print(f"[yellow]warning:[/] could not close the run's logs ({close_error})")
-        raise
-    logger.close("finished")
+            if world.is_main:
+                _print_start(console, exp)
+            with out_of_memory_as_error(), lost_processes_as_error(world, run_dir):
+                objective = trainer.fit(logger)
+        except BaseException as e:
+            interrupted = isinstance(e, (KeyboardInterrupt, Interrupted))
+            try:
+                if not interrupted:
+                    logger.summary({"error": str(e) or type(e).__name__})
+                logger.close("interrupted" if interrupted else "failed")
+            except Exception as close_error:  # e.g. the disk is full: keep the original error
+                note = escape(str(close_error))
+                console.print(f"[yellow]warning:[/] could not close the run's logs ({note})")
+            raise
+        logger.close("finished")
     return objective
 
 

@@ -201,6 +201,8 @@ class Trainer:
         self.sums, self.count = {}, 0
 
     def fit(self, logger: Logger) -> float:
+        """Train, validate and test; returns the best validation value. Hold
+        :meth:`catching_stop_signals` around it for SIGINT / SIGTERM to stop with a checkpoint."""
         cfg = self.cfg
         self.logger = logger
         if self.exp.resume_from is not None:  # from a kill during a checkpoint write
@@ -211,20 +213,19 @@ class Trainer:
         self.exp.learner.train()
         start = time.perf_counter()
         first = self.step
-        with self._catch_stop_signals():
-            while self.step < steps:
-                self.train_step()
-                if self.step % cfg.train.log_every == 0 or self.step == steps:
-                    self.log_train()
-                if self.step % cfg.val.every == 0 or self.step == steps:
-                    self.validate()
-                if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
-                    self.save("last.pt", {})
-                self.logger.advance(self.step)
-                if self.stopping:
-                    self.save("last.pt", {})
-                    signum = self.stop_signal or signal.SIGTERM  # another process's signal
-                    raise Interrupted(signum, self.step, str(self.exp.run_dir))
+        while self.step < steps:
+            self.train_step()
+            if self.step % cfg.train.log_every == 0 or self.step == steps:
+                self.log_train()
+            if self.step % cfg.val.every == 0 or self.step == steps:
+                self.validate()
+            if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
+                self.save("last.pt", {})
+            self.logger.advance(self.step)
+            if self.stopping:
+                self.save("last.pt", {})
+                signum = self.stop_signal or signal.SIGTERM  # another process's signal
+                raise Interrupted(signum, self.step, str(self.exp.run_dir))
         train_time = time.perf_counter() - start - self.eval_time
         if self.best_state is None:  # no validation happened (train.steps=0)
             self.validate()
@@ -233,8 +234,11 @@ class Trainer:
         return self.best_value
 
     @contextlib.contextmanager
-    def _catch_stop_signals(self):
-        """SIGINT / SIGTERM finish the current step, then stop with a checkpoint."""
+    def catching_stop_signals(self):
+        """Within this block SIGINT / SIGTERM are recorded, not fatal: :meth:`fit` finishes the
+        current step, then stops with a checkpoint; a run that is already failing finishes
+        writing its summary (a launcher stopping the other processes of a data-parallel run
+        sends SIGTERM right after one fails)."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return

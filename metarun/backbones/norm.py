@@ -109,6 +109,22 @@ def synchronised_batch_norm(on: bool = True) -> Iterator[None]:
         _SYNC.reset(token)
 
 
+class _SummedOverProcesses(torch.autograd.Function):
+    """``x`` summed over every process; its gradient, likewise summed, flows back to each."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        out = x.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return _SummedOverProcesses.apply(grad.contiguous())
+
+
 class SyncedBatchNorm2d(nn.BatchNorm2d):
     """``nn.BatchNorm2d`` (same state) that, in training inside :func:`synchronised_batch_norm`,
     takes its batch statistics over all processes: two differentiable all-reduces (sum, then
@@ -118,8 +134,8 @@ class SyncedBatchNorm2d(nn.BatchNorm2d):
         if not (self.training and _SYNC.get()):
             return super().forward(x)
         import torch.distributed as dist
-        from torch.distributed.nn.functional import all_reduce
 
+        all_reduce = _SummedOverProcesses.apply
         count = torch.tensor([x.numel() // x.shape[1]], dtype=x.dtype, device=x.device)
         dist.all_reduce(count)
         n = count[0]

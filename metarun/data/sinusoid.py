@@ -56,10 +56,13 @@ class Sinusoid:
         shape: TaskShape,
         generator: torch.Generator,
         device: torch.device | str = "cpu",
+        part: slice = slice(None),
     ) -> TaskBatch:
-        """Draw ``num_tasks`` tasks; ``split`` is accepted for interface parity and ignored."""
+        """Draw ``num_tasks`` tasks; ``split`` is accepted for interface parity and ignored.
+        ``part``: keep only those of the ``num_tasks`` (a data-parallel rank's share)."""
         amp, phase = self.task_parameters(num_tasks, generator)
         x = self._uniform((num_tasks, shape.shot + shape.query, 1), self.x_range, generator)
+        amp, phase, x = amp[part], phase[part], x[part]
         y = amp[:, None, None] * torch.sin(x - phase[:, None, None])
         x, y = x.to(device), y.to(device)
         k = shape.shot

@@ -10,6 +10,8 @@ which; they write nothing into it, and remove the empty folder Hydra made for th
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -42,16 +44,27 @@ def claim_shared(world: World, cfg: DictConfig, job_dir: Path) -> Claim:
 
 
 @contextlib.contextmanager
-def lost_processes_as_error(world: World) -> Iterator[None]:
+def lost_processes_as_error(world: World, run_dir: Path | None = None) -> Iterator[None]:
     """A process that lost the others (one was killed, or stopped on an error of its own)
     stops with one line instead of a backend traceback."""
     try:
         yield
-    except dist.DistError as e:
-        if not world.active:
+    except RuntimeError as e:  # gloo reports a peer gone as a plain RuntimeError
+        if not world.active or not (isinstance(e, dist.DistError) or _raised_by_a_collective(e)):
             raise
+        reason = re.sub(r"^\[[^\]]*\]\s*", "", str(e).splitlines()[0]).split(". ")[0][:120]
+        folder = run_dir or "<run folder>"
         raise MetarunError(
-            f"rank {world.rank} of {world.size} lost the run's other processes "
-            f"({str(e).splitlines()[0][:160]}); the first process to stop says why; continue "
-            "from the last checkpoint with resume=true resume_dir=<run folder>"
+            f"rank {world.rank} of {world.size} lost the run's other processes ({reason}); the "
+            "first one to stop says why; continue from the last checkpoint with the same "
+            f"launcher and resume=true resume_dir={folder} (plus the run's overrides)"
         ) from None
+
+
+def _raised_by_a_collective(e: BaseException) -> bool:
+    """Whether ``e`` came out of ``torch.distributed`` itself (an exchange with the others)."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = tb.tb_frame.f_code.co_filename if tb is not None else ""
+    return f"{os.sep}torch{os.sep}distributed{os.sep}" in where

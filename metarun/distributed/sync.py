@@ -93,7 +93,10 @@ class RunningStats:
 
     def __init__(self, world: World, learner: nn.Module) -> None:
         self.world = world
-        self.modules = _running_modules(learner) if world.active else []
+        # Learners whose batch statistics span the meta-batch update theirs alike on every
+        # rank (synchronised batch norm): nothing to merge.
+        merged = world.active and not getattr(learner, "batch_norm_across_tasks", False)
+        self.modules = _running_modules(learner) if merged else []
         self.start: list[tuple[list[torch.Tensor], torch.Tensor]] = []
 
     def snapshot(self) -> None:

@@ -13,10 +13,13 @@ alike before any of them waits for the others.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import sys
+import tempfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -79,9 +82,14 @@ class World:
         dist.all_reduce(t, group=self.control)
         return bool(t.item())
 
-    def close(self) -> None:
-        if self.active and dist.is_initialized():
-            dist.destroy_process_group()
+    def close(self, orderly: bool = True) -> None:
+        """Leave the process group; ``orderly`` (the run ended well on this rank) first waits
+        for the others, so that no rank tears down connections another is still using."""
+        if not (self.active and dist.is_initialized()):
+            return
+        if orderly:
+            dist.barrier(group=self.control)
+        dist.destroy_process_group()
 
 
 SINGLE = World()
@@ -146,6 +154,27 @@ def _check(cfg: Any, size: int, local_size: int, device: torch.device, backend: 
         )
 
 
+@contextlib.contextmanager
+def _native_stderr_held() -> Iterator[None]:
+    """torch's C++ rendezvous logs its retries and failures straight to file descriptor 2, in
+    many lines; hold them, and pass them on only when the rendezvous succeeds (a failure is told
+    in one line)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if ok:
+                held.seek(0)
+                sys.stderr.write(held.read().decode(errors="replace"))
+
+
 def init_world(cfg: Any) -> World:
     """Join the run's other processes (when a launcher started several), or :data:`SINGLE`."""
     size = launched_size()
@@ -161,8 +190,9 @@ def init_world(cfg: Any) -> World:
     timeout = datetime.timedelta(seconds=cfg.distributed.timeout_s)
     where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
     try:
-        dist.init_process_group(backend, timeout=timeout)
-        control = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else None
+        with _native_stderr_held():
+            dist.init_process_group(backend, timeout=timeout)
+            control = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else None
     except (RuntimeError, ValueError) as e:  # DistNetworkError / DistStoreError among them
         raise MetarunError(
             f"rank {rank} of {size} could not reach the others at {where} within "

@@ -101,7 +101,7 @@ class ConsoleSink(Sink):
                 continue
             ci = summary.get(f"{key}_ci95")
             shown = f"{_fmt(value)} ± {_fmt(ci)}" if ci is not None else _fmt(value)
-            table.add_row(key, shown)
+            table.add_row(Text(key), Text(shown))  # plain text: an error may hold "[...]"
         self.console.print(table)
 
     def close(self, status: str) -> None:
