@@ -12,6 +12,7 @@ import dataclasses
 import errno
 import os
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
@@ -136,6 +137,38 @@ def _raised_in_hydra(e: BaseException) -> bool:
 
 
 def main() -> None:
+    """The ``metarun`` command (:func:`_command`), leaving a data-parallel run's process at once
+    when it is done: at interpreter teardown gloo's worker threads can still hold tensors and
+    abort the process ("terminate called without an active exception", pytorch/pytorch#190489)
+    after a run that finished well, and the launcher would report that run as failed. The run's
+    files, logs and process group are closed before this exit."""
+    from metarun.distributed.world import joined
+
+    try:
+        _command()
+    except SystemExit as e:
+        if not joined():
+            raise
+        code = e.code
+        if isinstance(code, str):
+            print_line(code)
+        _leave(1 if isinstance(code, str) else int(code or 0))
+    except BaseException:
+        if not joined():
+            raise
+        traceback.print_exc()
+        _leave(1)
+    if joined():
+        _leave(0)
+
+
+def _leave(code: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _command() -> None:
     """Run Hydra with its own error printing off, so that every user error is one line."""
     global _job_started
     _job_started = False

@@ -8,6 +8,7 @@ reference.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -95,6 +96,8 @@ def main(out: str, dtype_name: str) -> None:
     if world.is_main:
         torch.save(results, out)
     world.close()  # waits for every rank
+    sys.stdout.flush()
+    os._exit(0)  # no interpreter teardown under gloo (see metarun.cli.main)
 
 
 if __name__ == "__main__":

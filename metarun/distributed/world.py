@@ -93,6 +93,12 @@ class World:
 
 
 SINGLE = World()
+_joined = False  # whether this process joined a process group (see metarun.cli.main)
+
+
+def joined() -> bool:
+    """Whether this process has been one of a data-parallel run's processes."""
+    return _joined
 
 
 def _env_int(name: str, default: int) -> int:
@@ -200,6 +206,8 @@ def init_world(cfg: Any) -> World:
             "process with the same MASTER_ADDR / MASTER_PORT (torchrun does), or raise "
             "distributed.timeout_s"
         ) from None
+    global _joined
+    _joined = True
     return World(rank, size, local_rank, local_size, backend, control)
 
 
