@@ -135,8 +135,13 @@ def test_real_omniglot_small_sets_random_split(omniglot_root):
     )
     # Strokes are bright on a dark background, as in the cache's documented polarity.
     assert ds.splits["train"].float().mean() < 60
-    cached = sorted(p.name for p in (omniglot_root / "omniglot-cache").glob("*.npy"))
+    cached = sorted(p.name for p in (omniglot_root / "omniglot-cache").glob("images_*.npy"))
     assert len(cached) == 2 and all("28px" in n for n in cached)
+    # Each split is an entry of its own (mapped, not copied: one copy per machine).
+    assert len(list((omniglot_root / "omniglot-cache").glob("selection-*.npy"))) == 3
+    if Path("/proc/self/maps").exists():  # each split's tensor lies in a mapping of its file
+        files = {_mapped_file(ds.splits[s].data_ptr()) for s in ds.splits}
+        assert {Path(f).name.split("-")[0] for f in files} == {"selection"} and len(files) == 3
     again = Omniglot(
         root=str(omniglot_root), background="small1+small2", split="random", download=False
     )
@@ -170,7 +175,7 @@ def test_a_stale_or_broken_cache_file_is_rebuilt_not_used(omniglot_root, monkeyp
     opened, because the version is part of the name."""
     kwargs = dict(root=str(omniglot_root), background="small1", split="random", download=False)
     reference = Omniglot(**kwargs).splits["train"]
-    (cache,) = (omniglot_root / "omniglot-cache").glob("*.npy")
+    (cache,) = (omniglot_root / "omniglot-cache").glob("images_*.npy")
     record = cache.with_suffix(".json")
     assert cache.name.endswith(f"-v{omniglot_module.PREPROCESS_VERSION}.npy")
     decoded = []
@@ -402,6 +407,16 @@ def _load_small2(root: str, cache: str) -> int:
     return sum(ds.num_classes(s) for s in ("train", "val", "test"))
 
 
+def _mapped_file(address: int) -> str | None:
+    """The file mapped at ``address`` in this process (from /proc/self/maps), if any."""
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        if start <= address < end:
+            return fields[5] if len(fields) > 5 else None
+    return None
+
+
 def test_concurrent_jobs_both_load_and_leave_one_complete_cache(omniglot_root, tmp_path):
     import concurrent.futures
     import multiprocessing
@@ -410,5 +425,5 @@ def test_concurrent_jobs_both_load_and_leave_one_complete_cache(omniglot_root, t
     with concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx) as pool:
         counts = list(pool.map(_load_small2, [str(omniglot_root)] * 2, [str(tmp_path)] * 2))
     assert counts == [156, 156]
-    cache = list((omniglot_root / "omniglot-cache").glob("*.npy"))
+    cache = list((omniglot_root / "omniglot-cache").glob("images_*.npy"))
     assert len(cache) == 1 and not list((omniglot_root / "omniglot-cache").glob("*.tmp"))

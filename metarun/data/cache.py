@@ -134,3 +134,20 @@ def cached(
         return array, meta
     finally:
         lock.release()
+
+
+def cached_selection(
+    folder: Path, source: str, names: list[str], build: Callable[[], np.ndarray]
+) -> np.ndarray:
+    """``build()``, a selection of ``source``'s classes (a split, in the order of ``names``),
+    cached as an entry of its own: every process on a machine then maps one file (the page
+    cache holds it once) instead of holding a copy, e.g. the N processes of a data-parallel run.
+    """
+    key = hashlib.sha256(json.dumps([source, names]).encode()).hexdigest()[:16]
+    path = folder / f"selection-{key}.npy"
+    accept = lambda array, meta: meta.get("names") == names  # noqa: E731
+    array = cached(path, lambda: (build(), {"source": source, "names": names}), accept)[0]
+    if not isinstance(array, np.memmap):  # built just now: use the file, as the others will
+        found = read_cache(path, report=False, accept=accept)
+        array = found[0] if found is not None else array
+    return array

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metarun.data.cache import cached
+from metarun.data.cache import cached, cached_selection
 from metarun.data.download import cache_dir, fetch, writable_dir
 from metarun.data.episodes import SPLITS, EpisodicImages
 from metarun.data.safe_pickle import load_pickle
@@ -154,8 +154,14 @@ class _CIFAR100Split(EpisodicImages):
         images = load_cifar100(folder, download, url, md5)
         index = {name: i for i, name in enumerate(FINE_NAMES)}
         self.class_names = self.split()
+        cache, source = writable_dir(folder, "cifar100-cache"), f"cifar100-{md5[:8]}"
         splits = {
-            s: torch.from_numpy(images[[index[c] for c in self.class_names[s]]]) for s in SPLITS
+            s: torch.from_numpy(
+                cached_selection(
+                    cache, source, names, lambda n=names: images[[index[c] for c in n]]
+                )
+            )
+            for s, names in ((s, self.class_names[s]) for s in SPLITS)
         }
         super().__init__(splits, rotations=rotations, shift=shift)
         # How a user's own image becomes an input like these (metarun-predict).

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from metarun.data.cache import cached
+from metarun.data.cache import cached, cached_selection
 from metarun.data.download import cache_dir, fetch, writable_dir
 from metarun.data.episodes import EpisodicImages
 from metarun.errors import MetarunError
@@ -193,9 +193,16 @@ class Omniglot(EpisodicImages):
             }
             parts = {s: {n: pool[n] for n in sorted(c)} for s, c in cuts.items()}
         self.class_names = {s: sorted(p) for s, p in parts.items()}
+        folder = writable_dir(root_path, "omniglot-cache")
+        archives = "-".join(md5[:8] for _, md5 in ARCHIVES.values())  # the decoded sources
+        source = f"omniglot-{archives}-{image_size}px-v{PREPROCESS_VERSION}"
         splits = {
-            s: torch.from_numpy(np.stack([p[n] for n in self.class_names[s]]))
-            for s, p in parts.items()
+            s: torch.from_numpy(
+                cached_selection(
+                    folder, source, names, lambda p=parts[s], n=names: np.stack([p[c] for c in n])
+                )
+            )
+            for s, names in self.class_names.items()
         }
         super().__init__(splits, rotations=rotations, shift=shift)
         # How a user's own image becomes an input like these (metarun-predict).
