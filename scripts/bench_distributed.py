@@ -44,7 +44,28 @@ OMNIGLOT = [
 CASES = {
     "MAML 5w1s, meta-batch 32": ["algo=maml", "task.meta_batch=32"],
     "ProtoNet 5w1s, meta-batch 4": ["algo=protonet", "task.meta_batch=4", "task.train_way=null"],
+    # The archives' own 105 px: a dataset big enough (~60 MB) to see whether ranks share it.
+    "ProtoNet 105px, meta-batch 2": [
+        "algo=protonet",
+        "task.meta_batch=2",
+        "task.train_way=null",
+        "dataset.image_size=105",
+    ],
 }
+
+
+def memory_mb() -> dict[str, float]:
+    """This process's proportional (shared pages split among their users) and private resident
+    memory, from /proc/self/smaps_rollup (Linux; empty elsewhere)."""
+    path = Path("/proc/self/smaps_rollup")
+    if not path.exists():
+        return {}
+    kb = {}
+    for line in path.read_text().splitlines()[1:]:
+        key, value = line.split(":", 1)
+        kb[key] = int(value.split()[0])
+    private = kb.get("Private_Clean", 0) + kb.get("Private_Dirty", 0)
+    return {"pss_mb": round(kb.get("Pss", 0) / 1024), "private_mb": round(private / 1024)}
 
 
 def worker(case: str, data: str, steps: int, device: str, out: str) -> None:
@@ -62,6 +83,7 @@ def worker(case: str, data: str, steps: int, device: str, out: str) -> None:
     with tempfile.TemporaryDirectory() as run_dir:
         exp = build_experiment(cfg, run_dir=Path(run_dir), world=world)
         loaded_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        loaded = memory_mb()  # the dataset mapped, the model built
         trainer = Trainer(exp)
         for _ in range(3):
             trainer.train_step()
@@ -78,6 +100,7 @@ def worker(case: str, data: str, steps: int, device: str, out: str) -> None:
             "elapsed_s": elapsed,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "rss_after_build_mb": loaded_rss,
+            "after_build": loaded,
             "gpu_peak_mb": (
                 torch.cuda.max_memory_allocated() / 2**20 if exp.device.type == "cuda" else None
             ),
@@ -113,6 +136,8 @@ def measure(case: str, nproc: int, threads: int, args) -> dict:
         "step_ms": round(1000 * slowest / args.steps, 1),
         "peak_rss_mb_per_rank": [round(r["peak_rss_mb"]) for r in ranks],
         "rss_after_build_mb_per_rank": [round(r["rss_after_build_mb"]) for r in ranks],
+        "pss_after_build_mb_per_rank": [r["after_build"].get("pss_mb") for r in ranks],
+        "private_after_build_mb_per_rank": [r["after_build"].get("private_mb") for r in ranks],
         "gpu_peak_mb_per_rank": [r["gpu_peak_mb"] and round(r["gpu_peak_mb"]) for r in ranks],
     }
 
@@ -132,13 +157,15 @@ def main() -> None:
         return
     rows = [measure(c, n, args.threads, args) for c in CASES for n in (1, args.nproc)]
     print(
-        f"{'case':30s} {'procs':>5s} {'thr':>4s} {'tasks/s':>8s} {'step ms':>8s}  peak RSS MB/rank"
+        f"{'case':28s} {'procs':>5s} {'thr':>3s} {'tasks/s':>7s} {'step ms':>7s}  "
+        "peak RSS MB/rank | after build: PSS / private MB/rank"
     )
     for r in rows:
-        rss = ", ".join(map(str, r["peak_rss_mb_per_rank"]))
+        join = lambda key: ", ".join(map(str, r[key]))  # noqa: E731
         print(
-            f"{r['case']:30s} {r['processes']:5d} {r['threads_per_process']:4d} "
-            f"{r['tasks_per_s']:8.1f} {r['step_ms']:8.1f}  {rss}"
+            f"{r['case']:28s} {r['processes']:5d} {r['threads_per_process']:3d} "
+            f"{r['tasks_per_s']:7.1f} {r['step_ms']:7.1f}  {join('peak_rss_mb_per_rank')} | "
+            f"{join('pss_after_build_mb_per_rank')} / {join('private_after_build_mb_per_rank')}"
         )
     import torch
 

@@ -216,51 +216,7 @@ def test_a_killed_rank_stops_the_run_and_resume_continues_it_exactly(uninterrupt
     assert summary["status"] == "finished" and summary["test/mse"] == reference["test/mse"]
 
 
-# -- bad input: one line, non-zero exit, nothing written ------------------------------------
-def _as_rank(tmp_path: Path, rank: int, *args: str, **env: str) -> subprocess.CompletedProcess:
-    """One process started as rank ``rank`` of 2 (the variables torchrun exports)."""
-    variables = {"WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank)}
-    variables.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="1", **env)
-    exe = Path(sys.executable).with_name("metarun")
-    return subprocess.run(
-        [str(exe), "logger=none", f"hydra.run.dir={tmp_path / 'run'}", *args],
-        cwd=tmp_path,
-        env={**_env(tmp_path), **variables},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (
-            ["task.meta_batch=25"],
-            "task.meta_batch=25 does not divide among 2 processes; set task.meta_batch to a "
-            "multiple of 2",
-        ),
-        (
-            ["task.meta_batch=24", "distributed.backend=nccl", "device=cpu"],
-            "distributed.backend=nccl needs CUDA but this run's device is cpu; use "
-            "distributed.backend=gloo",
-        ),
-        (
-            ["task.meta_batch=24", "distributed.timeout_s=3"],
-            "rank 1 of 2 could not reach the others at 127.0.0.1:",
-        ),
-    ],
-    ids=["indivisible-meta-batch", "nccl-on-cpu", "unreachable"],
-)
-def test_bad_distributed_input_is_one_line_and_writes_nothing(tmp_path, args, message):
-    proc = _as_rank(tmp_path, 1, *args)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    line = proc.stderr.strip()
-    assert line.startswith(f"metarun: error: {message}") and "\n" not in line, line
-    run = tmp_path / "run"
-    assert not run.exists() or not any(run.iterdir())
-
-
+# -- bad input (the one-line cases are in tests/test_errors.py, with the catalogue's) -------
 def test_more_processes_on_a_machine_than_gpus_is_refused(monkeypatch):
     from metarun.compose import compose_config
     from metarun.distributed import world

@@ -209,6 +209,23 @@ def _predict_setup(classes: dict[str, list[str]], bad_png: bool = False):
 # ---- checks: nothing already written is lost ------------------------------------------------
 
 
+def _as_rank_1_of_2(tmp: Path, mp: pytest.MonkeyPatch) -> None:
+    """The variables torchrun exports to the second of two processes; no rank 0 listens."""
+    for key, value in dict(
+        WORLD_SIZE="2",
+        RANK="1",
+        LOCAL_RANK="1",
+        LOCAL_WORLD_SIZE="2",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT="1",
+    ).items():
+        mp.setenv(key, value)
+
+
+def _no_run_in(run_dir: Path) -> None:
+    assert not run_dir.exists() or not any(run_dir.iterdir())
+
+
 def _failed_summary(run_dir: Path, message: str) -> None:
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed" and message in summary["error"]
@@ -359,6 +376,18 @@ CASES = [
     Case("W&B refuses the entity", [*TINY, *RUN, "logger.mode=online", "logger.entity=nobody"],
          "W&B refused project 'metarun' / entity 'nobody' .*404 Not Found", _wandb_refuses,
          lambda tmp: _failed_summary(tmp / "run", "W&B refused")),
+    # -- data-parallel runs (torchrun / SLURM)
+    Case("meta-batch not divisible by the processes", [*QUIET, *RUN, "task.meta_batch=25"],
+         "task.meta_batch=25 does not divide among 2 processes; set task.meta_batch to a "
+         "multiple of 2", _as_rank_1_of_2, lambda tmp: _no_run_in(tmp / "run")),
+    Case("NCCL backend on CPU", [*QUIET, *RUN, "task.meta_batch=24", "device=cpu",
+         "distributed.backend=nccl"], "distributed.backend=nccl needs CUDA but this run's "
+         "device is cpu; use distributed.backend=gloo", _as_rank_1_of_2,
+         lambda tmp: _no_run_in(tmp / "run")),
+    Case("a process that cannot reach the others", [*QUIET, *RUN, "task.meta_batch=24",
+         "distributed.timeout_s=2"], "rank 1 of 2 could not reach the others at 127.0.0.1:1 "
+         "within 2 s \\(.*\\); start every process with the same MASTER_ADDR / MASTER_PORT",
+         _as_rank_1_of_2, lambda tmp: _no_run_in(tmp / "run")),
     # -- metarun-predict
     *(
         Case(f"predict: {what}", ["checkpoint={tmp}/done/checkpoints/best.pt",
