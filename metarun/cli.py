@@ -59,7 +59,8 @@ def _main(cfg: DictConfig) -> float:
     try:
         return run(cfg)
     except Interrupted as e:
-        print_line(f"metarun: {e}")
+        if int(os.environ.get("RANK", "0") or 0) == 0:  # a data-parallel run's rank 0 says it
+            print_line(f"metarun: {e}")
         if multirun:  # the sweep stops too: the user asked the whole process to stop
             raise KeyboardInterrupt from None
         sys.exit(128 + e.signum)

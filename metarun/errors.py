@@ -14,16 +14,16 @@ class MetarunError(Exception):
 class Interrupted(Exception):
     """SIGINT or SIGTERM stopped a run after it saved a checkpoint it can be resumed from."""
 
-    def __init__(self, signum: int, step: int, run_dir: str) -> None:
-        self.signum, self.step, self.run_dir = signum, step, run_dir
+    def __init__(self, signum: int, step: int, run_dir: str, command: str = "metarun") -> None:
+        self.signum, self.step, self.run_dir, self.command = signum, step, run_dir, command
         name = {2: "SIGINT", 15: "SIGTERM"}.get(signum, f"signal {signum}")
         super().__init__(
-            f"stopped by {name} at step {step}; checkpoint saved. Resume with: metarun "
+            f"stopped by {name} at step {step}; checkpoint saved. Resume with: {command} "
             f"resume=true resume_dir={run_dir} (plus the run's original overrides)"
         )
 
     def __reduce__(self):  # sweep jobs in worker processes send their exceptions back pickled
-        return type(self), (self.signum, self.step, self.run_dir)
+        return type(self), (self.signum, self.step, self.run_dir, self.command)
 
 
 def print_line(line: str) -> None:

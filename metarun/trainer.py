@@ -225,7 +225,10 @@ class Trainer:
             if self.stopping:
                 self.save("last.pt", {})
                 signum = self.stop_signal or signal.SIGTERM  # another process's signal
-                raise Interrupted(signum, self.step, str(self.exp.run_dir))
+                command = "metarun"
+                if self.world.active:  # the same number of processes continues it
+                    command = f"the same launcher ({self.world.size} processes, e.g. torchrun)"
+                raise Interrupted(signum, self.step, str(self.exp.run_dir), command)
         train_time = time.perf_counter() - start - self.eval_time
         if self.best_state is None:  # no validation happened (train.steps=0)
             self.validate()

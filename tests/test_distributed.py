@@ -169,6 +169,23 @@ def _rank(proc: subprocess.Popen, rank: int) -> int:
     raise AssertionError(f"no process of rank {rank}")
 
 
+def test_sigterm_to_torchrun_stops_every_process_after_the_same_step(tmp_path):
+    proc = _launch(tmp_path, *LONG)
+    deadline = time.time() + 200
+    while time.time() < deadline and not list((tmp_path / "outputs").glob("*/*/metrics.jsonl")):
+        time.sleep(0.05)
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)  # torchrun passes it on to both processes
+    _, stderr = proc.communicate(timeout=120)
+    run_dir = _run_dir(tmp_path)
+    stopped = [line for line in stderr.splitlines() if line.startswith("metarun: stopped by")]
+    assert len(stopped) == 1, stderr[-3000:]  # rank 0 tells it once
+    assert "Resume with: the same launcher (2 processes, e.g. torchrun) resume=true" in stopped[0]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+    last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert last["world_size"] == 2 and f"at step {last['step']};" in stopped[0]
+
+
 def test_a_killed_rank_stops_the_run_and_resume_continues_it_exactly(uninterrupted, tmp_path):
     proc = _launch(tmp_path, *LONG)
     deadline = time.time() + 200
@@ -230,3 +247,38 @@ def test_more_processes_on_a_machine_than_gpus_is_refused(monkeypatch):
     cfg = compose_config(["device=cuda", "task.meta_batch=8"])
     with pytest.raises(MetarunError, match="^4 processes on this machine need 4 GPUs but 2 are"):
         world.init_world(cfg)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum", "cumulative"])
+def test_running_statistics_merge_into_the_one_process_sequence(momentum):
+    """Rank 0 updates a batch norm's running statistics with its tasks, rank 1 with its own,
+    from the same start; merged, they are what one process updating with all, in rank order,
+    holds (MAML++'s per-step statistics go the same way, row by row)."""
+    from torch import nn
+
+    from metarun.distributed.sync import RunningStats, _stats
+
+    torch.manual_seed(0)
+    batches = [torch.randn(6, 3, 4, 4, dtype=torch.float64) * (i + 1) + i for i in range(5)]
+    one, start = (nn.BatchNorm2d(3, momentum=momentum).double() for _ in range(2))
+    for _ in range(2):  # some history before the step
+        start(torch.randn(6, 3, 4, 4, dtype=torch.float64))
+    one.load_state_dict(start.state_dict())
+    for b in batches:
+        one(b)
+    ranks = []
+    for share in (batches[:2], batches[2:]):  # unequal numbers of updates
+        r = nn.BatchNorm2d(3, momentum=momentum).double()
+        r.load_state_dict(start.state_dict())
+        for b in share:
+            r(b)
+        averages, count = _stats(r)
+        ranks.append(torch.cat([t.reshape(-1).double() for t in (*averages, count)]))
+    merged = nn.BatchNorm2d(3, momentum=momentum).double()
+    merged.load_state_dict({k: v.clone() for k, v in {**start.state_dict()}.items()})
+    snapshot = tuple(t.clone() for t in (*_stats(start)[0], _stats(start)[1]))
+    RunningStats._merge_one(merged, snapshot, ranks)
+    for key in ("running_mean", "running_var", "num_batches_tracked"):
+        assert torch.allclose(
+            merged.state_dict()[key].double(), one.state_dict()[key].double(), rtol=0, atol=1e-12
+        ), key
