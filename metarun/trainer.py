@@ -1,4 +1,5 @@
-"""The meta-training loop: train steps, logging, validation, checkpoints, stop signals, test."""
+"""The meta-training loop: train steps, logging, validation, stop signals, test (checkpoints:
+:mod:`metarun.trainer_checkpoints`)."""
 
 from __future__ import annotations
 
@@ -7,27 +8,20 @@ import copy
 import signal
 import threading
 import time
-from pathlib import Path
 
 import torch
 
 from metarun.backbones.norm import synchronised_batch_norm
-from metarun.checkpoint import (
-    check_weights,
-    load_model_state,
-    remove_partial_writes,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from metarun.checkpoint import remove_partial_writes
 from metarun.distributed.sync import RunningStats, average_gradients, mean_over_ranks
 from metarun.errors import Interrupted, MetarunError
 from metarun.evaluate import evaluate
 from metarun.experiment import Experiment, meta_test
 from metarun.logging import Logger
+from metarun.trainer_checkpoints import Checkpointing
 
 
-class Trainer:
+class Trainer(Checkpointing):
     """The loop: train on sampled task batches, validate on fixed ones, test the best weights."""
 
     def __init__(self, exp: Experiment) -> None:
@@ -51,34 +45,6 @@ class Trainer:
         self.finite_at: int | None = None  # step whose loss and weights were last checked
         if exp.resume_from is not None:
             self._restore(exp.resume_from)
-
-    def _restore(self, checkpoint: dict) -> None:
-        exp = self.exp
-        trained_by, size = checkpoint.get("world_size", 1), self.world.size
-        if trained_by != size:
-            how = f"torchrun --nproc_per_node={trained_by}" if trained_by > 1 else "one process"
-            raise MetarunError(
-                f"cannot resume {exp.run_dir}: it was trained by {trained_by} process(es) and "
-                f"this run has {size}; resume it with {trained_by} ({how}: the random streams "
-                "are per process)"
-            )
-        if checkpoint.get("best_model") is not None:  # the meta-test loads it at the end: fits?
-            best = {**checkpoint, "model": checkpoint["best_model"]}
-            check_weights(exp.learner, best, f"cannot resume {exp.run_dir}: best.pt")
-        load_model_state(exp.learner, checkpoint, f"cannot resume {exp.run_dir}: last.pt")
-        exp.optimizer.load_state_dict(checkpoint["optimizer"])
-        if exp.scheduler is not None:
-            exp.scheduler.load_state_dict(checkpoint["scheduler"])
-        loop = checkpoint["loop"]
-        own = {"rng": checkpoint["rng"], "sums": loop["sums"]}
-        if self.world.active:  # each process continues its own random streams and sums
-            own = checkpoint["ranks"][self.world.rank]
-        set_rng_state(own["rng"], self.sampler)
-        self.saved_step = checkpoint["step"]
-        self.step, self.count = checkpoint["step"], loop["count"]
-        self.sums = {k: v.to(exp.device) for k, v in own["sums"].items()}
-        self.best_value, self.best_step = loop["best_value"], loop["best_step"]
-        self.best_state = checkpoint.get("best_model")  # read and checked with last.pt
 
     def _better(self, value: float) -> bool:
         if self.best_value is None:
@@ -109,52 +75,6 @@ class Trainer:
         )
         lower = " or ".join(f"algo.{o}" for o in self.exp.learner.step_size_options)
         raise MetarunError(f"the {what} became NaN or inf in {steps}{kept}; lower {lower}")
-
-    def save(self, name: str, metrics: dict[str, float]) -> None:
-        if not self.cfg.checkpoint.save:
-            return
-        self.check_finite()
-        exp = self.exp
-        path = exp.run_dir / "checkpoints" / name
-        own = {"rng": rng_state(self.sampler), "sums": {k: v.cpu() for k, v in self.sums.items()}}
-        ranks = self.world.gather(own) if self.world.active else None
-        if not self.world.is_main:  # rank 0 writes what every process needs to continue
-            self.saved_step = self.step if name == "last.pt" else self.saved_step
-            return
-        try:
-            self._write_checkpoint(path, metrics, ranks)
-        except OSError as e:
-            raise MetarunError(
-                f"could not write {path} ({e.strerror or e}); the previous checkpoint is intact: "
-                "free space (or fix the folder's permissions) and resume the run"
-            ) from e
-        if name == "last.pt":
-            self.saved_step = self.step
-
-    def _write_checkpoint(self, path: Path, metrics: dict[str, float], ranks: list | None) -> None:
-        exp = self.exp
-        per_process = {"world_size": len(ranks), "ranks": ranks} if ranks else {}
-        save_checkpoint(
-            path,
-            step=self.step,
-            model=exp.learner.state_dict(),
-            optimizer=exp.optimizer.state_dict(),
-            scheduler=exp.scheduler.state_dict() if exp.scheduler is not None else None,
-            rng=rng_state(self.sampler),
-            loop={
-                "sums": self.sums,
-                "count": self.count,
-                "best_value": self.best_value,
-                "best_step": self.best_step,
-            },
-            config=exp.config,
-            data={
-                "input_shape": list(exp.dataset.input_shape),
-                "preprocess": getattr(exp.dataset, "preprocess", None),
-            },
-            metrics=metrics,
-            **per_process,
-        )
 
     def validate(self) -> None:
         self.check_finite()
