@@ -282,3 +282,30 @@ def test_running_statistics_merge_into_the_one_process_sequence(momentum):
         assert torch.allclose(
             merged.state_dict()[key].double(), one.state_dict()[key].double(), rtol=0, atol=1e-12
         ), key
+
+
+def test_a_slurm_task_of_a_submitit_job_gets_the_rendezvous_variables(monkeypatch):
+    """hydra/launcher=slurm with nodes=2, tasks_per_node=2: task 3 (second node, second task)
+    reads its rank and the rendezvous host from SLURM through submitit's own helper."""
+    from metarun.distributed import world
+
+    exported = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR")
+    for key in (*exported, "MASTER_PORT"):  # recorded, so that the export is undone after
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
+    slurm = dict(
+        SUBMITIT_EXECUTOR="slurm",
+        SLURM_JOB_ID="4242",
+        SLURM_NTASKS="4",
+        SLURM_PROCID="3",
+        SLURM_LOCALID="1",
+        SLURM_NODEID="1",
+        SLURM_JOB_NUM_NODES="2",
+        SLURM_JOB_NODELIST="gpu[07-08]",
+    )
+    for key, value in slurm.items():
+        monkeypatch.setenv(key, value)
+    assert world.launched_size() == 4
+    env = os.environ
+    assert (env["RANK"], env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"]) == ("3", "1", "2")
+    assert env["MASTER_ADDR"] == "gpu07" and 20000 <= int(env["MASTER_PORT"]) <= 60000

@@ -38,6 +38,7 @@ class Case:
     check: Callable[[Path], None] | None = None  # what must hold afterwards (nothing lost)
     tool: str = "metarun"
     marks: list = field(default_factory=list)
+    environment: str = ""  # shown before the command in the catalogue (variables it sets)
 
 
 # ---- preparations: files and faults a case needs ---------------------------------------------
@@ -222,6 +223,9 @@ def _as_rank_1_of_2(tmp: Path, mp: pytest.MonkeyPatch) -> None:
         mp.setenv(key, value)
 
 
+RANK_1_OF_2 = "WORLD_SIZE=2 RANK=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=1 "
+
+
 def _no_run_in(run_dir: Path) -> None:
     assert not run_dir.exists() or not any(run_dir.iterdir())
 
@@ -379,15 +383,18 @@ CASES = [
     # -- data-parallel runs (torchrun / SLURM)
     Case("meta-batch not divisible by the processes", [*QUIET, *RUN, "task.meta_batch=25"],
          "task.meta_batch=25 does not divide among 2 processes; set task.meta_batch to a "
-         "multiple of 2", _as_rank_1_of_2, lambda tmp: _no_run_in(tmp / "run")),
+         "multiple of 2", _as_rank_1_of_2, lambda tmp: _no_run_in(tmp / "run"),
+         environment=RANK_1_OF_2),
     Case("NCCL backend on CPU", [*QUIET, *RUN, "task.meta_batch=24", "device=cpu",
          "distributed.backend=nccl"], "distributed.backend=nccl needs CUDA but this run's "
          "device is cpu; use distributed.backend=gloo", _as_rank_1_of_2,
-         lambda tmp: _no_run_in(tmp / "run")),
+         lambda tmp: _no_run_in(tmp / "run"),
+         environment=RANK_1_OF_2),
     Case("a process that cannot reach the others", [*QUIET, *RUN, "task.meta_batch=24",
          "distributed.timeout_s=2"], "rank 1 of 2 could not reach the others at 127.0.0.1:1 "
          "within 2 s \\(.*\\); start every process with the same MASTER_ADDR / MASTER_PORT",
-         _as_rank_1_of_2, lambda tmp: _no_run_in(tmp / "run")),
+         _as_rank_1_of_2, lambda tmp: _no_run_in(tmp / "run"),
+         environment=RANK_1_OF_2),
     # -- metarun-predict
     *(
         Case(f"predict: {what}", ["checkpoint={tmp}/done/checkpoints/best.pt",
@@ -430,7 +437,8 @@ def run_case(entry, tmp_path: Path, monkeypatch, case: Case, recorded: list) -> 
     if case.check:
         case.check(tmp_path)
     shown = " ".join(a.replace("{tmp}", "/tmp/x") for a in case.args if a not in QUIET)
-    recorded.append((case.id, f"{case.tool} {shown}", lines[0].replace(str(tmp_path), "/tmp/x")))
+    command = f"{case.environment}{case.tool} {shown}"
+    recorded.append((case.id, command, lines[0].replace(str(tmp_path), "/tmp/x")))
 
 
 def test_hydra_full_error_shows_the_traceback_and_bugs_keep_theirs(entry, monkeypatch):

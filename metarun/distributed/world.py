@@ -117,7 +117,8 @@ def _export_slurm() -> None:
         return
     from submitit.helpers import TorchDistributedEnvironment
 
-    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    # overwrite: a MASTER_PORT the user set is read (and kept) by the helper itself
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
 
 
 def launched_size() -> int:
