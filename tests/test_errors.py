@@ -210,20 +210,13 @@ def _predict_setup(classes: dict[str, list[str]], bad_png: bool = False):
 # ---- checks: nothing already written is lost ------------------------------------------------
 
 
-def _as_rank_1_of_2(tmp: Path, mp: pytest.MonkeyPatch) -> None:
-    """The variables torchrun exports to the second of two processes; no rank 0 listens."""
-    for key, value in dict(
-        WORLD_SIZE="2",
-        RANK="1",
-        LOCAL_RANK="1",
-        LOCAL_WORLD_SIZE="2",
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT="1",
-    ).items():
-        mp.setenv(key, value)
-
-
+# The variables torchrun exports to the second of two processes; no rank 0 listens.
 RANK_1_OF_2 = "WORLD_SIZE=2 RANK=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=1 "
+
+
+def _as_rank_1_of_2(tmp: Path, mp: pytest.MonkeyPatch) -> None:
+    for pair in RANK_1_OF_2.split():
+        mp.setenv(*pair.split("="))
 
 
 def _no_run_in(run_dir: Path) -> None:
