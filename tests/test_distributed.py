@@ -309,3 +309,36 @@ def test_a_slurm_task_of_a_submitit_job_gets_the_rendezvous_variables(monkeypatc
     env = os.environ
     assert (env["RANK"], env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"]) == ("3", "1", "2")
     assert env["MASTER_ADDR"] == "gpu07" and 20000 <= int(env["MASTER_PORT"]) <= 60000
+
+
+def test_other_ranks_use_rank_0s_folder_and_remove_the_one_hydra_made_them(tmp_path):
+    """Hydra's time-stamped folder differs by a second between processes started a moment
+    apart: a rank other than 0 takes rank 0's folder and removes its own if Hydra left it empty
+    (never a folder that holds anything)."""
+    from omegaconf import OmegaConf
+
+    from metarun.distributed.launch import claim_shared
+    from metarun.distributed.world import World
+    from metarun.errors import MetarunError
+
+    class Told(World):  # rank 1, told by "rank 0" what it claimed
+        def broadcast(self, obj):
+            return self.told
+
+    cfg = OmegaConf.create({"resume": False, "resume_dir": None})
+    rank0_dir = tmp_path / "14-00-00"
+    rank0_dir.mkdir()
+    for own, kept in ((tmp_path / "14-00-01", False), (rank0_dir, True)):
+        own.mkdir(exist_ok=True)
+        world = Told(rank=1, size=2)
+        object.__setattr__(world, "told", (str(rank0_dir), False, None))
+        folder = claim_shared(world, cfg, own)
+        assert folder.run_dir == rank0_dir and not folder.resuming and folder.fd is None
+        assert own.exists() == kept
+    busy = tmp_path / "14-00-02"
+    (busy / "notes").mkdir(parents=True)
+    claim_shared(world, cfg, busy)
+    assert (busy / "notes").is_dir()  # not empty: left alone
+    object.__setattr__(world, "told", (None, False, "no checkpoint at /x/last.pt; check it"))
+    with pytest.raises(MetarunError, match=r"^rank 1: stopped with rank 0 \(no checkpoint at"):
+        claim_shared(world, cfg, busy)
