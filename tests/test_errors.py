@@ -335,6 +335,9 @@ CASES = [
          lambda tmp, mp: _fake_small1({"../../escape.png": b"x"}, mp, tmp)),
     Case("corrupt image in archive", OMNI, "Broken/character01/9_07.png is not a readable image",
          _corrupt_png),
+    Case("split sizes that are not three", [*OMNI, "dataset.split_sizes=[1,2]"],
+         r"dataset.split_sizes=\[1, 2\] needs three numbers: train, val and test classes",
+         lambda tmp, mp: _small1_copy(tmp), marks=[pytest.mark.omniglot]),
     Case("miniImageNet in neither layout", ["dataset=miniimagenet", "dataset.root={tmp}", *QUIET],
          "no miniImageNet files in /.*; put there either images/ with train.csv, val.csv and "
          "test.csv \\(header filename,label\\), or mini-imagenet-cache-train.pkl"),

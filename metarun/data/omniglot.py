@@ -129,10 +129,18 @@ def load_archive(
 
 
 def _sizes(total: int, wanted: Sequence[int]) -> tuple[int, int, int]:
+    """Train / val / test class counts: ``wanted``, or in its proportions for a smaller pool;
+    every split gets at least one class."""
+    if len(wanted) != 3:
+        raise MetarunError(
+            f"dataset.split_sizes={list(wanted)} needs three numbers: train, val and test classes"
+        )
+    if total < 3:
+        raise MetarunError(f"the pool has {total} characters; a random split needs at least 3")
     if sum(wanted) == total:
         return tuple(wanted)
-    train = round(total * wanted[0] / sum(wanted))
-    val = max(1, round(total * wanted[1] / sum(wanted)))
+    train = min(max(1, round(total * wanted[0] / sum(wanted))), total - 2)
+    val = min(max(1, round(total * wanted[1] / sum(wanted))), total - train - 1)
     return train, val, total - train - val
 
 
