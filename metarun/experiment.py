@@ -17,11 +17,11 @@ from hydra.utils import get_class, get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from metarun.algorithms.base import MetaLearner
-from metarun.backbones.norm import synchronise
 from metarun.checkpoint import load_weights
 from metarun.checks import check_values
 from metarun.data.batch import TaskBatch, TaskShape
 from metarun.device import resolve_device
+from metarun.distributed.batch_norm import synchronise
 from metarun.distributed.sync import broadcast_state
 from metarun.distributed.world import SINGLE, World, device_of
 from metarun.errors import MetarunError

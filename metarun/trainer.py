@@ -11,8 +11,8 @@ import time
 
 import torch
 
-from metarun.backbones.norm import synchronised_batch_norm
 from metarun.checkpoint import remove_partial_writes
+from metarun.distributed.batch_norm import synchronised_batch_norm
 from metarun.distributed.sync import RunningStats, average_gradients, mean_over_ranks
 from metarun.errors import Interrupted, MetarunError
 from metarun.evaluate import evaluate

@@ -10,7 +10,7 @@ weights included (they are parameters).
 
 Running batch-norm statistics are buffers, not gradients. Where one forward normalises a whole
 batch (ProtoNet, MANN: :attr:`MetaLearner.batch_norm_across_tasks`) the ranks normalise with
-statistics of the whole meta-batch (:mod:`metarun.backbones.norm`'s synchronised mode); where
+statistics of the whole meta-batch (:mod:`metarun.distributed.batch_norm`); where
 every task is its own forward (MAML with ``batch_norm=running``, MAML++'s per-step statistics)
 each rank's running averages are merged after the step into what the one-process sequence of
 updates (rank 0's tasks, then rank 1's, ...) gives (:func:`merge_running_stats`).
