@@ -61,8 +61,10 @@ class Checkpointing:
         self.check_finite()
         exp = self.exp
         path = exp.run_dir / "checkpoints" / name
-        own = {"rng": rng_state(self.sampler), "sums": {k: v.cpu() for k, v in self.sums.items()}}
-        ranks = self.world.gather(own) if self.world.active else None
+        ranks = None
+        if self.world.active:  # every rank's own random states and sums, for rank 0 to write
+            sums = {k: v.cpu() for k, v in self.sums.items()}
+            ranks = self.world.gather({"rng": rng_state(self.sampler), "sums": sums})
         if not self.world.is_main:  # rank 0 writes what every process needs to continue
             self.saved_step = self.step if name == "last.pt" else self.saved_step
             return
