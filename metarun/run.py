@@ -12,9 +12,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from metarun.distributed.launch import claim_shared, lost_processes_as_error
-from metarun.distributed.world import World, init_world
+from metarun.distributed.world import World, init_world, launched_size
 from metarun.errors import Interrupted
-from metarun.experiment import build_experiment
+from metarun.experiment import build_experiment, check_config
 from metarun.logging.local import atomic_write_json
 from metarun.logging.logger import Logger
 from metarun.logging.setup import build_logger
@@ -39,6 +39,8 @@ def run(cfg: DictConfig) -> float:
     that is refused (or fails before training starts) leaves that folder byte for byte as it
     was. Otherwise, however it ends, the folder's ``summary.json`` says how (finished, failed
     with its ``error``, or interrupted) and the W&B run is closed with the same verdict."""
+    if launched_size() > 1:  # the values first, so that every process refuses a bad one alike
+        check_config(cfg)  # (one process checks them after claiming: a failed job's summary)
     world = init_world(cfg)  # one process, or this one's rank among the launched ones
     try:
         with lost_processes_as_error(world):
