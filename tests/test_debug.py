@@ -1,0 +1,35 @@
+"""``debug=fast``: every phase of a run, in seconds, on any algorithm."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import GLYPHS_SMALL, options
+
+
+@pytest.mark.parametrize("algo", options("algo"))
+def test_debug_fast_runs_every_phase_of_any_algorithm(run_inprocess, compose_cfg, algo):
+    overrides = [f"algo={algo}", "dataset=glyphs", *GLYPHS_SMALL, "task.train_way=null"]
+    cfg = compose_cfg([*overrides, "debug=fast"])
+    assert cfg.hydra.run.dir.startswith("outputs/debug/") and cfg.logger is None
+    run_dir, _ = run_inprocess([*overrides, "debug=fast"])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["train/steps"] == 4
+    assert "test/acc" in summary and "test/acc_ci95" in summary
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "val/acc" in r] == [2, 4]
+    assert [r["step"] for r in rows if "train/loss" in r] == [2, 4]
+    assert {p.name for p in (run_dir / "checkpoints").iterdir()} == {"best.pt", "last.pt"}
+
+
+def test_debug_fast_keeps_what_the_command_chose(compose_cfg):
+    """The algorithm, dataset, backbone and episode shape stay the command's; only the run's
+    length, the evaluation's size and logging change."""
+    base = ["experiment=maml_omniglot_5w1s"]
+    plain, debug = compose_cfg(base), compose_cfg([*base, "debug=fast"])
+    for key in ("algo", "dataset", "backbone", "seed"):
+        assert plain[key] == debug[key], key
+    assert (debug.task.way, debug.task.shot, debug.task.query) == (5, 1, 15)
+    assert (debug.task.meta_batch, debug.train.steps, debug.test.episodes) == (2, 4, 10)
