@@ -1,8 +1,10 @@
-"""``debug=fast``: every phase of a run, in seconds, on any algorithm."""
+"""A new user's first runs: ``debug=fast`` (every phase in seconds, any algorithm) and the
+progress a piped run prints."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -33,3 +35,25 @@ def test_debug_fast_keeps_what_the_command_chose(compose_cfg):
         assert plain[key] == debug[key], key
     assert (debug.task.way, debug.task.shot, debug.task.query) == (5, 1, 15)
     assert (debug.task.meta_batch, debug.train.steps, debug.test.episodes) == (2, 4, 10)
+
+
+def test_a_piped_run_shows_progress_lines_that_never_wrap(metarun_cli):
+    """Off a terminal (nohup, tee, a SLURM log) a plain progress line comes at most every
+    ``progress_every_s`` seconds, and no line is wrapped mid-value at the default 80 columns."""
+    proc = metarun_cli(
+        "logger=none", "train.steps=3000", "val.every=1000", "val.episodes=20",
+        "test.episodes=20", "progress_every_s=0.3", "hydra.run.dir=run",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    progress = [
+        line for line in lines
+        if re.fullmatch(r"\[\d\d:\d\d:\d\d\] step \d+/3000 \(\d+%\)  [\d.e+]+ steps/s  elapsed "
+                        r"\d+:\d\d:\d\d  eta (\d+:\d\d:\d\d|--)  train/loss [\d.e+-]+  .*", line)
+    ]  # fmt: skip
+    assert len(progress) >= 2, proc.stdout
+    steps = [int(re.search(r"step (\d+)/", line).group(1)) for line in progress]
+    assert steps == sorted(steps) and steps[-1] < 3000
+    validation = [line for line in lines if re.search(r"\] step \d+: train/loss", line)]
+    assert len(validation) == 3 and all(re.search(r"val/mse \S+ ± \S+$", v) for v in validation)
+    assert any(len(line) > 80 for line in progress + validation)  # long, and still one line

@@ -1,7 +1,12 @@
-"""Console output: a rich progress bar with the latest metrics, then a summary table."""
+"""Console output: progress with the latest metrics, validation lines, then a summary table.
+
+In a terminal the progress is a rich bar. Off a terminal (piped to a file, nohup, a SLURM log)
+it is a plain line at most every ``progress_every_s`` seconds (step, steps/s, elapsed, eta,
+latest metrics), so a long run's log shows it is alive; lines are never wrapped mid-value."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from rich.console import Console
@@ -31,11 +36,24 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 class ConsoleSink(Sink):
     """Shows step, steps/s, elapsed, ETA and the latest ``train/*`` and ``val/*`` values."""
 
-    def __init__(self, console: Console | None = None, series: tuple[Series, ...] = ()) -> None:
+    def __init__(
+        self,
+        console: Console | None = None,
+        series: tuple[Series, ...] = (),
+        progress_every_s: float = 30.0,
+    ) -> None:
         self.console = console or Console(log_path=False)
+        self.plain = not self.console.is_terminal  # piped: plain lines instead of a live bar
+        self.progress_every_s = progress_every_s
+        self._total, self._first, self._started, self._last_line = 0, None, 0.0, 0.0
         self.series = series  # their members stay in the files and W&B, out of the one-line view
         self._latest: dict[str, float] = {}
         fixed = Column(no_wrap=True)
@@ -61,9 +79,39 @@ class ConsoleSink(Sink):
     def start(self, total_steps: int) -> None:
         self._task = self._progress.add_task("train", total=total_steps, metrics="")
         self._progress.start()
+        self._total, self._started = total_steps, time.monotonic()
+        self._last_line = self._started
 
     def advance(self, step: int) -> None:
         self._progress.update(self._task, completed=step)
+        if self._first is None:  # the step a (resumed) run starts from
+            self._first = step
+        every = self.progress_every_s
+        if not self.plain or every <= 0 or step >= self._total:
+            return
+        now = time.monotonic()
+        if now - self._last_line >= every:
+            self._last_line = now
+            self._say(self._progress_line(step, now))
+
+    def _progress_line(self, step: int, now: float) -> str:
+        elapsed = now - self._started
+        rate = (step - self._first) / elapsed if elapsed > 0 else 0.0
+        eta = _clock((self._total - step) / rate) if rate > 0 else "--"
+        latest = "  ".join(f"{k} {_fmt(v)}" for k, v in sorted(self._latest.items()))
+        share = 100 * step / self._total if self._total else 100.0
+        return (
+            f"step {step}/{self._total} ({share:.0f}%)  {rate:.3g} steps/s  elapsed "
+            f"{_clock(elapsed)}  eta {eta}  {latest}"
+        ).rstrip()
+
+    def _say(self, text: str) -> None:
+        """One line: logged with its time in a terminal; plain, unwrapped, timed when piped."""
+        if self.plain:
+            line = f"[{time.strftime('%H:%M:%S')}] {text}"
+            self.console.print(line, soft_wrap=True, markup=False, highlight=False)
+        else:
+            self.console.log(text)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         # The bar shows the headline values; series members and CI keys stay in the files.
@@ -89,7 +137,7 @@ class ConsoleSink(Sink):
             train = "  ".join(
                 f"{k} {_fmt(v)}" for k, v in self._latest.items() if k.startswith("train/")
             )
-            self.console.log(f"step {step}: {train}  {val}")
+            self._say(f"step {step}: {train}  {val}")
 
     def summary(self, summary: dict[str, Any]) -> None:
         self._progress.stop()

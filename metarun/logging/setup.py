@@ -24,7 +24,8 @@ def build_logger(
 ) -> Logger:
     """The console and the run folder's files always; ``cfg.logger`` (W&B, or any sink with a
     ``_target_``, :class:`~metarun.logging.logger.Sink`) when set."""
-    sinks = [ConsoleSink(console, series), LocalFilesSink(run_dir, resume_step)]
+    console_sink = ConsoleSink(console, series, cfg.progress_every_s)
+    sinks = [console_sink, LocalFilesSink(run_dir, resume_step)]
     if cfg.logger is not None:
         extra = dict(run_dir=run_dir, run_config=config, tags=list(cfg.tags), console=console)
         options = OmegaConf.to_container(cfg.logger, resolve=True, enum_to_str=True)

@@ -133,3 +133,5 @@ class MetarunConfig:
     resume_dir: Optional[str] = None  # the run folder to continue (resume=true)
     # Top level, not under `logger`, so that a preset's tags never re-create a disabled logger.
     tags: List[str] = field(default_factory=list)
+    # Output piped to a file (nohup, tee, SLURM): a progress line at most this often (0: none).
+    progress_every_s: float = 30.0
