@@ -327,7 +327,18 @@ CASES = [
     Case("absent MPS", ["device=mps"], "device=mps was requested but Apple MPS is not available"),
     # -- data
     Case("missing dataset, download=false", OMNI, f"{SMALL1} was not found in .*/data .*"
-         "dataset.download=false; put the file there"),
+         "dataset.download=false; put the files there \\(or point dataset.root at them\\) or "
+         "set dataset.download=true; background=small1, split=random reads " + SMALL1),
+    Case("default Omniglot offline, download=false", ["dataset=omniglot", "dataset.root={tmp}",
+         "dataset.download=false", *QUIET], "images_background.zip and images_evaluation.zip "
+         "were not found in .* and dataset.download=false; .* background=full, split=lake "
+         "reads .*; the small sets need only images_background_small\\{1,2\\}.zip: "
+         "dataset.background=small1\\+small2 dataset.split=random"),
+    Case("Omniglot download fails (no network)", ["dataset=omniglot", "dataset.root={tmp}",
+         *QUIET], "could not download images_background.zip from http://127.0.0.1:1/.*; "
+         "offline: put the files in .* \\(or dataset.root\\) with dataset.download=false; "
+         "background=full, split=lake reads images_background.zip and images_evaluation.zip",
+         lambda tmp, mp: mp.setattr("metarun.data.omniglot.URL", "http://127.0.0.1:1/{name}")),
     Case("wrong checksum (truncated archive)", OMNI, f"{SMALL1} has the wrong md5 checksum",
          lambda tmp, mp: _small1_copy(tmp, lambda b: b[: len(b) // 2]),
          marks=[pytest.mark.omniglot]),

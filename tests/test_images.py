@@ -427,3 +427,14 @@ def test_concurrent_jobs_both_load_and_leave_one_complete_cache(omniglot_root, t
     assert counts == [156, 156]
     cache = list((omniglot_root / "omniglot-cache").glob("images_*.npy"))
     assert len(cache) == 1 and not list((omniglot_root / "omniglot-cache").glob("*.tmp"))
+
+
+def test_an_offline_error_names_the_cache_once_when_it_is_the_root(tmp_path, monkeypatch):
+    """With no dataset.root the files are looked for in the cache alone: the message says so
+    once (it used to read "not found in X (nor in X)")."""
+    monkeypatch.setenv("METARUN_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(MetarunError) as raised:
+        Omniglot(download=False)
+    message = str(raised.value)
+    assert f"were not found in {tmp_path / 'cache'} and dataset.download=false" in message
+    assert "nor in" not in message

@@ -88,6 +88,17 @@ class _RichBar:
         self._progress.stop()
 
 
+class DownloadFailed(MetarunError):
+    """A file could not be downloaded (no network, a refused URL): the dataset can say what
+    else its user can do."""
+
+
+def searched(root: Path) -> str:
+    """Where a dataset file is looked for: ``root``, and the cache when it is another folder."""
+    cache = cache_dir()
+    return f"{root}" if root.resolve() == cache.resolve() else f"{root} (nor in {cache})"
+
+
 def fetch(name: str, url: str, md5: str, root: Path, download: bool) -> Path:
     """Path of the verified file ``name``: found in ``root`` or the cache, or downloaded.
 
@@ -108,7 +119,7 @@ def fetch(name: str, url: str, md5: str, root: Path, download: bool) -> Path:
                 f"official file from {url} or set dataset.download=true"
             )
         raise MetarunError(
-            f"{name} was not found in {root} (nor in {cache_dir()}) and dataset.download=false; "
+            f"{name} was not found in {searched(root)} and dataset.download=false; "
             f"put the file there (from {url}) or set dataset.download=true"
         )
     folder = root if is_writable(root) else cache_dir()
@@ -141,7 +152,7 @@ def _download(url: str, md5: str, target: Path) -> None:
         ) from e
     except OSError as e:
         if e.errno is None:  # requests' connection errors are OSErrors without an errno
-            raise MetarunError(
+            raise DownloadFailed(
                 f"could not download {target.name} from {url} ({type(e).__name__}); check the "
                 f"network, or download it by hand into {target.parent}"
             ) from e
@@ -150,7 +161,7 @@ def _download(url: str, md5: str, target: Path) -> None:
             f"there or point dataset.root (or ${CACHE_ENV}) at another folder"
         ) from e
     except requests.RequestException as e:
-        raise MetarunError(
+        raise DownloadFailed(
             f"could not download {target.name} from {url} ({type(e).__name__}); check the "
             f"network, or download it by hand into {target.parent}"
         ) from e

@@ -18,18 +18,16 @@ Splits (deterministic, ``split_seed``):
 
 from __future__ import annotations
 
-import io
-import zipfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from metarun.data.cache import cached, cached_selection
-from metarun.data.download import cache_dir, fetch, writable_dir
+from metarun.data.download import DownloadFailed, cache_dir, fetch, searched, writable_dir
 from metarun.data.episodes import EpisodicImages
+from metarun.data.omniglot_archive import DRAWERS, decode_archive
 from metarun.errors import MetarunError
 
 URL = "https://github.com/brendenlake/omniglot/raw/master/python/{name}"
@@ -45,65 +43,11 @@ BACKGROUNDS = {
     "small2": ("small2",),
     "small1+small2": ("small1", "small2"),
 }
-DRAWERS = 20
 PREPROCESS_VERSION = 2  # bump when decoding changes: old cache files are then never read
 
 
-def _safe_member(archive: Path, name: str) -> PurePosixPath:
-    path = PurePosixPath(name)
-    if path.is_absolute() or ".." in path.parts or "\\" in name:
-        raise MetarunError(
-            f"{archive.name} holds the member {name!r}, which points outside the archive's "
-            "folder; refusing it: delete the file and download the official archive again"
-        )
-    return path
-
-
-def decode_archive(archive: Path, image_size: int) -> tuple[np.ndarray, list[str]]:
-    """All characters of one archive: ``[C, 20, size, size]`` uint8 and ``alphabet/character``."""
-    groups: dict[str, list[tuple[str, zipfile.ZipInfo]]] = {}
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            for info in zf.infolist():
-                path = _safe_member(archive, info.filename)
-                if info.is_dir() or path.suffix != ".png" or len(path.parts) < 3:
-                    continue
-                groups.setdefault(f"{path.parts[-3]}/{path.parts[-2]}", []).append(
-                    (path.name, info)
-                )
-            names = sorted(groups)
-            images = np.empty((len(names), DRAWERS, image_size, image_size), dtype=np.uint8)
-            for c, name in enumerate(names):
-                members = sorted(groups[name], key=lambda m: m[0])
-                if len(members) != DRAWERS:
-                    raise MetarunError(
-                        f"{archive.name}: character {name} has {len(members)} images, expected "
-                        f"{DRAWERS}; not an official Omniglot archive: download it again"
-                    )
-                for d, (_, info) in enumerate(members):
-                    images[c, d] = _decode(archive, zf, info, image_size)
-    except zipfile.BadZipFile as e:
-        raise MetarunError(
-            f"{archive} is not a readable zip archive ({e}); it may be truncated: delete it and "
-            "download it again"
-        ) from e
-    if not names:
-        raise MetarunError(f"{archive} holds no Omniglot character images; download it again")
-    return images, names
-
-
-def _decode(archive: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, size: int) -> np.ndarray:
-    try:
-        with Image.open(io.BytesIO(zf.read(info))) as img:
-            grey = img.convert("L").resize((size, size), Image.Resampling.BOX)
-            return 255 - np.asarray(grey, dtype=np.uint8)  # strokes bright on black
-    except (OSError, zipfile.BadZipFile, ValueError) as e:
-        why = "not an image format Pillow knows" if isinstance(e, UnidentifiedImageError) else e
-        raise MetarunError(
-            f"{archive.name}: {info.filename} is not a readable image ({why}); the archive "
-            "passed its md5 check, so this Pillow cannot decode it: upgrade it (pip install -U "
-            "pillow); the archive is not at fault"
-        ) from e
+def _cache_name(name: str, md5: str, image_size: int) -> str:
+    return f"{Path(name).stem}-{md5[:8]}-{image_size}px-v{PREPROCESS_VERSION}.npy"
 
 
 def load_archive(
@@ -111,8 +55,7 @@ def load_archive(
 ) -> tuple[np.ndarray, list[str]]:
     """Decoded characters of archive ``key``, from the verified array cache when it is there."""
     name, md5 = ARCHIVES[key]
-    folder = writable_dir(root, "omniglot-cache")
-    path = folder / f"{Path(name).stem}-{md5[:8]}-{image_size}px-v{PREPROCESS_VERSION}.npy"
+    path = writable_dir(root, "omniglot-cache") / _cache_name(name, md5, image_size)
 
     def build() -> tuple[np.ndarray, dict]:
         archive = fetch(name, URL.format(name=name), md5, root, download)
@@ -126,6 +69,36 @@ def load_archive(
 
     images, meta = cached(path, build, accept)
     return images, [str(n) for n in meta["names"]]
+
+
+def needed_archives(background: str, split: str) -> list[str]:
+    """The archives (keys of :data:`ARCHIVES`) a background set and split read."""
+    keys = list(BACKGROUNDS[background])
+    return keys + ["evaluation"] if split == "lake" or background == "full" else keys
+
+
+def _missing(keys: list[str], root: Path, image_size: int) -> list[str]:
+    """Those of ``keys`` with neither the archive nor its decoded cache in ``root`` or the
+    cache (a wrong checksum is told when the archive is read)."""
+    out = []
+    for key in keys:
+        name, md5 = ARCHIVES[key]
+        decoded = Path("omniglot-cache") / _cache_name(name, md5, image_size)
+        bases = (root, cache_dir())
+        if not any((b / name).is_file() or (b / decoded).is_file() for b in bases):
+            out.append(name)
+    return out
+
+
+def _offline_advice(background: str, split: str) -> str:
+    names = " and ".join(ARCHIVES[k][0] for k in needed_archives(background, split))
+    advice = f"background={background}, split={split} reads {names} ({URL.format(name='')})"
+    if not background.startswith("small"):
+        advice += (
+            "; the small sets need only images_background_small{1,2}.zip: "
+            "dataset.background=small1+small2 dataset.split=random"
+        )
+    return advice
 
 
 def _sizes(total: int, wanted: Sequence[int]) -> tuple[int, int, int]:
@@ -167,7 +140,25 @@ class Omniglot(EpisodicImages):
         if split not in ("lake", "random"):
             raise MetarunError(f"dataset.split={split!r} is unknown; use lake or random")
         root_path = Path(root).expanduser() if root else cache_dir()
-        load = lambda key: load_archive(key, root_path, image_size, download)  # noqa: E731
+        missing = (
+            [] if download else _missing(needed_archives(background, split), root_path, image_size)
+        )
+        if missing:  # every file at once, and what avoids needing them
+            were = "was" if len(missing) == 1 else "were"
+            raise MetarunError(
+                f"{' and '.join(missing)} {were} not found in {searched(root_path)} and "
+                f"dataset.download=false; put the files there (or point dataset.root at them) "
+                f"or set dataset.download=true; {_offline_advice(background, split)}"
+            )
+
+        def load(key: str) -> tuple[np.ndarray, list[str]]:
+            try:
+                return load_archive(key, root_path, image_size, download)
+            except DownloadFailed as e:
+                raise DownloadFailed(
+                    f"{e}; offline: put the files in {root_path} (or dataset.root) with "
+                    f"dataset.download=false; {_offline_advice(background, split)}"
+                ) from None
 
         background_chars = _merge([load(k) for k in BACKGROUNDS[background]])
         rng = np.random.default_rng(split_seed)
