@@ -86,11 +86,12 @@ def evaluate_checkpoint(argv: list[str]) -> dict[str, float]:
     scores = meta_test(exp)
     shape = exp.eval_shape
     console = Console()
-    console.print(
-        f"{path}: {exp.cfg.test.episodes} test episodes, {shape.way}-way {shape.shot}-shot,"
-        f" {shape.query} queries per class",
-        soft_wrap=True,
+    episode = (
+        f"{shape.shot} support and {shape.query} query points each"
+        if exp.dataset.problem == "regression"  # no classes, so no way
+        else f"{shape.way}-way {shape.shot}-shot, {shape.query} queries per class"
     )
+    console.print(f"{path}: {exp.cfg.test.episodes} test episodes, {episode}", soft_wrap=True)
     table = Table()
     table.add_column("metric")
     table.add_column("mean ± 95% CI", justify="right")

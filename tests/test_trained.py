@@ -56,6 +56,14 @@ def test_eval_reproduces_the_runs_test_result_and_accepts_new_shots(run_inproces
     assert 0 <= more["test/acc"] <= 1 and more["test/acc_ci95"] > 0
 
 
+def test_eval_describes_a_regression_checkpoints_episodes_without_classes(run_inprocess, capsys):
+    run_dir, _ = run_inprocess(["logger=none", "train.steps=4", "val.every=2", "test.episodes=5"])
+    capsys.readouterr()
+    trained.evaluate_checkpoint([f"checkpoint={run_dir}"])
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header.endswith(": 5 test episodes, 10 support and 10 query points each"), header
+
+
 def _write_folders(tmp_path, classes: int, shot: int) -> tuple:
     """Support/query folders of glyph images, saved dark-on-light like Omniglot's files; the
     queries as 3x larger RGB images (preprocessing brings them back to the model's input), and

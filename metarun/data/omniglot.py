@@ -78,14 +78,20 @@ def needed_archives(background: str, split: str) -> list[str]:
 
 
 def _missing(keys: list[str], root: Path, image_size: int) -> list[str]:
-    """Those of ``keys`` with neither the archive nor its decoded cache in ``root`` or the
-    cache (a wrong checksum is told when the archive is read)."""
+    """Those of ``keys`` that :func:`load_archive` would have to fetch: no decoded cache where it
+    reads one, and the archive neither in ``root`` nor in the cache (a wrong checksum is told
+    when the archive is read)."""
+    try:
+        decoded_in = writable_dir(root, "omniglot-cache")
+    except MetarunError:  # nowhere to cache: the archives are read every time
+        decoded_in = None
     out = []
     for key in keys:
         name, md5 = ARCHIVES[key]
-        decoded = Path("omniglot-cache") / _cache_name(name, md5, image_size)
-        bases = (root, cache_dir())
-        if not any((b / name).is_file() or (b / decoded).is_file() for b in bases):
+        decoded = decoded_in is not None and (decoded_in / _cache_name(name, md5, image_size))
+        if not (decoded and decoded.is_file()) and not any(
+            (b / name).is_file() for b in (root, cache_dir())
+        ):
             out.append(name)
     return out
 
