@@ -38,10 +38,22 @@ def unfinished_table(runs: list[Run]) -> Table:
     return table
 
 
-def main_metric(runs: list[Run]) -> tuple[str, bool]:
-    """``test/acc`` (higher is better) when present, else ``test/mse`` (lower is better)."""
-    keys = set().union(*(r.summary for r in runs))
-    return ("test/acc", True) if "test/acc" in keys else ("test/mse", False)
+#: The main test metric of each kind of problem, and whether higher is better.
+MAIN_METRICS = (("test/acc", True), ("test/mse", False))
+#: Curves with at most this many points are drawn with markers (one point is no line).
+MARKERS_UP_TO = 20
+
+
+def by_metric(runs: list[Run]) -> dict[tuple[str, bool], list[Run]]:
+    """The runs by their main test metric (classification: ``test/acc``, regression:
+    ``test/mse``), so runs of two kinds are never ranked in one table; a run with neither is
+    left out."""
+    kinds: dict[tuple[str, bool], list[Run]] = {}
+    for run in runs:
+        kind = next((m for m in MAIN_METRICS if m[0] in run.summary), None)
+        if kind is not None:
+            kinds.setdefault(kind, []).append(run)
+    return {m: kinds[m] for m in MAIN_METRICS if m in kinds}
 
 
 def group(runs: list[Run]) -> dict[tuple, list[Run]]:
@@ -98,28 +110,41 @@ def table_rows(groups: dict[tuple, list[Run]], metric: str, higher: bool) -> tup
     return columns, rows
 
 
-def _label(key: tuple, differing: list[str]) -> str:
+def _label(key: tuple, differing: list[str], members: list[Run]) -> str:
     as_dict = dict(key)
-    return ", ".join(f"{k}={as_dict[k]}" for k in differing if k in as_dict) or "all runs"
+    named = ", ".join(f"{k}={as_dict[k]}" for k in differing if k in as_dict)
+    if not named:  # one configuration: its overrides, or its folder for a bare run
+        named = ", ".join(f"{k}={v}" for k, v in key) or members[0].path.name
+    return f"{named} ({len(members)} run{'s' if len(members) > 1 else ''})"
 
 
 def plot(groups: dict[tuple, list[Run]], differing: list[str], path) -> None:
     """Curves of every configuration, saved as PNG to ``path`` (a file name or a binary file)."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(groups, differing)
+    fig.savefig(path, dpi=150, format="png")
+    plt.close(fig)
+
+
+def figure(groups: dict[tuple, list[Run]], differing: list[str]):
+    """The report's figure: meta-train loss, a meta-validation panel per metric the runs log
+    (accuracy and MSE apart), and a panel per metric series; short curves get markers."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sample = next(iter(groups.values()))[0].rows
-    val_key = "val/acc" if any("val/acc" in r for r in sample) else "val/mse"
-    panels = [("train/loss", "meta-train loss"), (val_key, f"meta-validation {val_key[4:]}")]
+    logged = {k for runs in groups.values() for run in runs for row in run.rows for k in row}
+    panels = [("train/loss", "meta-train loss")]
+    panels += [(k, f"meta-validation {k[4:]}") for k in ("val/acc", "val/mse") if k in logged]
     series = list(series_keys(groups).items())
-    fig, axes = plt.subplots(
-        1, 2 + len(series), figsize=(5.5 * (2 + len(series)), 4.2), constrained_layout=True
-    )
+    width = len(panels) + len(series)
+    fig, axes = plt.subplots(1, width, figsize=(5.5 * width, 4.2), constrained_layout=True)
+    axes = list(axes) if width > 1 else [axes]
     for key, members in groups.items():
-        label = _label(key, differing)
-        for ax, (_, items) in zip(axes[2:], series):  # a test metric against the series index
+        label = _label(key, differing, members)
+        for ax, (_, items) in zip(axes[len(panels) :], series):  # a test metric by index
             ys = [_stats([r.summary.get(k) for r in members])[0] for _, k in items]
             ax.plot([i for i, _ in items], ys, marker="o", label=label, linewidth=1.8)
         for ax, (metric, _) in zip(axes, panels):
@@ -130,7 +155,8 @@ def plot(groups: dict[tuple, list[Run]], differing: list[str], path) -> None:
             stats = [_stats([c[s] for c in curves]) for s in steps]
             mean = [m for m, _ in stats]
             spread = [sd for _, sd in stats]
-            (line,) = ax.plot(steps, mean, label=f"{label} (n={len(members)})", linewidth=1.8)
+            marker = "o" if len(steps) <= MARKERS_UP_TO else None
+            (line,) = ax.plot(steps, mean, label=label, linewidth=1.8, marker=marker, ms=4)
             ax.fill_between(
                 steps,
                 [m - s for m, s in zip(mean, spread)],
@@ -144,15 +170,14 @@ def plot(groups: dict[tuple, list[Run]], differing: list[str], path) -> None:
         ax.set_xlabel("meta-iteration")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
-    for ax, ((declared, metric), _) in zip(axes[2:], series):
+    for ax, ((declared, metric), _) in zip(axes[len(panels) :], series):
         ax.set_title(f"test {metric} by {declared.axis}")
         ax.set_xlabel(declared.axis)
         ax.set_ylabel(f"test/{declared.pattern.format(metric=metric, i='<i>')}")
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8, loc="best")
+    axes[-1 if len(panels) == 1 else 1].legend(fontsize=8, loc="best")
     fig.suptitle("mean over seeds, band: ±1 std", fontsize=9)
-    fig.savefig(path, dpi=150, format="png")
-    plt.close(fig)
+    return fig
 
 
 def _fmt(value) -> str:
@@ -193,28 +218,43 @@ def main(argv: list[str] | None = None) -> None:
     if not runs:
         print("metarun-report: error: none of these runs finished", file=sys.stderr)
         sys.exit(1)
-    metric, higher = main_metric(runs)
-    groups = group(runs)
-    columns, rows = table_rows(groups, metric, higher)
-    differing = columns[: columns.index("runs")]
-    table = Table(title=f"{len(runs)} runs, {len(groups)} configurations, sorted by {metric}")
-    for column in columns:
-        table.add_column(column, justify="left" if column in differing else "right")
-    for row in rows:
-        table.add_row(*(_fmt(v) for v in row))
-    console.print(table)
-    text = io.StringIO(newline="")
-    writer = csv.writer(text)
-    writer.writerow(columns)
-    writer.writerows(rows)
+    kinds = by_metric(runs)
+    lacking = [r for r in runs if not any(r in members for members in kinds.values())]
+    if lacking:
+        console.print(
+            f"left out (no test/acc or test/mse): {', '.join(str(r.path) for r in lacking)}"
+        )
+    if not kinds:
+        _fail("none of these runs has a test metric (test/acc or test/mse) to compare")
+    files = {}  # name -> CSV text: report.csv for the first kind, report-<metric>.csv after it
+    for n, ((metric, higher), members) in enumerate(kinds.items()):
+        groups = group(members)
+        columns, rows = table_rows(groups, metric, higher)
+        differing = columns[: columns.index("runs")]
+        title = f"{len(members)} runs, {len(groups)} configurations, sorted by {metric}"
+        table = Table(title=title)
+        for column in columns:
+            table.add_column(column, justify="left" if column in differing else "right")
+        for row in rows:
+            table.add_row(*(_fmt(v) for v in row))
+        console.print(table)
+        text = io.StringIO(newline="")
+        writer = csv.writer(text)
+        writer.writerow(columns)
+        writer.writerows(rows)
+        files["report.csv" if n == 0 else f"report-{metric.split('/')[1]}.csv"] = text.getvalue()
+    every = group([r for members in kinds.values() for r in members])
+    keys = sorted({k for key in every for k, _ in key})
+    differing = [k for k in keys if len({dict(g).get(k) for g in every}) > 1]
     png = io.BytesIO()
-    plot(groups, differing, png)
+    plot(every, differing, png)
     try:  # each file is replaced whole or not at all (a full disk keeps the earlier report)
-        atomic_write(out / "report.csv", lambda f: f.write(text.getvalue().encode()))
+        for name, content in files.items():
+            atomic_write(out / name, lambda f, c=content: f.write(c.encode()))
         atomic_write(out / "report.png", lambda f: f.write(png.getvalue()))
     except OSError as e:
         _fail(f"could not write the report in {out} ({e.strerror or e}); free space there")
-    print(f"wrote {out / 'report.csv'} and {out / 'report.png'}")
+    print(f"wrote {', '.join(str(out / name) for name in files)} and {out / 'report.png'}")
 
 
 if __name__ == "__main__":

@@ -34,3 +34,32 @@ def test_report_without_runs_is_a_one_line_error(tmp_path, capsys):
         report.main([str(tmp_path / "nothing")])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith("metarun-report: error: no run folders")
+
+
+def test_report_on_one_point_runs_of_two_kinds_draws_markers_and_ranks_each_kind_apart(
+    run_inprocess, tmp_path, capsys
+):
+    """A regression run and a classification run that logged one point each: two tables (no
+    NaN row from ranking one kind by the other's metric), a validation panel per metric,
+    markers on every curve, and legends that name each run."""
+    one_point = ["logger=none", "train.steps=1", "train.log_every=1", "val.every=1"]
+    one_point += ["val.episodes=2", "test.episodes=4"]
+    regression, _ = run_inprocess(one_point, name="sine")
+    glyphs = ["dataset=glyphs", "dataset.classes=[40,12,12]", "algo.eval_inner_steps=1"]
+    classification, _ = run_inprocess([*one_point, *glyphs], name="glyph")
+    out = tmp_path / "report"
+    capsys.readouterr()
+    report.main([str(regression), str(classification), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "1 runs, 1 configurations, sorted by test/acc" in printed
+    assert "1 runs, 1 configurations, sorted by test/mse" in printed and "nan" not in printed
+    assert list(csv.DictReader((out / "report.csv").open()))[0]["test/acc"]
+    assert list(csv.DictReader((out / "report-mse.csv").open()))[0]["test/mse"]
+    runs = report.find_runs([str(regression), str(classification)])
+    fig = report.figure(report.group(runs), [])
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["meta-train loss", "meta-validation acc", "meta-validation mse"]
+    lines = [line for ax in fig.axes for line in ax.get_lines()]
+    assert len(lines) == 4 and all(line.get_marker() == "o" for line in lines)
+    labels = {t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().texts}
+    assert all(" (1 run)" in label for label in labels) and "all runs (n=1)" not in labels
