@@ -3,7 +3,6 @@ checks a run (or a resumed run) must pass before any work."""
 
 from __future__ import annotations
 
-import inspect
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from metarun.data.batch import TaskBatch, TaskShape
 from metarun.device import resolve_device
 from metarun.distributed.batch_norm import synchronise
 from metarun.distributed.sync import broadcast_state
-from metarun.distributed.world import SINGLE, World, device_of
+from metarun.distributed.world import SINGLE, World, device_of, draw_share
 from metarun.errors import MetarunError
 from metarun.evaluate import chunk_size, evaluate, fixed_episodes
 from metarun.memory import check_memory, model_parameters
@@ -127,19 +126,12 @@ class Experiment:
         """The next meta-training batch drawn from ``generator``: in a data-parallel run, this
         rank's ``meta_batch / N`` tasks of the batch one process would draw (every rank draws
         the same random numbers and keeps its share)."""
-        total, world = self.cfg.task.meta_batch, self.world
-        part = world.part(total) if world.active else slice(None)
-        if not world.active:
-            batch = self.dataset.sample("train", total, self.train_shape, generator, self.device)
-        elif "part" in inspect.signature(self.dataset.sample).parameters:
-            batch = self.dataset.sample(
-                "train", total, self.train_shape, generator, self.device, part=part
-            )
-        else:  # a dataset that cannot draw a share: draw all, keep ours
-            whole = self.dataset.sample("train", total, self.train_shape, generator, self.device)
-            batch = TaskBatch(*(t[part] for t in whole))
+        total = self.cfg.task.meta_batch
+        batch = draw_share(
+            self.dataset, self.world, total, self.train_shape, generator, self.device
+        )
         if self.learner.sequential:
-            batch = batch.shuffled(generator, total, part)
+            batch = batch.shuffled(generator, total, self.world.share(total))
         return batch
 
     def episodes(self, split: str) -> Iterator[TaskBatch]:

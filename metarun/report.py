@@ -40,8 +40,6 @@ def unfinished_table(runs: list[Run]) -> Table:
 
 #: The main test metric of each kind of problem, and whether higher is better.
 MAIN_METRICS = (("test/acc", True), ("test/mse", False))
-#: Curves with at most this many points are drawn with markers (one point is no line).
-MARKERS_UP_TO = 20
 
 
 def by_metric(runs: list[Run]) -> dict[tuple[str, bool], list[Run]]:
@@ -62,6 +60,12 @@ def group(runs: list[Run]) -> dict[tuple, list[Run]]:
         key = tuple(sorted((k, v) for k, v in run.overrides.items() if k not in IGNORED))
         groups.setdefault(key, []).append(run)
     return groups
+
+
+def differing_keys(groups: dict[tuple, list[Run]]) -> list[str]:
+    """The overrides whose values differ between the configurations."""
+    keys = sorted({k for key in groups for k, _ in key})
+    return [k for k in keys if len({dict(g).get(k) for g in groups}) > 1]
 
 
 def _stats(values: list) -> tuple[float, float]:
@@ -90,8 +94,7 @@ def series_keys(groups: dict[tuple, list[Run]]) -> dict[tuple, list[tuple[int, s
 def table_rows(groups: dict[tuple, list[Run]], metric: str, higher: bool) -> tuple[list, list]:
     """Columns and rows: differing overrides, seeds, metric mean, seed spread, mean CI, then
     the per-presentation accuracies where runs report them (means over seeds)."""
-    keys = sorted({k for key in groups for k, _ in key})
-    differing = [k for k in keys if len({dict(g).get(k) for g in groups}) > 1]
+    differing = differing_keys(groups)
     extra = [k for items in series_keys(groups).values() for _, k in items]
     columns = [*differing, "runs", metric, "seed std", "ci95 (mean)", "best_val step (mean)"]
     columns += [k.split("/", 1)[1] for k in extra]
@@ -110,76 +113,6 @@ def table_rows(groups: dict[tuple, list[Run]], metric: str, higher: bool) -> tup
     return columns, rows
 
 
-def _label(key: tuple, differing: list[str], members: list[Run]) -> str:
-    as_dict = dict(key)
-    named = ", ".join(f"{k}={as_dict[k]}" for k in differing if k in as_dict)
-    if not named:  # one configuration: its overrides, or its folder for a bare run
-        named = ", ".join(f"{k}={v}" for k, v in key) or members[0].path.name
-    return f"{named} ({len(members)} run{'s' if len(members) > 1 else ''})"
-
-
-def plot(groups: dict[tuple, list[Run]], differing: list[str], path) -> None:
-    """Curves of every configuration, saved as PNG to ``path`` (a file name or a binary file)."""
-    import matplotlib.pyplot as plt
-
-    fig = figure(groups, differing)
-    fig.savefig(path, dpi=150, format="png")
-    plt.close(fig)
-
-
-def figure(groups: dict[tuple, list[Run]], differing: list[str]):
-    """The report's figure: meta-train loss, a meta-validation panel per metric the runs log
-    (accuracy and MSE apart), and a panel per metric series; short curves get markers."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    logged = {k for runs in groups.values() for run in runs for row in run.rows for k in row}
-    panels = [("train/loss", "meta-train loss")]
-    panels += [(k, f"meta-validation {k[4:]}") for k in ("val/acc", "val/mse") if k in logged]
-    series = list(series_keys(groups).items())
-    width = len(panels) + len(series)
-    fig, axes = plt.subplots(1, width, figsize=(5.5 * width, 4.2), constrained_layout=True)
-    axes = list(axes) if width > 1 else [axes]
-    for key, members in groups.items():
-        label = _label(key, differing, members)
-        for ax, (_, items) in zip(axes[len(panels) :], series):  # a test metric by index
-            ys = [_stats([r.summary.get(k) for r in members])[0] for _, k in items]
-            ax.plot([i for i, _ in items], ys, marker="o", label=label, linewidth=1.8)
-        for ax, (metric, _) in zip(axes, panels):
-            curves = [{r["step"]: r[metric] for r in run.rows if metric in r} for run in members]
-            steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
-            if not steps:
-                continue
-            stats = [_stats([c[s] for c in curves]) for s in steps]
-            mean = [m for m, _ in stats]
-            spread = [sd for _, sd in stats]
-            marker = "o" if len(steps) <= MARKERS_UP_TO else None
-            (line,) = ax.plot(steps, mean, label=label, linewidth=1.8, marker=marker, ms=4)
-            ax.fill_between(
-                steps,
-                [m - s for m, s in zip(mean, spread)],
-                [m + s for m, s in zip(mean, spread)],
-                color=line.get_color(),
-                alpha=0.2,
-                linewidth=0,
-            )
-    for ax, (metric, title) in zip(axes, panels):
-        ax.set_title(title)
-        ax.set_xlabel("meta-iteration")
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-    for ax, ((declared, metric), _) in zip(axes[len(panels) :], series):
-        ax.set_title(f"test {metric} by {declared.axis}")
-        ax.set_xlabel(declared.axis)
-        ax.set_ylabel(f"test/{declared.pattern.format(metric=metric, i='<i>')}")
-        ax.grid(alpha=0.3)
-    axes[-1 if len(panels) == 1 else 1].legend(fontsize=8, loc="best")
-    fig.suptitle("mean over seeds, band: ±1 std", fontsize=9)
-    return fig
-
-
 def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -190,6 +123,8 @@ def _fail(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from metarun.report_plot import plot  # matplotlib only when a report is drawn
+
     parser = argparse.ArgumentParser(prog="metarun-report", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", help="run folders, sweep folders or glob patterns")
     parser.add_argument("--out", default=".", help="folder for report.csv and report.png")
@@ -219,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         print("metarun-report: error: none of these runs finished", file=sys.stderr)
         sys.exit(1)
     kinds = by_metric(runs)
-    lacking = [r for r in runs if not any(r in members for members in kinds.values())]
+    lacking = [r for r in runs if not any(m in r.summary for m, _ in MAIN_METRICS)]
     if lacking:
         console.print(
             f"left out (no test/acc or test/mse): {', '.join(str(r.path) for r in lacking)}"
@@ -244,10 +179,8 @@ def main(argv: list[str] | None = None) -> None:
         writer.writerows(rows)
         files["report.csv" if n == 0 else f"report-{metric.split('/')[1]}.csv"] = text.getvalue()
     every = group([r for members in kinds.values() for r in members])
-    keys = sorted({k for key in every for k, _ in key})
-    differing = [k for k in keys if len({dict(g).get(k) for g in every}) > 1]
     png = io.BytesIO()
-    plot(every, differing, png)
+    plot(every, differing_keys(every), png)
     try:  # each file is replaced whole or not at all (a full disk keeps the earlier report)
         for name, content in files.items():
             atomic_write(out / name, lambda f, c=content: f.write(c.encode()))

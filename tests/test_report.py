@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from metarun import report
+from metarun import report, report_plot
 from tests.conftest import TINY
 
 
@@ -56,7 +56,7 @@ def test_report_on_one_point_runs_of_two_kinds_draws_markers_and_ranks_each_kind
     assert list(csv.DictReader((out / "report.csv").open()))[0]["test/acc"]
     assert list(csv.DictReader((out / "report-mse.csv").open()))[0]["test/mse"]
     runs = report.find_runs([str(regression), str(classification)])
-    fig = report.figure(report.group(runs), [])
+    fig = report_plot.figure(report.group(runs), [])
     titles = [ax.get_title() for ax in fig.axes]
     assert titles == ["meta-train loss", "meta-validation acc", "meta-validation mse"]
     lines = [line for ax in fig.axes for line in ax.get_lines()]

@@ -147,7 +147,7 @@ def cached_selection(
     path = folder / f"selection-{key}.npy"
     accept = lambda array, meta: meta.get("names") == names  # noqa: E731
     array = cached(path, lambda: (build(), {"source": source, "names": names}), accept)[0]
-    if not isinstance(array, np.memmap):  # built just now: use the file, as the others will
-        found = read_cache(path, report=False, accept=accept)
-        array = found[0] if found is not None else array
+    if not isinstance(array, np.memmap) and _record_path(path).is_file():
+        # Built just now (and written, its digest taken): map the file, as other processes will.
+        array = np.load(path, mmap_mode="c", allow_pickle=False)
     return array

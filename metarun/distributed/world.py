@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
+import inspect
 import os
 import sys
 import tempfile
@@ -52,6 +54,10 @@ class World:
         """This rank's equal share of ``total`` items (``total`` divides by the world size)."""
         share = total // self.size
         return slice(self.rank * share, (self.rank + 1) * share)
+
+    def share(self, total: int) -> slice:
+        """This rank's part of a meta-batch: :meth:`part`, or everything in one process."""
+        return self.part(total) if self.active else slice(None)
 
     def span(self, total: int) -> slice:
         """This rank's contiguous share of ``total`` items, sizes differing by at most one."""
@@ -217,3 +223,22 @@ def device_of(world: World, device: torch.device) -> torch.device:
     if world.active and device.type == "cuda":
         return torch.device("cuda", world.local_rank)
     return device
+
+
+@functools.cache
+def _draws_parts(dataset_class: type) -> bool:
+    """Whether a dataset class's ``sample`` takes ``part=`` (once per class, not per step)."""
+    return "part" in inspect.signature(dataset_class.sample).parameters
+
+
+def draw_share(dataset, world: World, total: int, shape, generator, device) -> Any:
+    """This rank's share of the ``total``-task batch one process would draw from ``generator``
+    (every rank draws the same random numbers and keeps its share; a dataset whose ``sample``
+    takes no ``part`` is sampled whole and sliced)."""
+    if not world.active:
+        return dataset.sample("train", total, shape, generator, device)
+    part = world.share(total)
+    if _draws_parts(type(dataset)):
+        return dataset.sample("train", total, shape, generator, device, part=part)
+    whole = dataset.sample("train", total, shape, generator, device)
+    return type(whole)(*(t[part] for t in whole))
