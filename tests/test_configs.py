@@ -128,6 +128,9 @@ def test_batch_norm_follows_the_algorithm_and_maml_refuses_running_statistics(co
 def test_algorithm_dataset_pairs_get_their_papers_settings(compose_cfg):
     maml = compose_cfg(["algo=maml", "dataset=omniglot"])
     assert (maml.algo.inner_lr, maml.algo.eval_inner_steps) == (0.4, 3)
+    # Image defaults are sized for a first run on a CPU; the paper's meta-batch is the preset's.
+    assert maml.task.meta_batch == compose_cfg(["algo=maml", "dataset=glyphs"]).task.meta_batch == 8
+    assert compose_cfg(["experiment=fomaml_omniglot_5w1s"]).task.meta_batch == 32
     # Backbone keys stay out of the pair configs: any backbone can be combined with them.
     assert compose_cfg(["algo=maml", "dataset=omniglot", "backbone=resnet12"]).backbone.channels
     assert compose_cfg(["algo=fomaml", "dataset=glyphs"]).algo.inner_lr == 0.4
