@@ -3,11 +3,14 @@ progress a piped run prints."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 
 import pytest
+from rich.console import Console, Group
 
+from metarun.logging.console import ConsoleSink, packed
 from tests.conftest import GLYPHS_SMALL, options
 
 
@@ -57,3 +60,25 @@ def test_a_piped_run_shows_progress_lines_that_never_wrap(metarun_cli):
     validation = [line for line in lines if re.search(r"\] step \d+: train/loss", line)]
     assert len(validation) == 3 and all(re.search(r"val/mse \S+ ± \S+$", v) for v in validation)
     assert any(len(line) > 80 for line in progress + validation)  # long, and still one line
+
+
+@pytest.mark.parametrize("width", [60, 80, 160])
+def test_the_terminal_bar_fits_its_width_with_the_metrics_below_it(width):
+    """In a terminal the bar fills one line and the latest values follow it, packed into lines
+    no wider than the terminal and never broken inside a value (nothing shortened with '…')."""
+    screen = Console(file=io.StringIO(), force_terminal=True, width=width, log_path=False)
+    sink = ConsoleSink(screen)
+    sink.start(10000)
+    values = {f"train/metric_{i}": 0.123456 + i for i in range(6)} | {"val/acc": 0.7275}
+    sink.log({**values, "val/acc_ci95": 0.03}, step=50)
+    sink.advance(4999)
+    shown = Console(file=io.StringIO(), width=width, record=True)
+    shown.print(Group(*sink._progress.get_renderables()))
+    sink.close("finished")
+    lines = shown.export_text().splitlines()
+    assert re.match(r"meta-train .*━.* 4999/10000 .* eta ", lines[0]) and len(lines[0]) <= width
+    below = "  ".join(line.strip() for line in lines[1:])
+    assert all(len(line) <= width for line in lines) and "…" not in below
+    assert below.split("  ") == [f"{k} {v:.4g}" for k, v in sorted(values.items())]
+    assert len(lines) == 1 + len(packed(below.split("  "), width))
+    assert (len(lines) > 2) == (width <= 80)  # 7 values take two lines at 80 columns, one at 160

@@ -1,15 +1,17 @@
 """Console output: progress with the latest metrics, validation lines, then a summary table.
 
-In a terminal the progress is a rich bar. Off a terminal (piped to a file, nohup, a SLURM log)
-it is a plain line at most every ``progress_every_s`` seconds (step, steps/s, elapsed, eta,
-latest metrics), so a long run's log shows it is alive; lines are never wrapped mid-value."""
+In a terminal the progress is a rich bar filling one line, the latest metrics below it (wrapped
+between values, never inside one, so it stays readable at 80 columns). Off a terminal (piped to
+a file, nohup, a SLURM log) it is a plain line at most every ``progress_every_s`` seconds (step,
+steps/s, elapsed, eta, latest metrics), so a long run's log shows it is alive; lines are never
+wrapped mid-value."""
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable, Iterable
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -30,6 +32,34 @@ class _RateColumn(ProgressColumn):
     def render(self, task) -> Text:
         speed = task.finished_speed or task.speed
         return Text(f"{speed:.1f} it/s" if speed else "-- it/s", style="progress.data.speed")
+
+
+class _BarAndMetrics(Progress):
+    """Rich's progress table, then the latest metrics (``metrics()``) packed into lines."""
+
+    def __init__(
+        self, *columns, console: Console, metrics: Callable[[], list[str]], **kwargs
+    ) -> None:
+        self._metrics, self._console = metrics, console  # set before Progress first renders
+        super().__init__(*columns, console=console, **kwargs)
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield self.make_tasks_table(self.tasks)
+        lines = packed(self._metrics(), self._console.width)
+        if lines:
+            yield Text("\n".join(lines), no_wrap=True, overflow="ellipsis")
+
+
+def packed(items: list[str], width: int) -> list[str]:
+    """``items`` joined by two spaces into lines of at most ``width`` characters, each item
+    whole on one line (one wider than a line is cut by the console with an ellipsis)."""
+    lines: list[str] = []
+    for item in items:
+        if lines and len(lines[-1]) + 2 + len(item) <= width:
+            lines[-1] += "  " + item
+        else:
+            lines.append(item)
+    return lines
 
 
 def _fmt(value: Any) -> str:
@@ -56,19 +86,16 @@ class ConsoleSink(Sink):
         self._total, self._first, self._started, self._last_line = 0, None, 0.0, 0.0
         self.series = series  # their members stay in the files and W&B, out of the one-line view
         self._latest: dict[str, float] = {}
-        fixed = Column(no_wrap=True)
-        self._progress = Progress(
-            TextColumn("[bold]meta-train", table_column=fixed),
-            BarColumn(bar_width=24),
-            MofNCompleteColumn(table_column=Column(no_wrap=True)),
-            _RateColumn(table_column=Column(no_wrap=True)),
-            TimeElapsedColumn(table_column=Column(no_wrap=True)),
-            TextColumn("eta", table_column=Column(no_wrap=True)),
-            TimeRemainingColumn(table_column=Column(no_wrap=True)),
-            TextColumn(
-                "{task.fields[metrics]}",
-                table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1),
-            ),
+        fixed = lambda: Column(no_wrap=True)  # noqa: E731
+        self._progress = _BarAndMetrics(
+            TextColumn("[bold]meta-train", table_column=fixed()),
+            BarColumn(bar_width=None),  # whatever the other columns leave of the line
+            MofNCompleteColumn(table_column=fixed()),
+            _RateColumn(table_column=fixed()),
+            TimeElapsedColumn(table_column=fixed()),
+            TextColumn("eta", table_column=fixed()),
+            TimeRemainingColumn(table_column=fixed()),
+            metrics=self._shown,
             console=self.console,
             transient=False,
             # Off a terminal (CI logs, sweeps) a live bar is noise; validation lines remain.
@@ -76,8 +103,11 @@ class ConsoleSink(Sink):
         )
         self._task = None
 
+    def _shown(self) -> list[str]:
+        return [f"{k} {_fmt(v)}" for k, v in sorted(self._latest.items())]
+
     def start(self, total_steps: int) -> None:
-        self._task = self._progress.add_task("train", total=total_steps, metrics="")
+        self._task = self._progress.add_task("train", total=total_steps)
         self._progress.start()
         self._total, self._started = total_steps, time.monotonic()
         self._last_line = self._started
@@ -98,7 +128,7 @@ class ConsoleSink(Sink):
         elapsed = now - self._started
         rate = (step - self._first) / elapsed if elapsed > 0 else 0.0
         eta = _clock((self._total - step) / rate) if rate > 0 else "--"
-        latest = "  ".join(f"{k} {_fmt(v)}" for k, v in sorted(self._latest.items()))
+        latest = "  ".join(self._shown())
         share = 100 * step / self._total if self._total else 100.0
         return (
             f"step {step}/{self._total} ({share:.0f}%)  {rate:.3g} steps/s  elapsed "
@@ -122,10 +152,7 @@ class ConsoleSink(Sink):
             and not k.endswith("_ci95")
             and not is_member(k, self.series)
         }
-        self._latest.update(shown)
-        if self._task is not None:
-            text = "  ".join(f"{k} {_fmt(v)}" for k, v in sorted(self._latest.items()))
-            self._progress.update(self._task, metrics=text)
+        self._latest.update(shown)  # the bar's second line shows them at its next refresh
         if any(k.startswith("val/") for k in metrics):
             val = "  ".join(
                 f"{k} {_fmt(v)} ± {_fmt(metrics[k + '_ci95'])}"
