@@ -33,6 +33,13 @@ def print_line(line: str) -> None:
     sys.stderr.flush()
 
 
+def say(message: str) -> None:
+    """What a long step (a dataset build) is doing, or took: one line on stdout, with the run's
+    progress (stderr keeps warnings and errors)."""
+    sys.stdout.write(f"metarun: {message}\n")
+    sys.stdout.flush()
+
+
 def warn(message: str) -> None:
     """A problem the run works around (it goes on): one line on stderr."""
     print_line(f"metarun: warning: {message}")

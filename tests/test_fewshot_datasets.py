@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import re
 import shutil
 
 import numpy as np
@@ -59,10 +60,22 @@ def test_pickle_layout_gives_the_splits_and_episodes_follow_class_dict(tmp_path)
     assert torch.equal(ds.splits["val"][2, 5], expected)
 
 
-def test_cache_is_built_once_then_memory_mapped(tmp_path, monkeypatch):
+def test_cache_is_built_once_then_memory_mapped(tmp_path, monkeypatch, capsys):
     root = write_mini_pickles(tmp_path / "mini")
     first = MiniImageNet(root=str(root))
     assert len(list((root / "miniimagenet-cache").glob("*.npy"))) == 3
+    # Each build says what it does and what it took, on stdout (stderr is for problems).
+    said = capsys.readouterr()
+    assert said.err == ""
+    lines = said.out.splitlines()
+    for n, split in enumerate(("train", "val", "test")):
+        what = f"the {split} split of {root} at 84 px"
+        assert lines[2 * n] == f"metarun: building {what}, once: it is cached in {root}/" + (
+            "miniimagenet-cache"
+        )
+        assert re.fullmatch(rf"metarun: built {re.escape(what)} in [\d.]+ s \([\d.]+ MB\)",
+                            lines[2 * n + 1])  # fmt: skip
+    assert len(lines) == 6
 
     def no_decoding(*args):
         raise AssertionError("decoded again although the cache holds this split")
@@ -70,6 +83,7 @@ def test_cache_is_built_once_then_memory_mapped(tmp_path, monkeypatch):
     monkeypatch.setattr(mini_module, "decode_pickle", no_decoding)
     again = MiniImageNet(root=str(root))
     assert torch.equal(again.splits["train"], first.splits["train"])
+    assert capsys.readouterr().out == ""  # nothing built, nothing said
     from metarun.data.cache import read_cache
 
     cached = read_cache(next((root / "miniimagenet-cache").glob("train-*.npy")))

@@ -129,7 +129,7 @@ def load_cifar100(root: Path, download: bool, url: str = URL, md5: str = MD5) ->
     path = writable_dir(root, "cifar100-cache") / f"cifar100-{md5[:8]}-v{CACHE_VERSION}.npy"
     build = lambda: (decode_archive(fetch(ARCHIVE, url, md5, root, download))[0], {})  # noqa: E731
     accept = lambda images, meta: images.shape[0] == 100 and images.shape[2:] == (3, 32, 32)  # noqa: E731
-    return cached(path, build, accept)[0]
+    return cached(path, build, accept, what="CIFAR-100's 60,000 images as an array")[0]
 
 
 class _CIFAR100Split(EpisodicImages):

@@ -104,4 +104,6 @@ class Glyphs(EpisodicImages):
         key = hashlib.sha1(spec.encode()).hexdigest()[:12]
         path = cache_dir() / "glyphs" / f"glyphs-{split}-{key}.npy"
         build = lambda: (render_split(seed, split, classes, samples, size), {"spec": spec})  # noqa: E731
-        return cached(path, build, lambda images, meta: meta.get("spec") == spec)[0]
+        what = f"the glyphs {split} split ({classes:,} classes x {samples} images, {size} px)"
+        accept = lambda images, meta: meta.get("spec") == spec  # noqa: E731
+        return cached(path, build, accept, what)[0]

@@ -170,7 +170,7 @@ def load_split(root: Path, layout: str, split: str, size: int) -> tuple[np.ndarr
         shape = images.ndim == 5 and images.shape[2:] == (3, size, size)
         return shape and isinstance(names, list) and len(names) == len(images)
 
-    images, meta = cached(path, build, accept)
+    images, meta = cached(path, build, accept, f"the {split} split of {root} at {size} px")
     return images, meta["names"]
 
 

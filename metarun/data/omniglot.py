@@ -67,7 +67,7 @@ def load_archive(
         shape = images.shape[1:] == (DRAWERS, image_size, image_size)
         return shape and isinstance(names, list) and len(names) == len(images)
 
-    images, meta = cached(path, build, accept)
+    images, meta = cached(path, build, accept, f"{name}'s characters at {image_size} px")
     return images, [str(n) for n in meta["names"]]
 
 
