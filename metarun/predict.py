@@ -15,15 +15,15 @@ from pathlib import Path
 
 import torch
 from hydra.utils import get_class
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from metarun.atomic import atomic_write
 from metarun.checkpoint import load_checkpoint
 from metarun.errors import MetarunError, warn
 from metarun.images import images_in, load_image
 from metarun.trained import build_trained, checkpoint_config, checkpoint_file
-from metarun.usage import parse_args, run_tool
+from metarun.usage import parse_args, run_tool, tool_console
 
 
 class GivenImages:
@@ -121,14 +121,7 @@ def predict(argv: list[str]) -> list[dict]:
         }
         for f, p in zip(queries, probs)
     ]
-    table = Table(
-        title=f"{len(queries)} queries, {len(classes)} classes, {len(support)} support images"
-    )
-    for column in rows[0]:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*(str(v) for v in row.values()))
-    Console().print(table)
+    tool_console().print(prediction_table(rows, query_dir, len(support)))
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=list(rows[0]))
     writer.writeheader()
@@ -137,8 +130,24 @@ def predict(argv: list[str]) -> list[dict]:
         atomic_write(out, lambda f: f.write(text.getvalue().encode()))
     except OSError as e:
         raise MetarunError(f"could not write {out} ({e.strerror or e}); nothing was written") from e
-    print(f"wrote {out}")
+    print(f"wrote {out} (every class's probability for each query)")
     return rows
+
+
+def prediction_table(rows: list[dict], query_dir: Path, support: int) -> Table:
+    """Each query's path (below ``query_dir``), its predicted class and that class's
+    probability; names are shown whole (a long one folds onto a second line, never cut), and the
+    per-class probabilities are left to the CSV."""
+    classes = [k for k in rows[0] if k.startswith("p(")]
+    title = f"{len(rows)} queries, {len(classes)} classes, {support} support images"
+    table = Table(title=title)
+    table.add_column(f"file (in {query_dir})", overflow="fold")
+    table.add_column("predicted", overflow="fold")
+    table.add_column("p", justify="right", no_wrap=True)
+    for row in rows:
+        name, predicted = os.path.relpath(row["file"], query_dir), row["predicted"]
+        table.add_row(Text(name), Text(predicted), f"{row[f'p({predicted})']:.3f}")
+    return table
 
 
 def predict_main(argv: list[str] | None = None) -> None:

@@ -17,13 +17,13 @@ import statistics
 import sys
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 from metarun.atomic import atomic_write
 from metarun.errors import print_line
 from metarun.run_records import Run, find_runs
 from metarun.series import members as series_members
+from metarun.usage import tool_console
 
 IGNORED = {"seed", "resume", "resume_dir", "hparams_search"}  # not part of a configuration
 
@@ -144,8 +144,7 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         sys.exit(2)
-    # Piped output (CI logs, files) gets a wide table instead of Rich's 80-column default.
-    console = Console(width=None if sys.stdout.isatty() else 220)
+    console = tool_console()
     unfinished = [r for r in runs if r.summary.get("status") != "finished"]
     runs = [r for r in runs if r.summary.get("status") == "finished"]
     if unfinished:

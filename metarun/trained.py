@@ -10,14 +10,13 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from rich.console import Console
 from rich.table import Table
 
 from metarun.checkpoint import load_checkpoint, load_model_state
 from metarun.errors import MetarunError
 from metarun.experiment import Experiment, build_experiment, check_config, meta_test
 from metarun.schemas import MetarunConfig, schema_for
-from metarun.usage import parse_args, run_tool
+from metarun.usage import parse_args, run_tool, tool_console
 
 
 def checkpoint_config(checkpoint: dict, overrides: list[str]):
@@ -85,7 +84,7 @@ def evaluate_checkpoint(argv: list[str]) -> dict[str, float]:
     exp = load_trained(path, overrides)
     scores = meta_test(exp)
     shape = exp.eval_shape
-    console = Console()
+    console = tool_console()
     episode = (
         f"{shape.shot} support and {shape.query} query points each"
         if exp.dataset.problem == "regression"  # no classes, so no way

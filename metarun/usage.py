@@ -1,11 +1,15 @@
 """The command lines of ``metarun-eval`` and ``metarun-predict``: ``key=value`` arguments, and
-what ``--help`` (and a bare invocation) print."""
+what ``--help`` (and a bare invocation) print; the console the tools print their tables on."""
 
 from __future__ import annotations
 
 import sys
 
+from rich.console import Console
+
 from metarun.errors import MetarunError, print_line
+
+PIPED_WIDTH = 200  # columns of a tool's tables when its output is a file or a CI log
 
 USAGE = {
     "metarun-eval": """\
@@ -26,6 +30,12 @@ Classifies your own images with a trained model.
   out=FILE.csv      where the predictions go (default predictions.csv)
 example: metarun-predict checkpoint=outputs/2026-11-27/10-00-00 support=my_support query=mine""",
 }
+
+
+def tool_console() -> Console:
+    """The terminal's own width in a terminal; piped, a wide one (a file has no width, and rich's
+    80-column default would squeeze table cells)."""
+    return Console(width=None if sys.stdout.isatty() else PIPED_WIDTH)
 
 
 def parse_args(argv: list[str], tool: str, special: dict[str, bool]) -> tuple[dict, list[str]]:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from rich.console import Console
 
 from metarun import predict as predicting
 from metarun import trained
@@ -103,6 +106,40 @@ def test_predict_classifies_new_images_into_a_csv(run_inprocess, tmp_path, algo)
         assert sum(float(row[f"p(class{c})"]) for c in range(5)) == pytest.approx(1, abs=1e-3)
     right = sum(r["file"].split("/")[-1].split("__")[0] == r["predicted"] for r in table)
     assert right / len(table) > 0.4  # chance: 0.2
+
+
+def test_predict_prints_whole_names_that_fit_80_columns(run_inprocess, tmp_path, capsys):
+    """The console table names each query by its path below the query folder and its predicted
+    class, whole (long names fold onto a second line, nothing is cut), at 80 columns too."""
+    run_dir, _ = run_inprocess(
+        [*GLYPH_RUN, "algo=protonet", "task.train_way=null", "train.steps=2"]
+    )
+    support, query = _write_folders(tmp_path, classes=3, shot=1)
+    long = {f"class{c}": f"Japanese_(hiragana)_character{c:02d}" for c in range(3)}
+    for short, name in long.items():
+        (support / short).rename(support / name)
+    nested = query / "Japanese_(hiragana)" / "drawer_07"
+    nested.mkdir(parents=True)
+    for image in sorted(query.glob("class1__*.png")):
+        image.rename(nested / image.name)
+    out = tmp_path / "p.csv"
+    args = [f"checkpoint={run_dir}", f"support={support}", f"query={query}", f"out={out}"]
+    capsys.readouterr()  # the training run's own output
+    rows = predicting.predict(args)
+    printed = capsys.readouterr().out  # piped: a wide table
+    assert f"wrote {out} (every class's probability for each query)" in printed
+    narrow = Console(file=io.StringIO(), width=80, record=True)
+    narrow.print(predicting.prediction_table(rows, query, 3))
+    names = [str(Path(r["file"]).relative_to(query)) for r in rows]
+    assert sum(n.startswith("Japanese_(hiragana)/drawer_07/class1__") for n in names) == 19
+    shown = narrow.export_text()
+    for text in (printed, shown):
+        assert "…" not in text
+        cells = [line.split("│")[1:3] for line in text.splitlines() if line.startswith("│")]
+        # Column by column, the cells read back every name whole and in order (folded or not).
+        assert "".join(c[0].strip() for c in cells) == "".join(names)
+        assert "".join(c[1].strip() for c in cells) == "".join(r["predicted"] for r in rows)
+    assert max(len(line) for line in shown.splitlines()) <= 80
 
 
 def test_predict_with_a_mann_checkpoint_scores_only_the_support_classes(run_inprocess, tmp_path):
