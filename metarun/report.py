@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from rich.table import Table
+from rich.text import Text
 
 from metarun.atomic import atomic_write
 from metarun.errors import print_line
@@ -28,14 +29,30 @@ from metarun.usage import tool_console
 IGNORED = {"seed", "resume", "resume_dir", "hparams_search"}  # not part of a configuration
 
 
-def unfinished_table(runs: list[Run]) -> Table:
-    """Runs that did not finish: folder, status and the one-line error they ended with."""
-    table = Table(title=f"{len(runs)} runs did not finish (left out of the comparison)")
-    for column in ("run", "status", "error"):
-        table.add_column(column)
-    for run in runs:
-        table.add_row(str(run.path), run.summary.get("status", "?"), run.summary.get("error", ""))
-    return table
+def _listed(runs: list[Run], with_status: bool) -> str:
+    def one(run: Run) -> str:
+        status, error = run.summary.get("status", "?"), run.summary.get("error", "")
+        said = f"{status}: {error}" if with_status and error else status if with_status else error
+        return f"{run.path} ({said})" if said else str(run.path)
+
+    return ", ".join(one(run) for run in runs)
+
+
+def left_out_lines(unreadable: list[Run], unfinished: list[Run], included: bool) -> list[str]:
+    """One line for runs whose files cannot be read (always left out), one for runs that did
+    not finish (failed, interrupted, still running): left out unless ``--include-failed``."""
+    lines = []
+    if unreadable:
+        lines.append(f"left out, {len(unreadable)} unreadable: {_listed(unreadable, False)}")
+    if unfinished:
+        n = len(unfinished)
+        lines.append(
+            f"compared although they did not finish ({n}): {_listed(unfinished, True)}"
+            if included
+            else f"left out, {n} did not finish (--include-failed compares and plots them): "
+            f"{_listed(unfinished, True)}"
+        )
+    return lines
 
 
 #: The main test metric of each kind of problem, and whether higher is better.
@@ -128,6 +145,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="metarun-report", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", help="run folders, sweep folders or glob patterns")
     parser.add_argument("--out", default=".", help="folder for report.csv and report.png")
+    parser.add_argument(
+        "--include-failed",
+        action="store_true",
+        help="also compare and plot runs that failed or were interrupted (their curves up to "
+        "where they stopped); by default they are listed in one line and left out",
+    )
     args = parser.parse_args(argv)
     out = Path(args.out).expanduser()
     try:  # before any work: a bad --out never costs the report
@@ -145,20 +168,22 @@ def main(argv: list[str] | None = None) -> None:
         )
         sys.exit(2)
     console = tool_console()
-    unfinished = [r for r in runs if r.summary.get("status") != "finished"]
-    runs = [r for r in runs if r.summary.get("status") == "finished"]
-    if unfinished:
-        console.print(unfinished_table(unfinished))
+    status = lambda run: run.summary.get("status")  # noqa: E731
+    unreadable = [r for r in runs if status(r) == "unreadable"]
+    unfinished = [r for r in runs if status(r) not in ("finished", "unreadable")]
+    runs = [r for r in runs if status(r) == "finished" or (args.include_failed and r in unfinished)]
+    for line in left_out_lines(unreadable, unfinished, args.include_failed):
+        console.print(Text(line), soft_wrap=True)
     if not runs:
-        print("metarun-report: error: none of these runs finished", file=sys.stderr)
+        hint = "" if args.include_failed or not unfinished else " (--include-failed compares them)"
+        print(f"metarun-report: error: none of these runs finished{hint}", file=sys.stderr)
         sys.exit(1)
     kinds = by_metric(runs)
     lacking = [r for r in runs if not any(m in r.summary for m, _ in MAIN_METRICS)]
     if lacking:
-        console.print(
-            f"left out (no test/acc or test/mse): {', '.join(str(r.path) for r in lacking)}"
-        )
-    if not kinds:
+        named = ", ".join(str(r.path) for r in lacking)
+        console.print(Text(f"not ranked (no test/acc or test/mse): {named}"), soft_wrap=True)
+    if not kinds and not (args.include_failed and unfinished):
         _fail("none of these runs has a test metric (test/acc or test/mse) to compare")
     files = {}  # name -> CSV text: report.csv for the first kind, report-<metric>.csv after it
     for n, ((metric, higher), members) in enumerate(kinds.items()):
@@ -177,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         writer.writerow(columns)
         writer.writerows(rows)
         files["report.csv" if n == 0 else f"report-{metric.split('/')[1]}.csv"] = text.getvalue()
-    every = group([r for members in kinds.values() for r in members])
+    every = group(runs)  # what was compared, and runs that stopped before their test
     png = io.BytesIO()
     plot(every, differing_keys(every), png)
     try:  # each file is replaced whole or not at all (a full disk keeps the earlier report)
@@ -186,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
         atomic_write(out / "report.png", lambda f: f.write(png.getvalue()))
     except OSError as e:
         _fail(f"could not write the report in {out} ({e.strerror or e}); free space there")
-    print(f"wrote {', '.join(str(out / name) for name in files)} and {out / 'report.png'}")
+    print(f"wrote {', '.join(str(out / name) for name in [*files, 'report.png'])}")
 
 
 if __name__ == "__main__":

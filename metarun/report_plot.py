@@ -15,7 +15,9 @@ def _label(key: tuple, differing: list[str], members: list[Run]) -> str:
     named = ", ".join(f"{k}={as_dict[k]}" for k in differing if k in as_dict)
     if not named:  # one configuration: its overrides, or its folder for a bare run
         named = ", ".join(f"{k}={v}" for k, v in key) or members[0].path.name
-    return f"{named} ({len(members)} run{'s' if len(members) > 1 else ''})"
+    runs = f"{len(members)} run{'s' if len(members) > 1 else ''}"
+    stopped = sum(r.summary.get("status") != "finished" for r in members)  # --include-failed
+    return f"{named} ({runs}{f', {stopped} unfinished' if stopped else ''})"
 
 
 def plot(groups: dict[tuple, list[Run]], differing: list[str], path) -> None:

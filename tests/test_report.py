@@ -7,6 +7,7 @@ import csv
 import pytest
 
 from metarun import report, report_plot
+from metarun.errors import MetarunError
 from tests.conftest import TINY
 
 
@@ -63,3 +64,37 @@ def test_report_on_one_point_runs_of_two_kinds_draws_markers_and_ranks_each_kind
     assert len(lines) == 4 and all(line.get_marker() == "o" for line in lines)
     labels = {t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().texts}
     assert all(" (1 run)" in label for label in labels) and "all runs (n=1)" not in labels
+
+
+def test_runs_that_did_not_finish_are_listed_in_one_line_unless_included(
+    run_inprocess, tmp_path, capsys, monkeypatch
+):
+    """A run that failed (NaN at step 2) is left out of tables and plot and named in one line;
+    with ``--include-failed`` its curve (one point) is plotted beside the finished run's."""
+    quick = ["logger=none", "train.steps=4", "train.log_every=1", "val.every=1"]
+    quick += ["val.episodes=2", "test.episodes=4"]
+    finished, _ = run_inprocess(quick, name="ok")
+    with pytest.raises(MetarunError, match="NaN or inf in step 2"):
+        run_inprocess([*quick, "algo.optimizer.lr=1e8"], name="diverged")
+    failed = tmp_path / "diverged"
+    plotted = []
+    monkeypatch.setattr(report_plot, "plot", lambda groups, *a: plotted.append(groups))
+    for include in (False, True):
+        capsys.readouterr()
+        flag = ["--include-failed"] if include else []
+        report.main([str(finished), str(failed), "--out", str(tmp_path / "out"), *flag])
+        lines = capsys.readouterr().out.splitlines()
+        named = [line for line in lines if str(failed) in line]
+        assert len(named) == 1 + include  # included: also "not ranked (no test/mse)"
+        said = f"{failed} (failed: the training loss became NaN or inf in step 2; lower "
+        assert named[0].startswith(
+            "compared although they did not finish (1): " + said
+            if include
+            else "left out, 1 did not finish (--include-failed compares and plots them): " + said
+        )
+        assert any("1 runs, 1 configurations, sorted by test/mse" in line for line in lines)
+        runs = [r.path for members in plotted[-1].values() for r in members]
+        assert runs == ([finished, failed] if include else [finished])
+    fig = report_plot.figure(plotted[-1], ["algo.optimizer.lr"])
+    labels = {t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().texts}
+    assert "algo.optimizer.lr=1e8 (1 run, 1 unfinished)" in labels

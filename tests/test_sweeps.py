@@ -76,5 +76,7 @@ def test_a_failing_job_leaves_the_others_alone_and_the_report_marks_it(
         text=True,
     )
     assert out.returncode == 0, out.stderr
-    assert "1 runs did not finish" in out.stdout and "failed" in out.stdout
+    (left_out,) = [line for line in out.stdout.splitlines() if "did not finish" in line]
+    assert left_out.startswith("left out, 1 did not finish (--include-failed compares and plots")
+    assert f"{sweep / '1'} (failed: the training loss became NaN" in left_out
     assert "2 runs, 2 configurations" in out.stdout
