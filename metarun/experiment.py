@@ -26,6 +26,7 @@ from metarun.distributed.world import SINGLE, World, device_of, draw_share
 from metarun.errors import MetarunError
 from metarun.evaluate import chunk_size, evaluate, fixed_episodes
 from metarun.memory import check_memory, model_parameters
+from metarun.profiling import check as check_profile
 from metarun.resume import resume_checkpoint
 from metarun.schemas import added_keys, close_names
 
@@ -92,6 +93,7 @@ def check_config(cfg: DictConfig) -> None:
             f"would read it{close_names(name, schema) or '; every key: metarun --cfg job'}"
         )
     check_values(cfg)
+    check_profile(cfg.profile, cfg.train.steps)
 
 
 def _chunk(cfg: DictConfig, split: str, eval_shape: TaskShape, train_shape: TaskShape) -> int:

@@ -18,6 +18,7 @@ from metarun.errors import Interrupted, MetarunError
 from metarun.evaluate import evaluate
 from metarun.experiment import Experiment, meta_test
 from metarun.logging import Logger
+from metarun.profiling import profiled
 from metarun.trainer_checkpoints import Checkpointing
 
 
@@ -133,22 +134,25 @@ class Trainer(Checkpointing):
         self.exp.learner.train()
         start = time.perf_counter()
         first = self.step
-        while self.step < steps:
-            self.train_step()
-            if self.step % cfg.train.log_every == 0 or self.step == steps:
-                self.log_train()
-            if self.step % cfg.val.every == 0 or self.step == steps:
-                self.validate()
-            if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
-                self.save("last.pt", {})
-            self.logger.advance(self.step)
-            if self.stopping:
-                self.save("last.pt", {})
-                signum = self.stop_signal or signal.SIGTERM  # another process's signal
-                command = "metarun"
-                if self.world.active:  # the same number of processes continues it
-                    command = f"the same launcher ({self.world.size} processes, e.g. torchrun)"
-                raise Interrupted(signum, self.step, str(self.exp.run_dir), command)
+        profile = cfg.profile if self.world.rank == 0 else None
+        with profiled(profile, self.exp.run_dir, self.exp.device, steps - self.step) as tick:
+            while self.step < steps:
+                self.train_step()
+                tick()  # debug=profile: the profiler's schedule
+                if self.step % cfg.train.log_every == 0 or self.step == steps:
+                    self.log_train()
+                if self.step % cfg.val.every == 0 or self.step == steps:
+                    self.validate()
+                if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
+                    self.save("last.pt", {})
+                self.logger.advance(self.step)
+                if self.stopping:
+                    self.save("last.pt", {})
+                    signum = self.stop_signal or signal.SIGTERM  # another process's signal
+                    command = "metarun"
+                    if self.world.active:  # the same number of processes continues it
+                        command = f"the same launcher ({self.world.size} processes, e.g. torchrun)"
+                    raise Interrupted(signum, self.step, str(self.exp.run_dir), command)
         train_time = time.perf_counter() - start - self.eval_time
         if self.best_state is None:  # no validation happened (train.steps=0)
             self.validate()

@@ -40,6 +40,23 @@ def test_debug_fast_keeps_what_the_command_chose(compose_cfg):
     assert (debug.task.meta_batch, debug.train.steps, debug.test.episodes) == (2, 4, 10)
 
 
+def test_debug_profile_records_the_chosen_training_steps(run_inprocess, capsys):
+    """debug=profile traces steps 3-5 of a real run (ProfilerStep#2-#4, counted from 0) into a
+    Chrome trace, writes the operators' table, says where both are, and still tests the run."""
+    overrides = ["algo=protonet", "dataset=glyphs", *GLYPHS_SMALL, "task.train_way=null"]
+    run_dir, _ = run_inprocess([*overrides, "debug=profile"])
+    trace = json.loads((run_dir / "profile" / "trace.json").read_text())
+    steps = {e["name"] for e in trace["traceEvents"] if e.get("name", "").startswith("Profiler")}
+    assert steps == {"ProfilerStep#2", "ProfilerStep#3", "ProfilerStep#4"}
+    assert any(e.get("name") == "aten::convolution" for e in trace["traceEvents"])
+    ops = (run_dir / "profile" / "ops.txt").read_text()
+    assert "Self CPU" in ops and "aten::" in ops
+    said = f"metarun: profile: 3 training steps recorded in {run_dir / 'profile' / 'trace.json'}"
+    assert said in capsys.readouterr().out
+    assert sorted(p.name for p in (run_dir / "profile").iterdir()) == ["ops.txt", "trace.json"]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+
+
 def test_a_piped_run_shows_progress_lines_that_never_wrap(metarun_cli):
     """Off a terminal (nohup, tee, a SLURM log) a plain progress line comes at most every
     ``progress_every_s`` seconds, and no line is wrapped mid-value at the default 80 columns."""

@@ -314,6 +314,8 @@ CASES = [
     Case("unknown MANN read order", ["algo=mann", *GLYPHS, *QUIET, "algo.read_order=later"],
          "algo.read_order='later' is unknown; use one of after_write, before_write, null"),
     Case("test episodes < 2", ["test.episodes=1"], "test.episodes=1 must be >= 2 \\(a 95%"),
+    Case("profile past the run's end", ["debug=profile", "train.steps=2"], "profile records "
+         "training steps 3-5 but the run has 2 to train; raise train.steps or lower profile"),
     Case("way > classes", [*GLYPHS, *QUIET, "task.way=13"], "validation: 13-way tasks need 13 "
          "classes but the val split has 12; lower task.way"),
     Case("shot + query > samples", [*GLYPHS, *QUIET, "task.shot=10", "task.query=15"],

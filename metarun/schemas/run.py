@@ -100,6 +100,20 @@ class DistributedConfig:
     timeout_s: int = 600
 
 
+@dataclass
+class ProfileConfig:
+    """``debug=profile``: torch.profiler over a few training steps (steps wait+1 ... are warmed
+    up, then ``active`` steps recorded); a trace to open in Perfetto or chrome://tracing and the
+    operators' table land in <run>/profile/."""
+
+    BOUNDS: ClassVar = {"active": POSITIVE}
+    wait: int = 1  # steps left out first (start-up, allocator and autotuning caches)
+    warmup: int = 1  # steps traced and discarded (the profiler's own start-up)
+    active: int = 3  # steps recorded
+    record_shapes: bool = True  # operator input shapes in the table and the trace
+    memory: bool = False  # tensor allocations too (slower)
+
+
 @schema("logger", "wandb")
 @dataclass
 class WandbConfig:
@@ -135,3 +149,4 @@ class MetarunConfig:
     tags: List[str] = field(default_factory=list)
     # Output piped to a file (nohup, tee, SLURM): a progress line at most this often (0: none).
     progress_every_s: float = 30.0
+    profile: Optional[ProfileConfig] = None  # debug=profile sets it
