@@ -57,7 +57,7 @@ def test_debug_profile_records_the_chosen_training_steps(run_inprocess, capsys):
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
 
 
-def test_a_piped_run_shows_progress_lines_that_never_wrap(metarun_cli):
+def test_a_piped_run_shows_progress_lines_that_never_wrap(metarun_cli, tmp_path):
     """Off a terminal (nohup, tee, a SLURM log) a plain progress line comes at most every
     ``progress_every_s`` seconds, and no line is wrapped mid-value at the default 80 columns."""
     proc = metarun_cli(
@@ -77,6 +77,9 @@ def test_a_piped_run_shows_progress_lines_that_never_wrap(metarun_cli):
     validation = [line for line in lines if re.search(r"\] step \d+: train/loss", line)]
     assert len(validation) == 3 and all(re.search(r"val/mse \S+ ± \S+$", v) for v in validation)
     assert any(len(line) > 80 for line in progress + validation)  # long, and still one line
+    # What the run folder holds (runs.md): no Hydra job log (cli.log) beside them.
+    held = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert held == [".hydra", "checkpoints", "metrics.jsonl", "summary.json"]
 
 
 @pytest.mark.parametrize("width", [60, 80, 160])
