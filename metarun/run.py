@@ -19,11 +19,13 @@ from metarun.logging.local import atomic_write_json
 from metarun.logging.logger import Logger
 from metarun.logging.setup import build_logger
 from metarun.memory import out_of_memory_as_error
+from metarun.runfolder import discard_new, in_sweep
 from metarun.trainer import Trainer
 
 
 def _failure_summary(run_dir: Path, error: BaseException) -> None:
-    """``summary.json`` of a new run that ended before its logger existed (bad config or data)."""
+    """``summary.json`` of a sweep job that ended before its logger existed (bad config or
+    data)."""
     if isinstance(error, (KeyboardInterrupt, Interrupted)):
         summary = {"status": "interrupted"}
     else:
@@ -58,6 +60,7 @@ def run(cfg: DictConfig) -> float:
 
 def _run_in(cfg: DictConfig, run_dir: Path, resuming: bool, world: World) -> float:
     console = Console(log_path=False)
+    built = False  # whether the run got as far as its logs (files, W&B) before it failed
     try:
         if cfg.logger is not None:  # before the dataset is built
             get_class(cfg.logger._target_).check_config(cfg.logger)
@@ -66,6 +69,7 @@ def _run_in(cfg: DictConfig, run_dir: Path, resuming: bool, world: World) -> flo
             trainer = Trainer(exp)  # restores a resumed run's state (read from the checkpoints)
         resume_step = exp.resume_from["step"] if exp.resume_from else None
         series = exp.learner.metric_series
+        built = True
         logger = (  # rank 0 logs for the run; the other processes log nothing
             build_logger(cfg, exp.config, exp.run_dir, console, series, resume_step)
             if world.is_main
@@ -73,7 +77,12 @@ def _run_in(cfg: DictConfig, run_dir: Path, resuming: bool, world: World) -> flo
         )
     except BaseException as e:
         if not resuming and world.is_main:  # a refused resume leaves its folder as it was
-            _failure_summary(run_dir, e)
+            # A refused run (a typo, data it cannot use) leaves no folder behind; a sweep's
+            # folder keeps each job's verdict (metarun-report), as does a run whose logs began.
+            if built or in_sweep():
+                _failure_summary(run_dir, e)
+            else:
+                discard_new(run_dir)
         raise
     with trainer.catching_stop_signals():  # also while a failing run writes its summary
         try:

@@ -40,6 +40,9 @@ RUN_FILES = (".hydra", "metrics.jsonl", "summary.json", "checkpoints")
 SWEEP_FILE = "multirun.yaml"
 
 
+HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")  # what .hydra/ holds
+
+
 def holds_run(folder: Path) -> list[str]:
     """The run files already in ``folder`` (empty when it is new or holds none)."""
     return [name for name in RUN_FILES if (folder / name).exists()]
@@ -208,6 +211,30 @@ def remove_if_empty(folder: Path) -> None:
         pass  # not empty, or gone: leave it
 
 
+def discard_new(folder: Path) -> None:
+    """Undo :func:`claim` of a new folder whose run was refused before it trained: remove the
+    ``.hydra`` files written there, then the folder if that left it empty (anything else in it
+    stays), and, for Hydra's default ``outputs/<date>/<time>``, the date and outputs folders if
+    they are empty now."""
+    hydra_files = folder / ".hydra"
+    for name in HYDRA_FILES:
+        (hydra_files / name).unlink(missing_ok=True)
+    remove_if_empty(hydra_files)
+    remove_if_empty(folder)
+    hydra_cfg = _hydra_node()
+    if hydra_cfg is not None and not _explicit(hydra_cfg, "hydra.run.dir"):
+        remove_if_empty(folder.parent)
+        remove_if_empty(folder.parent.parent)
+
+
+def in_sweep() -> bool:
+    """Whether this job is one of a multirun (whose folder records each job, failed or not)."""
+    from hydra.types import RunMode
+
+    hydra_cfg = _hydra_node()
+    return hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN
+
+
 def write_hydra_files(folder: Path, cfg: DictConfig) -> None:
     """``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml``, as Hydra writes them."""
     hydra_cfg = _hydra_node()
@@ -219,5 +246,6 @@ def write_hydra_files(folder: Path, cfg: DictConfig) -> None:
         "hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})),
         "overrides.yaml": OmegaConf.to_yaml(overrides),
     }
+    assert set(files) == set(HYDRA_FILES)
     for name, text in files.items():
         atomic_write(folder / ".hydra" / name, lambda f, t=text: f.write(t.encode()))

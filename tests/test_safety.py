@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from metarun import cli
-from tests.conftest import clean_env
+from tests.conftest import GLYPHS_SMALL, clean_env
 from tests.test_errors import QUIET, Case, run_case
 
 RECORDED: list[tuple[str, str, str]] = []  # joins tests/test_errors.py's catalogue
@@ -211,3 +211,20 @@ def test_a_default_folder_taken_in_the_same_second_gets_a_suffix(compose_cfg, tm
         assert sorted(os.listdir(taken)) == ["checkpoints"]
     finally:
         got.release()
+
+
+def test_a_run_refused_for_its_input_leaves_no_folder_and_a_sweep_job_keeps_its_verdict(
+    metarun_cli, tmp_path
+):
+    """A single run that cannot use its input (13-way tasks, 12 validation classes) leaves no
+    output folder behind; as a sweep job it writes its verdict, and the other job runs."""
+    small = ["dataset=glyphs", *GLYPHS_SMALL, "logger=none", "train.steps=2", "val.every=2"]
+    small += ["val.episodes=2", "test.episodes=2", "task.meta_batch=2"]
+    alone = metarun_cli(*small, "task.way=13")
+    assert alone.returncode == 2 and "13-way tasks need 13 classes" in alone.stderr
+    assert not (tmp_path / "outputs").exists()
+    sweep = metarun_cli("-m", *small, "task.way=5,13")
+    assert sweep.returncode == 2, sweep.stderr
+    jobs = {p.parent.name: json.loads(p.read_text()) for p in tmp_path.glob("outputs/*/*/*/*/s*")}
+    assert jobs["0"]["status"] == "finished" and jobs["1"]["status"] == "failed"
+    assert "13-way tasks need 13 classes" in jobs["1"]["error"]
