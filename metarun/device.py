@@ -1,6 +1,9 @@
-"""Pick the torch device named by ``device.name``."""
+"""Pick the torch device named by ``device.name``, and the CPU threads a job computes with."""
 
 from __future__ import annotations
+
+import os
+from typing import Any
 
 import torch
 
@@ -30,3 +33,41 @@ def resolve_device(name: str) -> torch.device:
             "use device=auto or device=cpu"
         )
     return torch.device(name)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity: a SLURM allocation, ``taskset``)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def jobs_at_once() -> int:
+    """How many sweep jobs Hydra's launcher runs at once on this machine: joblib's ``n_jobs``
+    (``-1``: one per core, ``-2``: all but one, ...), else 1 (the basic launcher runs jobs one
+    after another; SLURM gives each job its own allocation)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return 1
+    launcher = HydraConfig.get().launcher
+    if "joblib" not in str(launcher.get("_target_", "")):
+        return 1
+    n_jobs = launcher.get("n_jobs") or 1
+    return max(1, n_jobs if n_jobs > 0 else usable_cores() + 1 + n_jobs)
+
+
+def threads_for(setting: Any, local_processes: int = 1) -> int:
+    """``device.threads``: a number, or ``auto``: the usable cores shared out among the jobs
+    (or the data-parallel processes) that run on this machine at once, at least one each."""
+    if str(getattr(setting, "value", setting)) != "auto":
+        return int(setting)
+    return max(1, usable_cores() // max(local_processes, jobs_at_once()))
+
+
+def use_threads(setting: Any, local_processes: int = 1) -> int:
+    """Set torch's intra-op threads from ``device.threads``; returns the number."""
+    threads = threads_for(setting, local_processes)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads

@@ -19,13 +19,14 @@ from metarun.algorithms.base import MetaLearner
 from metarun.checkpoint import load_weights
 from metarun.checks import check_values
 from metarun.data.batch import TaskBatch, TaskShape
-from metarun.device import resolve_device
+from metarun.device import resolve_device, use_threads
 from metarun.distributed.batch_norm import synchronise
 from metarun.distributed.sync import broadcast_state
 from metarun.distributed.world import SINGLE, World, device_of, draw_share
 from metarun.errors import MetarunError
 from metarun.evaluate import chunk_size, evaluate, fixed_episodes
 from metarun.memory import check_memory, model_parameters
+from metarun.precision import Precision
 from metarun.profiling import check as check_profile
 from metarun.resume import resume_checkpoint
 from metarun.schemas import added_keys, close_names
@@ -119,6 +120,11 @@ class Experiment:
     resume_from: dict | None = None  # the last checkpoint, when continuing a run
     initialised_from: tuple[Path, int] | None = None  # train.init_from: the file and its step
     world: World = SINGLE  # the run's processes (data-parallel runs: this one's rank)
+    precision: Precision | None = None  # train.precision (set from it when not given)
+
+    def __post_init__(self) -> None:
+        if self.precision is None:
+            self.precision = Precision(self.cfg.train.precision, self.device)
 
     def chunk(self, split: str) -> int:
         """Tasks per evaluation forward for ``split`` (``<split>.batch_size``, or auto)."""
@@ -170,6 +176,7 @@ def build_experiment(
     check_config(cfg)
     seed_everything(cfg.seed)
     device = device_of(world, resolve_device(cfg.device.name))
+    use_threads(cfg.device.threads, world.local_size)
     _check_kinds(cfg)
     dataset = build(cfg.dataset) if dataset is None else dataset
     metric, mode = MONITOR[dataset.problem]
@@ -238,4 +245,5 @@ def build_experiment(
 
 def meta_test(exp: Experiment) -> dict[str, float]:
     """Mean and 95% CI of each metric on the fixed test episodes (``test.*``)."""
-    return evaluate(exp.learner, exp.episodes("test"), "test", exp.world)
+    with exp.precision.autocast():
+        return evaluate(exp.learner, exp.episodes("test"), "test", exp.world)

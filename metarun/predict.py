@@ -111,7 +111,8 @@ def predict(argv: list[str]) -> list[dict]:
     support_x = torch.stack([x for x, _ in support]).to(device)
     support_y = torch.tensor([c for _, c in support], device=device)
     query_x = torch.stack([load_image(f, preprocess) for f in queries]).to(device)
-    probs = learner.predict(support_x, support_y, query_x).softmax(-1).cpu()
+    with exp.precision.autocast():
+        probs = learner.predict(support_x, support_y, query_x).float().softmax(-1).cpu()
 
     rows = [
         {

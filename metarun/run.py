@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
 from omegaconf import DictConfig
@@ -104,10 +105,15 @@ def _run_in(cfg: DictConfig, run_dir: Path, resuming: bool, world: World) -> flo
     return objective
 
 
+def _threads() -> str:
+    n = torch.get_num_threads()
+    return f"{n} thread{'s' if n > 1 else ''}"
+
+
 def _print_start(console: Console, exp) -> None:
     """What the run is: its folder, device, algorithm, and (data-parallel) its processes."""
     console.print(
-        f"run dir: {exp.run_dir}\ndevice: {exp.device}  algorithm: "
+        f"run dir: {exp.run_dir}\ndevice: {exp.device} ({_threads()})  algorithm: "
         f"{exp.learner.__class__.__name__}({exp.learner.extra_repr()})",
         soft_wrap=True,
     )

@@ -80,7 +80,8 @@ class Trainer(Checkpointing):
     def validate(self) -> None:
         self.check_finite()
         start = time.perf_counter()
-        scores = evaluate(self.exp.learner, self.val_batches, "val", self.world)
+        with self.exp.precision.autocast():
+            scores = evaluate(self.exp.learner, self.val_batches, "val", self.world)
         self.eval_time += time.perf_counter() - start
         self.logger.log(scores, self.step)
         value = scores[f"val/{self.exp.metric}"]
@@ -95,14 +96,15 @@ class Trainer(Checkpointing):
         exp.optimizer.zero_grad(set_to_none=True)
         exp.learner.meta_step = self.step
         self.running_stats.snapshot()
-        with synchronised_batch_norm(self.sync_batch_norm):
+        exp.learner.loss_scale = exp.precision.loss_scale()  # fp16's gradient scale, or None
+        with synchronised_batch_norm(self.sync_batch_norm), exp.precision.autocast():
             metrics = exp.learner.meta_backward(batch)
         # Data-parallel: the mean of the ranks' gradients is the meta-batch's; the stop request
         # travels with it, so every process stops after the same step.
         self.stopping = average_gradients(
             self.world, exp.learner.parameters(), self.stop_signal is not None
         )
-        exp.optimizer.step()
+        exp.precision.step(exp.optimizer)
         self.running_stats.merge()
         if exp.scheduler is not None:
             exp.scheduler.step()

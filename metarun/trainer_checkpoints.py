@@ -43,6 +43,7 @@ class Checkpointing:
         exp.optimizer.load_state_dict(checkpoint["optimizer"])
         if exp.scheduler is not None:
             exp.scheduler.load_state_dict(checkpoint["scheduler"])
+        exp.precision.load_state_dict(checkpoint.get("scaler"))  # absent before precision
         loop = checkpoint["loop"]
         own = {"rng": checkpoint["rng"], "sums": loop["sums"]}
         if self.world.active:  # each process continues its own random streams and sums
@@ -89,6 +90,7 @@ class Checkpointing:
             model=exp.learner.state_dict(),
             optimizer=exp.optimizer.state_dict(),
             scheduler=exp.scheduler.state_dict() if exp.scheduler is not None else None,
+            scaler=exp.precision.state_dict(),  # fp16's gradient scale, else None
             rng=rng_state(self.sampler),
             loop={
                 "sums": self.sums,

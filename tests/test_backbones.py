@@ -87,3 +87,26 @@ def test_folded_forward_equals_each_task_through_its_own_weights(shape, make):
 def test_resnet12_does_not_fold():
     net = ResNet12((3, 16, 16), 3, channels=(4, 4, 4, 4))
     assert not net.can_fold_tasks
+
+
+@pytest.mark.parametrize("name", ["conv4", "resnet12"])
+@pytest.mark.parametrize("batch_norm", ["transductive", "running"])
+def test_channels_last_computes_the_same_values_and_gradients(name, batch_norm):
+    """``backbone.memory_format=channels_last`` lays weights and activations out NHWC; the
+    outputs and every weight's gradient equal the NCHW ones (float64: to rounding)."""
+    cls = {"conv4": Conv4, "resnet12": ResNet12}[name]
+    kwargs = {"hidden": 8} if name == "conv4" else {"channels": [4, 6, 8, 8]}
+    torch.manual_seed(0)
+    plain = cls((3, 20, 20), 5, batch_norm=batch_norm, **kwargs).double()
+    nhwc = cls((3, 20, 20), 5, batch_norm=batch_norm, memory_format="channels_last", **kwargs)
+    nhwc = nhwc.double()
+    nhwc.load_state_dict(plain.state_dict())
+    conv = next(m for m in nhwc.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 6, 3, 20, 20, dtype=torch.float64)  # a task axis, as a batch has
+    outs = [model(x) for model in (plain, nhwc)]
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-10, atol=1e-10)
+    for out in outs:
+        out.square().sum().backward()
+    for (key, a), (_, b) in zip(plain.named_parameters(), nhwc.named_parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-9, atol=1e-10, msg=key)

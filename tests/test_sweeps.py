@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from metarun import device as device_module
+from metarun.device import usable_cores
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.slow
@@ -37,6 +40,36 @@ def test_parallel_launchers_run_both_jobs(metarun_cli, tmp_path, launcher):
     summaries = job_summaries(tmp_path)
     assert sorted(summaries) == ["0", "1"]
     assert all(s["status"] == "finished" and "test/mse" in s for s in summaries.values())
+    if "hydra/launcher=joblib" in launcher:  # two jobs at once share the cores (device.threads)
+        each = max(1, usable_cores() // 2)
+        shown = re.findall(r"device: cpu \((\d+) threads?\)", proc.stdout)
+        assert shown == [str(each)] * 2, proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("launcher", "local", "cores", "threads"),
+    [
+        ([], 1, 8, 8),  # one job at a time: every core
+        (["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], 1, 8, 4),
+        (["hydra/launcher=joblib", "hydra.launcher.n_jobs=3"], 1, 8, 2),
+        (["hydra/launcher=joblib", "hydra.launcher.n_jobs=-1"], 1, 8, 1),  # a job per core
+        (["hydra/launcher=joblib", "hydra.launcher.n_jobs=-3"], 1, 8, 1),  # 6 jobs at once
+        (["hydra/launcher=joblib", "hydra.launcher.n_jobs=-7"], 1, 8, 4),  # 2 jobs at once
+        ([], 4, 8, 2),  # torchrun: 4 processes on this machine
+        ([], 16, 8, 1),
+    ],
+)
+def test_auto_threads_share_the_cores_among_the_jobs_at_once(
+    compose_cfg, monkeypatch, launcher, local, cores, threads
+):
+    from hydra.core.hydra_config import HydraConfig
+
+    monkeypatch.setattr(device_module, "usable_cores", lambda: cores)
+    hydra = HydraConfig.instance()
+    monkeypatch.setattr(hydra, "cfg", hydra.cfg)  # the next tests get theirs back
+    hydra.set_config(compose_cfg(launcher))
+    assert device_module.threads_for("auto", local) == threads
+    assert device_module.threads_for(3, local) == 3  # a number is taken as it is
 
 
 def test_optuna_search_optimises_the_returned_objective(metarun_cli, tmp_path):

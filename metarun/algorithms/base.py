@@ -44,6 +44,12 @@ class MetaLearner(nn.Module, ABC):
     #: The options whose step sizes a diverging run should lower (named in its error line).
     step_size_options: tuple[str, ...] = ("optimizer.lr",)
 
+    #: What the outer loss is multiplied by before its backward (``train.precision=fp16``'s
+    #: gradient scale, set by the trainer every step; None: nothing). Learners that call
+    #: backward themselves use :meth:`outer_backward`; one that writes ``.grad`` by hand
+    #: (Reptile) multiplies by it.
+    loss_scale: torch.Tensor | None = None
+
     #: Families of metric keys indexed by an integer that this learner reports
     #: (:class:`~metarun.series.Series`): the sinks and the report group them.
     metric_series: tuple[Series, ...] = ()
@@ -102,8 +108,12 @@ class MetaLearner(nn.Module, ABC):
         backpropagating task by task (MAML) override it.
         """
         loss, metrics = self.meta_loss(batch)
-        loss.backward()
+        self.outer_backward(loss)
         return metrics
+
+    def outer_backward(self, loss: torch.Tensor) -> None:
+        """Backpropagate (part of) the meta-loss into ``.grad``, scaled by :attr:`loss_scale`."""
+        (loss if self.loss_scale is None else loss * self.loss_scale).backward()
 
     @abstractmethod
     def evaluate(self, batch: TaskBatch) -> dict[str, torch.Tensor]:

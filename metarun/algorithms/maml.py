@@ -178,7 +178,7 @@ class MAML(InnerLoop, MetaLearner):
         for start in range(0, tasks, size):
             chunk = TaskBatch(*(t[start : start + size] for t in batch))
             losses, metrics = batching.train(self, params, chunk)
-            (losses.sum() / tasks).backward()
+            self.outer_backward(losses.sum() / tasks)
             for k, v in {"loss": losses.detach(), **metrics}.items():
                 sums[k] = sums[k] + v.sum() if k in sums else v.sum()
         return {k: v / tasks for k, v in sums.items()}

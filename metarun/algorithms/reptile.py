@@ -121,6 +121,8 @@ class Reptile(MetaLearner):
             for k in params:
                 delta[k] += (params[k].detach() - adapted[k]) / batch.num_tasks
         for k, p in params.items():
+            if self.loss_scale is not None:  # train.precision=fp16: the scaler unscales it
+                delta[k] = delta[k] * self.loss_scale
             p.grad = delta[k] if p.grad is None else p.grad + delta[k]
         out = {"loss": torch.stack(losses).mean()}
         for key in metrics[0]:

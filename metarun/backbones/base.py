@@ -30,9 +30,23 @@ class ImageBackbone(nn.Module):
                 f"dataset's inputs have shape {tuple(input_shape)}; use backbone=mlp"
             )
 
+    #: ``backbone.memory_format``: ``channels_last`` keeps images, activations and conv weights
+    #: in NHWC order (faster convolutions on many CPUs and on tensor-core GPUs); the values are
+    #: those of the default ``contiguous`` (NCHW) layout.
+    channels_last = False
+
+    def lay_out(self, memory_format: str) -> None:
+        """Put the conv weights in ``memory_format`` (call at the end of ``__init__``)."""
+        self.channels_last = memory_format == "channels_last"
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-3]
-        z = self.features(x.reshape(-1, *x.shape[-3:]))
+        x = x.reshape(-1, *x.shape[-3:])
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        z = self.features(x)
         if self.head is not None:
             z = self.head(z)
         return z.reshape(*lead, -1)

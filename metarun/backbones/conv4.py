@@ -30,6 +30,7 @@ class Conv4(ImageBackbone):
         blocks: int = 4,
         pool: str = "max",
         batch_norm: str = "transductive",
+        memory_format: str = "contiguous",
     ) -> None:
         super().__init__()
         if pool not in ("max", "stride"):
@@ -63,3 +64,4 @@ class Conv4(ImageBackbone):
         self.feature_size = hidden * height * width
         self.head = nn.Linear(self.feature_size, out_features) if out_features else None
         self.out_features = out_features or self.feature_size
+        self.lay_out(memory_format)

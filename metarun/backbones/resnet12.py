@@ -49,6 +49,7 @@ class ResNet12(ImageBackbone):
         channels: Sequence[int] = (64, 160, 320, 640),
         batch_norm: str = "running",
         dropout: float = 0.0,
+        memory_format: str = "contiguous",
     ) -> None:
         super().__init__()
         if min(input_shape[1:]) < 2 ** len(channels):
@@ -67,3 +68,4 @@ class ResNet12(ImageBackbone):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="leaky_relu")
+        self.lay_out(memory_format)

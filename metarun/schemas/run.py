@@ -45,8 +45,12 @@ class TaskConfig:
 @dataclass
 class TrainConfig:
     BOUNDS: ClassVar = {"log_every": POSITIVE}
+    CHOICES: ClassVar = {"precision": ("fp32", "bf16", "fp16")}
     steps: int = 8000  # meta-iterations
     log_every: int = 50  # train metrics are averaged over this many steps
+    # fp32, or bf16 / fp16 autocast of every training step (inner loops included) and evaluation;
+    # weights and optimizer stay fp32, fp16 adds a gradient scaler (metarun/precision.py).
+    precision: str = "fp32"
     # A checkpoint (.pt) or run folder (its best.pt) whose weights start the run; optimizer,
     # schedule and step start afresh (ignored when resuming).
     init_from: Optional[str] = None
@@ -80,7 +84,12 @@ class CheckpointConfig:
 
 @dataclass
 class DeviceConfig:
+    BOUNDS: ClassVar = {"threads": AUTO_OR_POSITIVE}
     name: DeviceName = DeviceName.auto
+    # CPU threads of a job (torch intra-op). auto: the cores this process may use, divided by
+    # the jobs a joblib sweep runs at once here (hydra.launcher.n_jobs) or the torchrun processes
+    # on this machine, so that jobs side by side do not oversubscribe the cores.
+    threads: Any = "auto"
 
 
 class Backend(str, Enum):
