@@ -15,6 +15,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from metarun import compiling
 from metarun.algorithms.base import MetaLearner
 from metarun.checkpoint import load_weights
 from metarun.checks import check_values
@@ -95,6 +96,7 @@ def check_config(cfg: DictConfig) -> None:
         )
     check_values(cfg)
     check_profile(cfg.profile, cfg.train.steps)
+    compiling.check(cfg.train.compile)
 
 
 def _chunk(cfg: DictConfig, split: str, eval_shape: TaskShape, train_shape: TaskShape) -> int:
@@ -121,6 +123,7 @@ class Experiment:
     initialised_from: tuple[Path, int] | None = None  # train.init_from: the file and its step
     world: World = SINGLE  # the run's processes (data-parallel runs: this one's rank)
     precision: Precision | None = None  # train.precision (set from it when not given)
+    compiled: bool = False  # whether train.compile compiled the learner's training loss
 
     def __post_init__(self) -> None:
         if self.precision is None:
@@ -217,6 +220,9 @@ def build_experiment(
         raise MetarunError(
             f"algo.optimizer / algo.scheduler: {str(e).splitlines()[0]}; fix those options"
         ) from None
+    compiled = compiling.wanted(cfg.train.compile, learner, cfg.train.steps)
+    if compiled:
+        compiling.compile_training(learner)
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     if run_dir is None:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -240,6 +246,7 @@ def build_experiment(
         metric=metric,
         mode=mode,
         world=world,
+        compiled=compiled,
     )
 
 

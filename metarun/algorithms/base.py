@@ -41,6 +41,10 @@ class MetaLearner(nn.Module, ABC):
     #: that run each task through its own forward (MAML) leave it False.
     batch_norm_across_tasks = False
 
+    #: Whether ``train.compile`` may compile :meth:`meta_loss`: one forward whose loss is
+    #: backpropagated once (no gradient of a gradient, no inner optimizer).
+    compiles = False
+
     #: The options whose step sizes a diverging run should lower (named in its error line).
     step_size_options: tuple[str, ...] = ("optimizer.lr",)
 

@@ -44,6 +44,8 @@ class MANN(MetaLearner):
     (``acc_inst<i>`` for i in ``report_instances``, the paper's table columns) besides ``acc``.
     """
 
+    compiles = True  # train.compile: a forward and one backward
+
     sequential = True
     batch_norm_across_tasks = True
     metric_series = (Series("{metric}_inst{i}", "instance"),)  # algo.report_instances

@@ -16,6 +16,8 @@ class ProtoNet(MetaLearner):
     Backbones with batch norm default to running statistics for it (``algo.batch_norm``).
     """
 
+    compiles = True  # train.compile: a forward and one backward
+
     batch_norm_across_tasks = True
 
     def __init__(self, backbone, optimizer, scheduler=None, batch_norm: str = "running") -> None:

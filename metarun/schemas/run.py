@@ -51,6 +51,9 @@ class TrainConfig:
     # fp32, or bf16 / fp16 autocast of every training step (inner loops included) and evaluation;
     # weights and optimizer stay fp32, fp16 adds a gradient scaler (metarun/precision.py).
     precision: str = "fp32"
+    # torch.compile of the training loss where the algorithm's path compiles (ProtoNet, MANN):
+    # true | false | auto (runs of at least 2,000 steps; metarun/compiling.py has the rule).
+    compile: Any = "auto"
     # A checkpoint (.pt) or run folder (its best.pt) whose weights start the run; optimizer,
     # schedule and step start afresh (ignored when resuming).
     init_from: Optional[str] = None

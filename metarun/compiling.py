@@ -1,0 +1,77 @@
+"""``train.compile``: :func:`torch.compile` of a learner's training loss, where it compiles.
+
+What is compiled is the learner's ``meta_loss`` (its forward and loss; the backward follows
+through AOTAutograd), for learners that declare :attr:`MetaLearner.compiles`: one forward whose
+loss is backpropagated once (ProtoNet, MANN / LSTM). MAML's family differentiates through its
+inner loop's gradient (a double backward torch.compile does not support) and Reptile runs an
+inner optimizer: they stay eager. Evaluation stays eager (its chunks vary in size; a compiled
+training step has one shape, so it compiles once).
+
+``true`` compiles; ``false`` does not; ``auto`` compiles when the run trains at least
+:data:`AUTO_MIN_STEPS` steps (the measured rule, docs/performance.md). A compilation that fails
+(no C++ compiler, a graph Inductor cannot build) costs one warning line and the run goes on
+eager. Inductor's caches live in metarun's cache folder (``<cache>/inductor``), so a second run
+of the same shapes starts from compiled code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable
+
+from metarun.data.download import cache_dir
+from metarun.errors import MetarunError, warn
+
+#: ``train.compile=auto`` compiles runs of at least this many training steps: on 2 CPU cores
+#: ProtoNet's compile took ~40 s and saved ~X ms a step, so it repays itself within a few
+#: hundred steps; the margin keeps the quick start, debug runs and tests eager.
+AUTO_MIN_STEPS = 2000
+
+
+def check(setting: Any) -> None:
+    if setting not in ("auto", True, False):
+        raise MetarunError(f"train.compile={setting!r} is unknown; use auto, true or false")
+
+
+def wanted(setting: Any, learner: Any, steps: int) -> bool:
+    """Whether this run compiles its training loss."""
+    check(setting)
+    if not getattr(learner, "compiles", False):
+        return False
+    return setting is True or (setting == "auto" and steps >= AUTO_MIN_STEPS)
+
+
+class _FallsBack:
+    """``compiled(*args)``; if compiling fails, one warning and ``eager(*args)`` from then on."""
+
+    def __init__(self, compiled: Callable, eager: Callable, what: str) -> None:
+        self.compiled, self.eager, self.what = compiled, eager, what
+        self.failed = False
+
+    def __call__(self, *args, **kwargs):
+        if self.failed:
+            return self.eager(*args, **kwargs)
+        try:
+            return self.compiled(*args, **kwargs)
+        except Exception as e:  # dynamo / inductor errors (no compiler, unsupported graph)
+            if isinstance(e, MetarunError):
+                raise
+            self.failed = True
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            warn(f"torch.compile of {self.what} failed ({type(e).__name__}: {first}); "
+                 "running eager (train.compile=false avoids the attempt)")  # fmt: skip
+            return self.eager(*args, **kwargs)
+
+
+def compile_training(learner: Any) -> None:
+    """Replace ``learner.meta_loss`` by its compiled form (falling back to eager)."""
+    import torch
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
+    # A graph break (ProtoNet reads its way from the labels) is expected, not news: dynamo's
+    # many-line warnings about it are kept off the run's output.
+    logging.getLogger("torch._dynamo").setLevel(logging.ERROR)
+    eager = learner.meta_loss
+    what = f"{type(learner).__name__}.meta_loss"
+    learner.meta_loss = _FallsBack(torch.compile(eager, dynamic=False), eager, what)
