@@ -7,7 +7,7 @@ inner loop's gradient (a double backward torch.compile does not support) and Rep
 inner optimizer: they stay eager. Evaluation stays eager (its chunks vary in size; a compiled
 training step has one shape, so it compiles once).
 
-``true`` compiles; ``false`` does not; ``auto`` compiles when the run trains at least
+``true`` compiles; ``false`` does not; ``auto`` compiles fp32 runs of at least
 :data:`AUTO_MIN_STEPS` steps (the measured rule, docs/performance.md). A compilation that fails
 (no C++ compiler, a graph Inductor cannot build) costs one warning line and the run goes on
 eager. Inductor's caches live in metarun's cache folder (``<cache>/inductor``), so a second run
@@ -23,10 +23,16 @@ from typing import Any, Callable
 from metarun.data.download import cache_dir
 from metarun.errors import MetarunError, warn
 
-#: ``train.compile=auto`` compiles runs of at least this many training steps: on 2 CPU cores
-#: ProtoNet's compile took ~40 s and saved ~X ms a step, so it repays itself within a few
-#: hundred steps; the margin keeps the quick start, debug runs and tests eager.
-AUTO_MIN_STEPS = 2000
+#: ``TORCHINDUCTOR_CACHE_DIR`` as the user set it before metarun ran (None: metarun's cache).
+_USERS_INDUCTOR_CACHE = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+
+#: ``train.compile=auto`` compiles fp32 runs of at least this many training steps. Measured on
+#: 2 CPU cores (scripts/bench_speedups.py, docs/performance.md): ProtoNet's cold compile took
+#: 15-22 s and made its step 1.18-1.31x faster, repaid after 400-1,600 steps; MANN's took 106 s
+#: for 1.80x, repaid after 2,900 steps; under bf16 ProtoNet compiled was no faster than bf16
+#: eager (so auto leaves bf16 / fp16 runs eager). The quick start (1,500 steps), debug runs and
+#: tests stay eager; a warm Inductor cache makes the compile a few seconds.
+AUTO_MIN_STEPS = 5000
 
 
 def check(setting: Any) -> None:
@@ -34,12 +40,13 @@ def check(setting: Any) -> None:
         raise MetarunError(f"train.compile={setting!r} is unknown; use auto, true or false")
 
 
-def wanted(setting: Any, learner: Any, steps: int) -> bool:
+def wanted(setting: Any, learner: Any, steps: int, precision: str = "fp32") -> bool:
     """Whether this run compiles its training loss."""
     check(setting)
     if not getattr(learner, "compiles", False):
         return False
-    return setting is True or (setting == "auto" and steps >= AUTO_MIN_STEPS)
+    auto = setting == "auto" and steps >= AUTO_MIN_STEPS and precision == "fp32"
+    return setting is True or auto
 
 
 class _FallsBack:
@@ -68,7 +75,8 @@ def compile_training(learner: Any) -> None:
     """Replace ``learner.meta_loss`` by its compiled form (falling back to eager)."""
     import torch
 
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
+    if _USERS_INDUCTOR_CACHE is None:  # torch sets it itself (to /tmp) once it looks
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir() / "inductor")
     # A graph break (ProtoNet reads its way from the labels) is expected, not news: dynamo's
     # many-line warnings about it are kept off the run's output.
     logging.getLogger("torch._dynamo").setLevel(logging.ERROR)

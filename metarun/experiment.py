@@ -220,7 +220,7 @@ def build_experiment(
         raise MetarunError(
             f"algo.optimizer / algo.scheduler: {str(e).splitlines()[0]}; fix those options"
         ) from None
-    compiled = compiling.wanted(cfg.train.compile, learner, cfg.train.steps)
+    compiled = compiling.wanted(cfg.train.compile, learner, cfg.train.steps, cfg.train.precision)
     if compiled:
         compiling.compile_training(learner)
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)

@@ -42,13 +42,14 @@ CASES = {
     "MANN 5w, batch 16 (mann_glyphs)": ["algo=mann"],
 }  # fmt: skip
 FAST = ["train.precision=bf16", "backbone.memory_format=channels_last"]
+EAGER = ["train.compile=false"]  # not auto: these runs' 8,000 default steps would compile
 VARIANTS = {
-    "fp32": [],
-    "bf16": ["train.precision=bf16"],
-    "channels_last": ["backbone.memory_format=channels_last"],
-    "bf16 + channels_last": FAST,
+    "fp32": EAGER,
+    "bf16": [*EAGER, "train.precision=bf16"],
+    "channels_last": [*EAGER, "backbone.memory_format=channels_last"],
+    "bf16 + channels_last": [*EAGER, *FAST],
     "compiled": ["train.compile=true"],  # only for learners that compile (MAML does not)
-    "bf16 + channels_last + compiled": [*FAST, "train.compile=true"],
+    "bf16 + compiled": ["train.precision=bf16", "train.compile=true"],
 }
 CONV = ("channels_last",)  # variants that need a conv backbone (MANN's is a flatten)
 

@@ -35,7 +35,9 @@ def _float64_gradient(exp) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.mark.slow
 def test_the_compiled_training_loss_gives_the_eager_gradients(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setenv("METARUN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/tmp/where-torch-put-it")  # torch's own
+    monkeypatch.setattr(compiling, "_USERS_INDUCTOR_CACHE", None)  # not the user's
     eager, compiled = _experiment("false"), _experiment("true")
     assert (eager.compiled, compiled.compiled) == (False, True)
     reference, loss = _float64_gradient(eager)
@@ -71,6 +73,8 @@ def test_a_compilation_that_fails_warns_once_and_runs_eager(monkeypatch, capsys)
 def test_auto_compiles_long_runs_of_learners_that_compile():
     assert not _experiment("auto", steps=compiling.AUTO_MIN_STEPS - 1).compiled
     assert _experiment("auto", steps=compiling.AUTO_MIN_STEPS).compiled
+    bf16 = compose_config([*TINY_PROTONET, "train.precision=bf16", "train.steps=5000"])
+    assert not build_experiment(bf16, run_dir=Path("unused")).compiled  # no faster there
     maml = compose_config(["dataset=glyphs", *GLYPHS_SMALL, "train.compile=true"])
     assert not build_experiment(maml, run_dir=Path("unused")).compiled  # double backward
     with pytest.raises(Exception, match="train.compile='sometimes' is unknown"):

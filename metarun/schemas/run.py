@@ -52,7 +52,7 @@ class TrainConfig:
     # weights and optimizer stay fp32, fp16 adds a gradient scaler (metarun/precision.py).
     precision: str = "fp32"
     # torch.compile of the training loss where the algorithm's path compiles (ProtoNet, MANN):
-    # true | false | auto (runs of at least 2,000 steps; metarun/compiling.py has the rule).
+    # true | false | auto (fp32 runs of at least 5,000 steps; metarun/compiling.py: the rule).
     compile: Any = "auto"
     # A checkpoint (.pt) or run folder (its best.pt) whose weights start the run; optimizer,
     # schedule and step start afresh (ignored when resuming).
