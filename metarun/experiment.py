@@ -15,10 +15,10 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from metarun import compiling
 from metarun.algorithms.base import MetaLearner
 from metarun.checkpoint import load_weights
 from metarun.checks import check_values
+from metarun.compiling import check as check_compile
 from metarun.data.batch import TaskBatch, TaskShape
 from metarun.device import resolve_device, use_threads
 from metarun.distributed.batch_norm import synchronise
@@ -96,7 +96,7 @@ def check_config(cfg: DictConfig) -> None:
         )
     check_values(cfg)
     check_profile(cfg.profile, cfg.train.steps)
-    compiling.check(cfg.train.compile)
+    check_compile(cfg.train.compile)
 
 
 def _chunk(cfg: DictConfig, split: str, eval_shape: TaskShape, train_shape: TaskShape) -> int:
@@ -123,7 +123,6 @@ class Experiment:
     initialised_from: tuple[Path, int] | None = None  # train.init_from: the file and its step
     world: World = SINGLE  # the run's processes (data-parallel runs: this one's rank)
     precision: Precision | None = None  # train.precision (set from it when not given)
-    compiled: bool = False  # whether train.compile compiled the learner's training loss
 
     def __post_init__(self) -> None:
         if self.precision is None:
@@ -220,9 +219,6 @@ def build_experiment(
         raise MetarunError(
             f"algo.optimizer / algo.scheduler: {str(e).splitlines()[0]}; fix those options"
         ) from None
-    compiled = compiling.wanted(cfg.train.compile, learner, cfg.train.steps, cfg.train.precision)
-    if compiled:
-        compiling.compile_training(learner)
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     if run_dir is None:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -246,7 +242,6 @@ def build_experiment(
         metric=metric,
         mode=mode,
         world=world,
-        compiled=compiled,
     )
 
 

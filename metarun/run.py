@@ -114,8 +114,7 @@ def _print_start(console: Console, exp) -> None:
     """What the run is: its folder, device, algorithm, and (data-parallel) its processes."""
     console.print(
         f"run dir: {exp.run_dir}\ndevice: {exp.device} ({_threads()})  algorithm: "
-        f"{exp.learner.__class__.__name__}({exp.learner.extra_repr()})"
-        f"{'  compiled (train.compile)' if exp.compiled else ''}",
+        f"{exp.learner.__class__.__name__}({exp.learner.extra_repr()})",
         soft_wrap=True,
     )
     if exp.initialised_from is not None:

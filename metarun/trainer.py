@@ -11,10 +11,11 @@ import time
 
 import torch
 
+from metarun import compiling
 from metarun.checkpoint import remove_partial_writes
 from metarun.distributed.batch_norm import synchronised_batch_norm
 from metarun.distributed.sync import RunningStats, average_gradients, mean_over_ranks
-from metarun.errors import Interrupted, MetarunError
+from metarun.errors import Interrupted, MetarunError, say
 from metarun.evaluate import evaluate
 from metarun.experiment import Experiment, meta_test
 from metarun.logging import Logger
@@ -131,6 +132,12 @@ class Trainer(Checkpointing):
         if self.exp.resume_from is not None:  # from a kill during a checkpoint write
             remove_partial_writes(self.exp.run_dir / "checkpoints")
         steps = cfg.train.steps
+        precision = self.exp.precision.name
+        if compiling.wanted(cfg.train.compile, self.exp.learner, steps - self.step, precision):
+            what = type(self.exp.learner).__name__
+            say(f"compiling {what}'s training loss (train.compile={cfg.train.compile}); the "
+                "first step takes longer, later runs of these shapes reuse the cache")  # fmt: skip
+            compiling.compile_training(self.exp.learner)
         self.logger.start(steps)
         self.logger.advance(self.step)
         self.exp.learner.train()

@@ -31,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import GLYPHS, trainer_for, trainer_step  # noqa: E402
 
+from metarun import compiling  # noqa: E402
 from metarun.device import usable_cores  # noqa: E402
 
 CASES = {
@@ -66,6 +67,8 @@ def bench_steps(args, records: list[dict], root: Path) -> None:
                 continue
             folder = root / f"{case}-{name}"
             trainers[name] = trainer_for([*GLYPHS, *overrides, *extra, *device], folder)[1]
+            if "train.compile=true" in extra:  # what Trainer.fit does before its first step
+                compiling.compile_training(trainers[name].exp.learner)
         times = {name: [] for name in trainers}
         first = {name: trainer_step(trainer) for name, trainer in trainers.items()}
         for _ in range(args.warmup):

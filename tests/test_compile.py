@@ -19,8 +19,12 @@ TINY_PROTONET += ["backbone.hidden=8", "backbone.blocks=2", "task.meta_batch=2",
 
 
 def _experiment(setting: str, steps: int = 10):
+    """The experiment, its training loss compiled when ``train.compile`` says so (as fit does)."""
     cfg = compose_config([*TINY_PROTONET, f"train.compile={setting}", f"train.steps={steps}"])
-    return build_experiment(cfg, run_dir=Path("unused"))
+    exp = build_experiment(cfg, run_dir=Path("unused"))
+    if compiling.wanted(setting if setting == "auto" else setting == "true", exp.learner, steps):
+        compiling.compile_training(exp.learner)
+    return exp
 
 
 def _float64_gradient(exp) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,7 +43,8 @@ def test_the_compiled_training_loss_gives_the_eager_gradients(tmp_path, monkeypa
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/tmp/where-torch-put-it")  # torch's own
     monkeypatch.setattr(compiling, "_USERS_INDUCTOR_CACHE", None)  # not the user's
     eager, compiled = _experiment("false"), _experiment("true")
-    assert (eager.compiled, compiled.compiled) == (False, True)
+    assert isinstance(compiled.learner.meta_loss, compiling._FallsBack)
+    assert not isinstance(eager.learner.meta_loss, compiling._FallsBack)
     reference, loss = _float64_gradient(eager)
     grads, compiled_loss = _float64_gradient(compiled)
     assert not compiled.learner.meta_loss.failed  # it ran compiled, not the fallback
@@ -70,12 +75,25 @@ def test_a_compilation_that_fails_warns_once_and_runs_eager(monkeypatch, capsys)
     )
 
 
-def test_auto_compiles_long_runs_of_learners_that_compile():
-    assert not _experiment("auto", steps=compiling.AUTO_MIN_STEPS - 1).compiled
-    assert _experiment("auto", steps=compiling.AUTO_MIN_STEPS).compiled
-    bf16 = compose_config([*TINY_PROTONET, "train.precision=bf16", "train.steps=5000"])
-    assert not build_experiment(bf16, run_dir=Path("unused")).compiled  # no faster there
-    maml = compose_config(["dataset=glyphs", *GLYPHS_SMALL, "train.compile=true"])
-    assert not build_experiment(maml, run_dir=Path("unused")).compiled  # double backward
+def test_fit_compiles_what_the_rule_says(run_inprocess, monkeypatch, capsys):
+    """A run compiles (once, before its first step, saying so) when ``train.compile`` is true,
+    or auto with at least AUTO_MIN_STEPS fp32 steps to train of a learner that compiles; MAML
+    (a gradient of a gradient) never does. An experiment built for other uses is never compiled.
+    """
+    compiled = []
+    monkeypatch.setattr(compiling, "compile_training", compiled.append)
+    few = ["train.steps=2", "val.every=2", "val.episodes=2", "test.episodes=2", "logger=none"]
+    run_inprocess([*TINY_PROTONET, *few, "train.compile=true"], name="true")
+    assert len(compiled) == 1 and "compiling ProtoNet's training loss" in capsys.readouterr().out
+    run_inprocess([*TINY_PROTONET, *few, "train.compile=auto"], name="auto")
+    assert len(compiled) == 1
+    learner = _experiment("false").learner
+    steps = compiling.AUTO_MIN_STEPS
+    assert compiling.wanted("auto", learner, steps) and not compiling.wanted(
+        "auto", learner, steps - 1
+    )
+    assert not compiling.wanted("auto", learner, 10 * steps, "bf16")  # no faster there
+    maml = compose_config(["dataset=glyphs", *GLYPHS_SMALL])
+    assert not compiling.wanted(True, build_experiment(maml, run_dir=Path("unused")).learner, 9)
     with pytest.raises(Exception, match="train.compile='sometimes' is unknown"):
         _experiment("sometimes")
