@@ -138,6 +138,10 @@ class Trainer(Checkpointing):
             say(f"compiling {what}'s training loss (train.compile={cfg.train.compile}); the "
                 "first step takes longer, later runs of these shapes reuse the cache")  # fmt: skip
             compiling.compile_training(self.exp.learner)
+        elif cfg.train.compile is True and not self.exp.learner.compiles:
+            name = type(self.exp.learner).__name__
+            say(f"train.compile=true: {name}'s training step does not compile (a gradient of a "
+                "gradient, or an inner optimizer); it runs eager")  # fmt: skip
         self.logger.start(steps)
         self.logger.advance(self.step)
         self.exp.learner.train()

@@ -87,6 +87,8 @@ def test_fit_compiles_what_the_rule_says(run_inprocess, monkeypatch, capsys):
     assert len(compiled) == 1 and "compiling ProtoNet's training loss" in capsys.readouterr().out
     run_inprocess([*TINY_PROTONET, *few, "train.compile=auto"], name="auto")
     assert len(compiled) == 1
+    run_inprocess(["dataset=glyphs", *GLYPHS_SMALL, *few, "train.compile=true"], name="maml")
+    assert len(compiled) == 1 and "MAML's training step does not compile" in capsys.readouterr().out
     learner = _experiment("false").learner
     steps = compiling.AUTO_MIN_STEPS
     assert compiling.wanted("auto", learner, steps) and not compiling.wanted(
