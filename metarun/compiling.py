@@ -7,11 +7,13 @@ inner loop's gradient (a double backward torch.compile does not support) and Rep
 inner optimizer: they stay eager. Evaluation stays eager (its chunks vary in size; a compiled
 training step has one shape, so it compiles once).
 
-``true`` compiles; ``false`` does not; ``auto`` compiles fp32 runs of at least
-:data:`AUTO_MIN_STEPS` steps (the measured rule, docs/performance.md). A compilation that fails
-(no C++ compiler, a graph Inductor cannot build) costs one warning line and the run goes on
-eager. Inductor's caches live in metarun's cache folder (``<cache>/inductor``), so a second run
-of the same shapes starts from compiled code.
+``true`` compiles; ``false`` does not; ``auto`` compiles fp32 runs with at least
+:data:`AUTO_MIN_STEPS` steps left to train (the measured rule, docs/performance.md).
+:meth:`Trainer.fit <metarun.trainer.Trainer.fit>` decides, before its first step: an
+experiment built for anything else (tests, benchmarks, metarun-eval) is never compiled. A
+compilation that fails (no C++ compiler, a graph Inductor cannot build) costs one warning line
+and the run goes on eager. Inductor's caches live in metarun's cache folder
+(``<cache>/inductor``), so a second run of the same shapes starts from compiled code.
 """
 
 from __future__ import annotations

@@ -132,16 +132,7 @@ class Trainer(Checkpointing):
         if self.exp.resume_from is not None:  # from a kill during a checkpoint write
             remove_partial_writes(self.exp.run_dir / "checkpoints")
         steps = cfg.train.steps
-        precision = self.exp.precision.name
-        if compiling.wanted(cfg.train.compile, self.exp.learner, steps - self.step, precision):
-            what = type(self.exp.learner).__name__
-            say(f"compiling {what}'s training loss (train.compile={cfg.train.compile}); the "
-                "first step takes longer, later runs of these shapes reuse the cache")  # fmt: skip
-            compiling.compile_training(self.exp.learner)
-        elif cfg.train.compile is True and not self.exp.learner.compiles:
-            name = type(self.exp.learner).__name__
-            say(f"train.compile=true: {name}'s training step does not compile (a gradient of a "
-                "gradient, or an inner optimizer); it runs eager")  # fmt: skip
+        self._compile(steps - self.step)
         self.logger.start(steps)
         self.logger.advance(self.step)
         self.exp.learner.train()
@@ -172,6 +163,22 @@ class Trainer(Checkpointing):
         self.save("last.pt", {})
         self.test(self.step - first, train_time)
         return self.best_value
+
+    def _compile(self, steps_left: int) -> None:
+        """``train.compile``: compile the learner's training loss if the rule says so (and say
+        it, or that this learner's step does not compile when asked to)."""
+        setting, learner = self.cfg.train.compile, self.exp.learner
+        name, main = type(learner).__name__, self.world.is_main
+        if compiling.wanted(setting, learner, steps_left, self.exp.precision.name):
+            if main:
+                say(
+                    f"compiling {name}'s training loss (train.compile={str(setting).lower()}); "
+                    "the first step takes longer; later runs of these shapes reuse the cache"
+                )
+            compiling.compile_training(learner)
+        elif setting is True and not learner.compiles and main:
+            say(f"train.compile=true: {name}'s training step does not compile (a gradient of a "
+                "gradient, or an inner optimizer); it runs eager")  # fmt: skip
 
     @contextlib.contextmanager
     def catching_stop_signals(self):
