@@ -43,8 +43,7 @@ def check(setting: Any) -> None:
 
 
 def wanted(setting: Any, learner: Any, steps: int, precision: str = "fp32") -> bool:
-    """Whether this run compiles its training loss."""
-    check(setting)
+    """Whether this run compiles its training loss (``setting`` already checked)."""
     if not getattr(learner, "compiles", False):
         return False
     auto = setting == "auto" and steps >= AUTO_MIN_STEPS and precision == "fp32"

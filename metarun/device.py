@@ -60,7 +60,7 @@ def jobs_at_once() -> int:
 def threads_for(setting: Any, local_processes: int = 1) -> int:
     """``device.threads``: a number, or ``auto``: the usable cores shared out among the jobs
     (or the data-parallel processes) that run on this machine at once, at least one each."""
-    if str(getattr(setting, "value", setting)) != "auto":
+    if setting != "auto":
         return int(setting)
     return max(1, usable_cores() // max(local_processes, jobs_at_once()))
 

@@ -122,11 +122,7 @@ class Experiment:
     resume_from: dict | None = None  # the last checkpoint, when continuing a run
     initialised_from: tuple[Path, int] | None = None  # train.init_from: the file and its step
     world: World = SINGLE  # the run's processes (data-parallel runs: this one's rank)
-    precision: Precision | None = None  # train.precision (set from it when not given)
-
-    def __post_init__(self) -> None:
-        if self.precision is None:
-            self.precision = Precision(self.cfg.train.precision, self.device)
+    precision: Precision = None  # train.precision: autocast and fp16's gradient scaler
 
     def chunk(self, split: str) -> int:
         """Tasks per evaluation forward for ``split`` (``<split>.batch_size``, or auto)."""
@@ -242,6 +238,7 @@ def build_experiment(
         metric=metric,
         mode=mode,
         world=world,
+        precision=Precision(cfg.train.precision, device),
     )
 
 

@@ -13,11 +13,8 @@ fp16 pays on CUDA; bf16 on CPUs with AVX-512 BF16 / AMX and on Ampere or later G
 from __future__ import annotations
 
 import contextlib
-from typing import Any
 
 import torch
-
-from metarun.errors import MetarunError
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -25,10 +22,8 @@ DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 class Precision:
     """Autocast and, for fp16, the gradient scaler of one run."""
 
-    def __init__(self, name: Any, device: torch.device) -> None:
-        name = str(getattr(name, "value", name))
-        if name not in DTYPES:
-            raise MetarunError(f"train.precision={name!r} is unknown; use fp32, bf16 or fp16")
+    def __init__(self, name: str, device: torch.device) -> None:
+        """``name``: ``train.precision``, one of :data:`DTYPES` (the schema's CHOICES)."""
         self.name, self.dtype, self.device = name, DTYPES[name], device
         self.scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
 

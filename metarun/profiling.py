@@ -35,11 +35,16 @@ def _written(prof, folder: Path, on_gpu: bool) -> tuple[Path, Path]:
     return trace, ops
 
 
+def _window(cfg) -> tuple[int, int]:
+    """The first and last training step (from 1) the profiler records."""
+    return cfg.wait + cfg.warmup + 1, cfg.wait + cfg.warmup + cfg.active
+
+
 def check(cfg, steps: int) -> None:
     """Refuse a ``profile`` node whose recorded steps lie beyond the run's ``steps`` (left)."""
     if cfg is None:
         return
-    first, last = cfg.wait + cfg.warmup + 1, cfg.wait + cfg.warmup + cfg.active
+    first, last = _window(cfg)
     if steps < first:
         raise MetarunError(
             f"profile records training steps {first}-{last} but the run has {steps} to train; "
@@ -55,7 +60,7 @@ def profiled(cfg, run_dir: Path, device: torch.device, steps_left: int) -> Itera
         yield lambda: None
         return
     check(cfg, steps_left)
-    first, last = cfg.wait + cfg.warmup + 1, cfg.wait + cfg.warmup + cfg.active
+    first, last = _window(cfg)
     from torch.profiler import ProfilerActivity, profile, schedule
 
     on_gpu = device.type == "cuda"

@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> None:
     status = lambda run: run.summary.get("status")  # noqa: E731
     unreadable = [r for r in runs if status(r) == "unreadable"]
     unfinished = [r for r in runs if status(r) not in ("finished", "unreadable")]
-    runs = [r for r in runs if status(r) == "finished" or (args.include_failed and r in unfinished)]
+    kept = {"finished"} | ({status(r) for r in unfinished} if args.include_failed else set())
+    runs = [r for r in runs if status(r) in kept]
     for line in left_out_lines(unreadable, unfinished, args.include_failed):
         console.print(Text(line), soft_wrap=True)
     if not runs:

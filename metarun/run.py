@@ -25,8 +25,8 @@ from metarun.trainer import Trainer
 
 
 def _failure_summary(run_dir: Path, error: BaseException) -> None:
-    """``summary.json`` of a sweep job that ended before its logger existed (bad config or
-    data)."""
+    """``summary.json`` of a run that ended before its logger existed: a sweep job's verdict
+    (bad config or data), or a run whose logs had begun (W&B refusing it)."""
     if isinstance(error, (KeyboardInterrupt, Interrupted)):
         summary = {"status": "interrupted"}
     else:

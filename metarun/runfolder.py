@@ -38,8 +38,6 @@ except ImportError:  # Windows: no advisory locks on folders; the content checks
 # What a run writes: a folder holding any of these holds a run, and a new run never enters it.
 RUN_FILES = (".hydra", "metrics.jsonl", "summary.json", "checkpoints")
 SWEEP_FILE = "multirun.yaml"
-
-
 HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")  # what .hydra/ holds
 
 
@@ -241,11 +239,10 @@ def write_hydra_files(folder: Path, cfg: DictConfig) -> None:
     if hydra_cfg is None:
         return
     overrides = OmegaConf.create(list(hydra_cfg.overrides.task))
-    files = {
-        "config.yaml": OmegaConf.to_yaml(cfg),
-        "hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})),
-        "overrides.yaml": OmegaConf.to_yaml(overrides),
-    }
-    assert set(files) == set(HYDRA_FILES)
-    for name, text in files.items():
+    texts = (
+        OmegaConf.to_yaml(cfg),
+        OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})),
+        OmegaConf.to_yaml(overrides),
+    )
+    for name, text in zip(HYDRA_FILES, texts):
         atomic_write(folder / ".hydra" / name, lambda f, t=text: f.write(t.encode()))
