@@ -73,7 +73,8 @@ class _FallsBack:
 
 
 def compile_training(learner: Any) -> None:
-    """Replace ``learner.meta_loss`` by its compiled form (falling back to eager)."""
+    """Compile ``learner``'s training step (:meth:`MetaLearner.compile_with`: ``meta_loss`` by
+    default, each task's step for MAML), falling back to eager."""
     import torch
 
     if _USERS_INDUCTOR_CACHE is None:  # torch sets it itself (to /tmp) once it looks
@@ -81,6 +82,6 @@ def compile_training(learner: Any) -> None:
     # A graph break (ProtoNet reads its way from the labels) is expected, not news: dynamo's
     # many-line warnings about it are kept off the run's output.
     logging.getLogger("torch._dynamo").setLevel(logging.ERROR)
-    eager = learner.meta_loss
-    what = f"{type(learner).__name__}.meta_loss"
-    learner.meta_loss = _FallsBack(torch.compile(eager, dynamic=False), eager, what)
+    learner.compile_with(
+        lambda fn, eager, what: _FallsBack(torch.compile(fn, dynamic=False), eager, what)
+    )

@@ -172,13 +172,13 @@ class Trainer(Checkpointing):
         if compiling.wanted(setting, learner, steps_left, self.exp.precision.name):
             if main:
                 say(
-                    f"compiling {name}'s training loss (train.compile={str(setting).lower()}); "
+                    f"compiling {name}'s training step (train.compile={str(setting).lower()}); "
                     "the first step takes longer; later runs of these shapes reuse the cache"
                 )
             compiling.compile_training(learner)
         elif setting is True and not learner.compiles and main:
-            say(f"train.compile=true: {name}'s training step does not compile (a gradient of a "
-                "gradient, or an inner optimizer); it runs eager")  # fmt: skip
+            say(f"train.compile=true: {name}'s training step does not compile "
+                f"({learner.uncompiled_reason}); it runs eager")  # fmt: skip
 
     @contextlib.contextmanager
     def catching_stop_signals(self):

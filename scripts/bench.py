@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metarun import compiling
 from metarun.algorithms import MAML
 from metarun.backbones import Conv4
 from metarun.data import TaskBatch
@@ -144,11 +145,18 @@ def random_batch(case: MamlCase, device: torch.device, seed: int = 0) -> TaskBat
     return TaskBatch(sx, sy, qx, qy).to(device)
 
 
+#: ``metarun-compiled`` rows: seconds of the first (compiling) step, by (config, order).
+COMPILE_SECONDS: dict[tuple[str, bool], float] = {}
+
+
 def make_impl(impl: str, case: MamlCase, first_order: bool, device: torch.device):
-    """A zero-argument training step for ``impl`` (``higher`` or ``metarun[-<batching>]``)."""
+    """A zero-argument training step for ``impl`` (``higher``, ``metarun[-<batching>]`` or
+    ``metarun-compiled``: ``train.compile=true``, the first step timed apart)."""
     batch = random_batch(case, device)
     torch.manual_seed(0)
-    learner = metarun_learner(case, first_order, impl.partition("-")[2] or "auto").to(device)
+    compiled = impl == "metarun-compiled"
+    batching = "auto" if compiled else impl.partition("-")[2] or "auto"
+    learner = metarun_learner(case, first_order, batching).to(device)
     if impl == "higher":
         model = reference_conv4(case).to(device)
         # The same initial weights as metarun's Conv4 (parameter order is the same).
@@ -158,7 +166,14 @@ def make_impl(impl: str, case: MamlCase, first_order: bool, device: torch.device
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         return functools.partial(higher_step, model, optimizer, batch, case, first_order)
     optimizer, _ = learner.configure_optimizers()
-    return functools.partial(metarun_step, learner, optimizer, batch)
+    step = functools.partial(metarun_step, learner, optimizer, batch)
+    if compiled:
+        compiling.compile_training(learner)
+        start = time.perf_counter()
+        step()
+        sync(device)
+        COMPILE_SECONDS[(case.describe(), first_order)] = time.perf_counter() - start
+    return step
 
 
 def sync(device: torch.device) -> None:
@@ -252,6 +267,13 @@ def bench_maml(names, args, device, records: list[dict]) -> None:
                 ratio = f"{rate / reference:6.2f}x" if impl != "higher" else " " * 7
                 mem = "      -" if memory is None else f"{memory:7.0f}"
                 print(f"  {order} order  {impl:<16}{rate:9.1f} tasks/s {mem} MB {ratio}")
+                if impl == "metarun-compiled" and "metarun" in seconds:
+                    first = COMPILE_SECONDS[(case.describe(), first_order)]
+                    saved = seconds["metarun"] - seconds[impl]  # per step, against eager
+                    repaid = f"{(first - seconds[impl]) / saved:,.0f}" if saved > 0 else "never"
+                    record.update(compile_s=round(first, 1), repaid_after_steps=repaid)
+                    print(f"    first step (compiling) {first:.1f} s; repaid after {repaid} "
+                          "steps against metarun eager")  # fmt: skip
 
 
 # -- a bound: the query set's convolutions alone ---------------------------------------------
@@ -444,7 +466,7 @@ def main() -> None:
         nargs="*",
         default=["metarun"],
         help="metarun variants beside higher: metarun (default path), metarun-fold, "
-        "metarun-loop, metarun-vmap",
+        "metarun-loop, metarun-vmap, metarun-compiled (train.compile=true)",
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the memory probes")
     parser.add_argument(

@@ -41,9 +41,13 @@ class MetaLearner(nn.Module, ABC):
     #: that run each task through its own forward (MAML) leave it False.
     batch_norm_across_tasks = False
 
-    #: Whether ``train.compile`` may compile :meth:`meta_loss`: one forward whose loss is
+    #: Whether ``train.compile`` may compile the training step (:meth:`compile_with`); by
+    #: default that is :meth:`meta_loss`, for learners whose step is one forward whose loss is
     #: backpropagated once (no gradient of a gradient, no inner optimizer).
     compiles = False
+    #: Why ``train.compile=true`` leaves this learner eager (said in one line; unused when
+    #: :attr:`compiles`).
+    uncompiled_reason = "its training step is not written to compile"
 
     #: The options whose step sizes a diverging run should lower (named in its error line).
     step_size_options: tuple[str, ...] = ("optimizer.lr",)
@@ -114,6 +118,13 @@ class MetaLearner(nn.Module, ABC):
         loss, metrics = self.meta_loss(batch)
         self.outer_backward(loss)
         return metrics
+
+    def compile_with(self, compiled: Callable) -> None:
+        """``train.compile``: run the training step through ``compiled(fn, eager, what)`` (a
+        compiled ``fn`` that falls back to ``eager``; :func:`metarun.compiling.compile_training`).
+        The default compiles :meth:`meta_loss`."""
+        eager = self.meta_loss
+        self.meta_loss = compiled(eager, eager, f"{type(self).__name__}.meta_loss")
 
     def outer_backward(self, loss: torch.Tensor) -> None:
         """Backpropagate (part of) the meta-loss into ``.grad``, scaled by :attr:`loss_scale`."""

@@ -19,10 +19,22 @@ from torch.func import grad
 
 from metarun.algorithms.losses import batched_task_metrics, task_loss, task_losses
 from metarun.algorithms.maml_options import multi_step_weights, trainable
+from metarun.backbones import explicit
 
 Params = dict[str, torch.Tensor]
 #: ``loss_fn(params, step)``: the support loss of inner step ``step``.
 LossFn = Callable[[Params, int], torch.Tensor]
+
+
+class SupportLoss:
+    """One task's support loss, ``loss(params, step)``, that keeps its data at hand (for
+    :meth:`InnerLoop.explicit_grads`)."""
+
+    def __init__(self, learner: "InnerLoop", x: torch.Tensor, y: torch.Tensor) -> None:
+        self.learner, self.x, self.y = learner, x, y
+
+    def __call__(self, params: Params, step: int) -> torch.Tensor:
+        return self.learner.support_loss(params, self.x, self.y, step)
 
 
 class InnerLoop:
@@ -70,6 +82,12 @@ class InnerLoop:
         grads = {k: g for k, g in grads.items() if k in self.adapt_names}
         return {k: g.detach() for k, g in grads.items()} if self.first_order_now() else grads
 
+    def explicit_grads(self, loss_fn: SupportLoss, params: Params, step: int) -> Params:
+        """Inner gradients written out as tensor ops (:mod:`metarun.backbones.explicit`), so
+        the task step has no double backward and compiles; detached in first order."""
+        grads = explicit.grads(self.backbone, params, loss_fn.x, loss_fn.y, self.adapt_names)
+        return {k: g.detach() for k, g in grads.items()} if self.first_order_now() else grads
+
     def _detached_step(self, loss_fn: LossFn, params: Params, step: int) -> Params:
         """Inner step ``step`` off the meta-graph (evaluation): detached in, detached out."""
         with torch.enable_grad():
@@ -110,8 +128,7 @@ class InnerLoop:
 
     def adapt(self, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int) -> Params:
         """``steps`` differentiable SGD updates of ``params`` on one task's support set."""
-        support = lambda ps, k: self.support_loss(ps, x, y, k)  # noqa: E731
-        return self.inner_loop(params, support, steps, self.autograd_grads)
+        return self.inner_loop(params, SupportLoss(self, x, y), steps, self.autograd_grads)
 
     def support_loss(self, params: Params, x, y, step: int = 0) -> torch.Tensor:
         return task_loss(self.forward_one(params, x, step), y)

@@ -19,7 +19,8 @@ adds to the inner loop is built by :mod:`~metarun.algorithms.maml_options`.
 from __future__ import annotations
 
 import contextlib
-from typing import Sequence
+import functools
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -33,8 +34,16 @@ from metarun.algorithms.maml_options import (
     check_options,
     parameter_key,
     per_parameter,
+    uncompiled_reason,
 )
-from metarun.algorithms.task_batching import FOLD_ELEMENTS, TaskBatching, choose
+from metarun.algorithms.task_batching import (
+    COMPILED,
+    FOLD_ELEMENTS,
+    STRATEGIES,
+    TaskBatching,
+    choose,
+)
+from metarun.backbones import explicit
 from metarun.backbones.norm import TransductiveBatchNorm2d, step_statistics
 from metarun.data.batch import TaskBatch
 from metarun.series import Series
@@ -132,6 +141,28 @@ class MAML(InnerLoop, MetaLearner):
         if device.type not in self._batching:
             self._batching[device.type] = choose(self, device)
         return self._batching[device.type]
+
+    # -- train.compile ------------------------------------------------------------------------
+    @property
+    def uncompiled_reason(self) -> str | None:
+        """Why ``train.compile`` leaves this learner eager (None: its task step compiles)."""
+        return uncompiled_reason(self)
+
+    @property
+    def compiles(self) -> bool:
+        return self.uncompiled_reason is None
+
+    def compile_with(self, compiled: Callable) -> None:
+        """Each task's step (inner loop with :meth:`explicit_grads`, query loss) compiled;
+        falling back to the autograd per-task step."""
+        loop = STRATEGIES["loop"]
+        eager = functools.partial(loop.train_one, self)
+        forward = lambda ps, x, step: explicit.forward(self.backbone, ps, x)  # noqa: E731
+        written = functools.partial(
+            loop.train_one, self, grads=self.explicit_grads, forward=forward
+        )
+        self.compiled_task = compiled(written, eager, f"{type(self).__name__}'s task step")
+        self._batching[next(self.backbone.parameters()).device.type] = COMPILED
 
     # -- the pieces of one inner step ----------------------------------------------------------
     def _with_step_bn(self, params: Params, step: int) -> Params:

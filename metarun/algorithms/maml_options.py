@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from metarun.backbones import explicit
 from metarun.backbones.folded import folds
 from metarun.backbones.norm import TransductiveBatchNorm2d
 from metarun.errors import MetarunError
@@ -152,3 +153,19 @@ def stack(outs: list):
     if isinstance(first, dict):
         return {k: stack([o[k] for o in outs]) for k in first}
     return type(first)(stack(list(xs)) for xs in zip(*outs))
+
+
+def uncompiled_reason(learner) -> str | None:
+    """Why ``train.compile`` leaves a MAML eager, in a phrase (None: its task step compiles:
+    the backbone's inner gradient is written out, :mod:`metarun.backbones.explicit`, and the
+    step's graph is the same every meta-iteration)."""
+    if learner.multi_step_loss or learner.first_order_until or learner.step_bn is not None:
+        return "MAML++'s per-step options change its graph from step to step"
+    if learner.bn_stats:
+        return "MAML++'s per-step running statistics are updated outside the graph"
+    if not explicit.supports(learner.backbone):
+        return f"the inner gradient of {type(learner.backbone).__name__} is not written out"
+    device = next(learner.backbone.parameters()).device
+    if (name := learner.batching_for(device).name) not in ("loop", "compiled"):
+        return f"algo.task_batching={name} (the per-task loop is what compiles)"
+    return None

@@ -47,6 +47,8 @@ class Reptile(MetaLearner):
         inner_optimizer: ``adam`` (the paper's) or ``sgd``.
     """
 
+    uncompiled_reason = "its inner loop runs an optimizer"
+
     step_size_options = ("optimizer.lr", "inner_lr")
 
     def __init__(

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch.func import vmap
 
+from metarun.algorithms.inner_loop import SupportLoss
 from metarun.algorithms.losses import batched_task_metrics, task_loss, task_losses, task_metrics
 from metarun.algorithms.maml_options import stack
 from metarun.backbones.folded import folds
@@ -51,16 +52,20 @@ class TaskBatching:
         """Per-task query losses ``[B]`` (differentiable) and detached per-task metrics."""
         return stack([self.train_one(learner, params, *task) for task in zip(*batch)])
 
-    def train_one(self, learner: MAML, params: Params, sx, sy, qx, qy, grads=None) -> tuple:
-        """One task: adapt on ``(sx, sy)``, score on ``(qx, qy)``."""
+    def train_one(
+        self, learner: MAML, params: Params, sx, sy, qx, qy, grads=None, forward=None
+    ) -> tuple:
+        """One task: adapt on ``(sx, sy)``, score on ``(qx, qy)`` (the query through
+        ``forward(params, x, step)``, by default ``learner.forward_one``)."""
+        forward = forward or learner.forward_one
 
         def query(ps: Params, step: int) -> tuple:
-            pred = learner.forward_one(ps, qx, step)
+            pred = forward(ps, qx, step)
             loss = task_loss(pred, qy)
             return loss, task_metrics(pred.detach(), qy, loss.detach())
 
-        support = lambda ps, k: learner.support_loss(ps, sx, sy, k)  # noqa: E731
-        return learner.train_task(params, support, query, grads or learner.autograd_grads)
+        grads = grads or learner.autograd_grads
+        return learner.train_task(params, SupportLoss(learner, sx, sy), query, grads)
 
     def evaluate(self, learner: MAML, params: Params, batch: TaskBatch) -> dict:
         """Per-task metrics ``[B]`` after adaptation, task by task."""
@@ -79,6 +84,17 @@ class TaskBatching:
 
 class Loop(TaskBatching):
     name = "loop"
+
+
+class Compiled(Loop):
+    """``train.compile``: the per-task loop, each task's step (inner loop with its gradients
+    written out, :meth:`~metarun.algorithms.inner_loop.InnerLoop.explicit_grads`, then the
+    query loss) one compiled function, :attr:`MAML.compiled_task`. Evaluation loops eagerly."""
+
+    name = "compiled"
+
+    def train(self, learner: MAML, params: Params, batch: TaskBatch) -> tuple:
+        return stack([learner.compiled_task(params, *task) for task in zip(*batch)])
 
 
 class VMap(TaskBatching):
@@ -126,6 +142,7 @@ class Fold(TaskBatching):
 
 
 STRATEGIES = {s.name: s for s in (Loop(), VMap(), Fold())}
+COMPILED = Compiled()  # set by MAML.compile_with, not an algo.task_batching choice
 
 
 def choose(learner: MAML, device: torch.device) -> TaskBatching:

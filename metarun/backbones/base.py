@@ -51,6 +51,12 @@ class ImageBackbone(nn.Module):
             z = self.head(z)
         return z.reshape(*lead, -1)
 
+    def explicit_layers(self) -> list[tuple[str, nn.Module]]:
+        """The layers in order, each with its parameters' name prefix
+        (:mod:`metarun.backbones.explicit`)."""
+        head = [("head.", self.head)] if self.head is not None else []
+        return [(f"features.{k}.", m) for k, m in self.features.named_children()] + head
+
     @property
     def can_fold_tasks(self) -> bool:
         """Whether :meth:`forward_tasks` can run this network (plain conv stacks can)."""

@@ -54,6 +54,11 @@ class MLP(nn.Module):
 
     can_fold_tasks = True
 
+    def explicit_layers(self) -> list[tuple[str, nn.Module]]:
+        """The layers in order, each with its parameters' name prefix
+        (:mod:`metarun.backbones.explicit`)."""
+        return [(f"net.{k}.", m) for k, m in self.net.named_children()]
+
     def forward_tasks(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """Every task of ``x`` ``[B, N, ...]`` through its own weights (each parameter with a
         leading task axis ``B``), as batched matmuls; returns ``[B, N, out]``."""
