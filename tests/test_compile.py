@@ -117,7 +117,8 @@ def test_fit_compiles_what_the_rule_says(run_inprocess, monkeypatch, capsys):
     mamlpp = ["algo=mamlpp", *TINY_MAML, *few, "train.compile=true"]
     run_inprocess(mamlpp, name="mamlpp")
     assert len(compiled) == 2
-    assert "MAMLPlusPlus's training step does not compile (MAML++'s per-step" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "MAMLPlusPlus's training step does not compile (MAML++'s per-step" in said
     learner = _experiment("false").learner
     steps = compiling.AUTO_MIN_STEPS
     assert compiling.wanted("auto", learner, steps) and not compiling.wanted(
