@@ -84,16 +84,20 @@ def _batch_norm(m: TransductiveBatchNorm2d, p: Params, key: str, h: torch.Tensor
 def _max_pool(h: torch.Tensor) -> tuple:
     """2x2 max-pool; its gradient goes to the first maximum of each window, as autograd's does
     (ties are common: a blank stretch of an image gives equal activations)."""
-    b, c, height, width = h.shape
+    height, width = h.shape[-2:]
     oh, ow = height // 2, width // 2
-    crop = h[:, :, : 2 * oh, : 2 * ow]
-    windows = crop.reshape(b, c, oh, 2, ow, 2).permute(0, 1, 2, 4, 3, 5).reshape(b, c, oh, ow, 4)
-    first = F.one_hot(windows.argmax(-1), 4).to(h.dtype)
-    out = windows.amax(-1)
+    corners = [h[:, :, i : 2 * oh : 2, j : 2 * ow : 2] for i in (0, 1) for j in (0, 1)]
+    out = torch.maximum(torch.maximum(corners[0], corners[1]), torch.maximum(*corners[2:]))
+    firsts, taken = [], torch.zeros_like(out, dtype=torch.bool)
+    for corner in corners:  # row-major window order, the first maximum wins
+        first = (corner == out) & ~taken
+        firsts.append(first)
+        taken = taken | first
 
     def backward(g: torch.Tensor, need_input: bool) -> tuple:
-        gw = (g.unsqueeze(-1) * first).reshape(b, c, oh, ow, 2, 2).permute(0, 1, 2, 4, 3, 5)
-        gi = gw.reshape(b, c, 2 * oh, 2 * ow)
+        parts = [torch.where(first, g, 0) for first in firsts]  # [B, C, oh, ow] each
+        rows = [torch.stack(parts[2 * i : 2 * i + 2], -1).flatten(-2) for i in (0, 1)]
+        gi = torch.stack(rows, -2).flatten(-3, -2)  # [B, C, 2 oh, 2 ow]
         return F.pad(gi, (0, width - 2 * ow, 0, height - 2 * oh)), {}
 
     return out, backward
