@@ -25,10 +25,12 @@ Sampling rows: time to sample one training batch as a share of the algorithm's t
 from __future__ import annotations
 
 import argparse
+import atexit
 import functools
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -470,6 +472,12 @@ def main() -> None:
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the memory probes")
     parser.add_argument(
+        "--inductor-cache",
+        type=Path,
+        help="metarun-compiled rows: Inductor's cache folder (default: a new, empty one, so the "
+        "first step's time is a cold compile; pass the same folder twice for a warm start)",
+    )
+    parser.add_argument(
         "--parts",
         nargs="*",
         choices=["maml", "floor", "protonet", "sampling"],
@@ -489,6 +497,14 @@ def main() -> None:
         sys.exit("scripts/bench.py needs `higher` as its reference: pip install -e '.[bench]'")
     if args.repeats is None:
         args.repeats = 3 if args.quick else 5
+    if "metarun-compiled" in args.impls:  # Inductor's cache: where --inductor-cache says
+        cache = args.inductor_cache
+        if cache is None:
+            cache = Path(tempfile.mkdtemp(prefix="metarun-bench-inductor-"))
+            atexit.register(shutil.rmtree, cache, ignore_errors=True)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = compiling._USERS_INDUCTOR_CACHE = str(cache)
+        state = "warm" if any(Path(cache).glob("*")) else "cold"
+        print(f"metarun-compiled: Inductor cache {cache} ({state} at the start)")
     names = args.configs or (QUICK if args.quick else list(MAML_CASES))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
     print(

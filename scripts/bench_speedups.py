@@ -49,7 +49,7 @@ VARIANTS = {
     "bf16": [*EAGER, "train.precision=bf16"],
     "channels_last": [*EAGER, "backbone.memory_format=channels_last"],
     "bf16 + channels_last": [*EAGER, *FAST],
-    "compiled": ["train.compile=true"],  # only for learners that compile (MAML does not)
+    "compiled": ["train.compile=true"],  # only for learners that compile
     "bf16 + compiled": ["train.precision=bf16", "train.compile=true"],
 }
 CONV = ("channels_last",)  # variants that need a conv backbone (MANN's is a flatten)
@@ -58,17 +58,19 @@ CONV = ("channels_last",)  # variants that need a conv backbone (MANN's is a fla
 def bench_steps(args, records: list[dict], root: Path) -> None:
     device = [f"device.name={args.device}"]
     for case, overrides in CASES.items():
+        if args.cases and not any(c.lower() in case.lower() for c in args.cases):
+            continue
         trainers = {}
         for name, extra in VARIANTS.items():
-            compiles = any(a in overrides for a in ("algo=protonet", "algo=mann"))
-            if "compiled" in name and not compiles:
-                continue  # MAML's double backward does not compile: it would run eager
             if "algo=mann" in overrides and any(c in name for c in CONV):
                 continue
             folder = root / f"{case}-{name}"
-            trainers[name] = trainer_for([*GLYPHS, *overrides, *extra, *device], folder)[1]
+            trainer = trainer_for([*GLYPHS, *overrides, *extra, *device], folder)[1]
             if "train.compile=true" in extra:  # what Trainer.fit does before its first step
-                compiling.compile_training(trainers[name].exp.learner)
+                if not trainer.exp.learner.compiles:
+                    continue  # it would run eager
+                compiling.compile_training(trainer.exp.learner)
+            trainers[name] = trainer
         times = {name: [] for name in trainers}
         first = {name: trainer_step(trainer) for name, trainer in trainers.items()}
         for _ in range(args.warmup):
@@ -121,6 +123,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--no-sweep", action="store_true")
+    parser.add_argument("--cases", nargs="*", help="only the cases whose name has one of these")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     print(
