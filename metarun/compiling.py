@@ -1,11 +1,13 @@
-"""``train.compile``: :func:`torch.compile` of a learner's training loss, where it compiles.
+"""``train.compile``: :func:`torch.compile` of a learner's training step, where it compiles.
 
-What is compiled is the learner's ``meta_loss`` (its forward and loss; the backward follows
-through AOTAutograd), for learners that declare :attr:`MetaLearner.compiles`: one forward whose
-loss is backpropagated once (ProtoNet, MANN / LSTM). MAML's family differentiates through its
-inner loop's gradient (a double backward torch.compile does not support) and Reptile runs an
-inner optimizer: they stay eager. Evaluation stays eager (its chunks vary in size; a compiled
-training step has one shape, so it compiles once).
+What is compiled is what :meth:`MetaLearner.compile_with` names, for learners that declare
+:attr:`MetaLearner.compiles`: by default ``meta_loss`` (one forward whose loss is backpropagated
+once: ProtoNet, MANN / LSTM; the backward follows through AOTAutograd); for MAML and its
+variants each task's step, inner loop and query loss, with the inner gradient written out as
+tensor ops (:mod:`metarun.backbones.explicit`) so that no double backward is left to trace
+(Conv4 and MLP backbones; MAML++'s per-step options stay eager). Reptile runs an inner optimizer
+and stays eager. Evaluation stays eager (``docs/performance.md``: it is a small share of a long
+run; MAML evaluates task by task, so a compiled evaluation would have one shape anyway).
 
 ``true`` compiles; ``false`` does not; ``auto`` compiles fp32 runs with at least
 :data:`AUTO_MIN_STEPS` steps left to train (the measured rule, docs/performance.md).
@@ -29,11 +31,13 @@ from metarun.errors import MetarunError, warn
 _USERS_INDUCTOR_CACHE = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
 
 #: ``train.compile=auto`` compiles fp32 runs of at least this many training steps. Measured on
-#: 2 CPU cores (scripts/bench_speedups.py, docs/performance.md): ProtoNet's cold compile took
-#: 15-22 s and made its step 1.18-1.31x faster, repaid after 400-1,600 steps; MANN's took 106 s
-#: for 1.80x, repaid after 2,900 steps; under bf16 ProtoNet compiled was no faster than bf16
-#: eager (so auto leaves bf16 / fp16 runs eager). The quick start (1,500 steps), debug runs and
-#: tests stay eager; a warm Inductor cache makes the compile a few seconds.
+#: 2 CPU cores (scripts/bench_speedups.py, scripts/bench.py, docs/performance.md): ProtoNet's
+#: cold compile took 15-22 s and made its step 1.18-1.31x faster, repaid after 400-1,600 steps;
+#: MANN's took 106 s for 1.80x, repaid after 2,900 steps; MAML's 20-150 s (the longer, the more
+#: inner steps) for 1.24-1.46x, repaid after 100-220 meta-batches of 32 tasks; under bf16
+#: ProtoNet compiled was no faster than bf16 eager (so auto leaves bf16 / fp16 runs eager).
+#: The quick start (1,500 steps), debug runs and tests stay eager; a warm Inductor cache makes
+#: the compile a few seconds.
 AUTO_MIN_STEPS = 5000
 
 

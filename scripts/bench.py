@@ -12,8 +12,9 @@ loop of its README and of learn2learn: `innerloop_ctx` per task, each task backp
 and for metarun's `MAML` (its default path, `task_batching=auto`), the two in alternation in this
 process, `--repeats` timed steps each after a warm-up; tasks/s is the meta-batch over the median
 step time. Both start from the same weights and see the same batch. Peak memory is measured
-apart, one fresh process per row (`--probe`): the peak resident memory during two steps minus
-the resident memory before them, i.e. what the step itself needs (on CUDA: the peak allocated).
+apart, one fresh process per row (`--probe`): after one untimed step (for `metarun-compiled`,
+its compiling step), the peak resident memory during two steps minus the resident memory before
+them, i.e. what the step itself needs (on CUDA: the peak allocated).
 
 ProtoNet row: metarun's whole training step (`Trainer.train_step`: sampling, model, loss, optimizer,
 metric bookkeeping, a log line every `train.log_every` steps) against a bare
@@ -227,6 +228,8 @@ def _status_mb(field: str) -> float:
 def run_probe(config: str, order: str, impl: str, device: torch.device) -> None:
     case = MAML_CASES[config]
     step = make_impl(impl, case, ORDERS[order], device)
+    if impl != "metarun-compiled":  # every row measured after one step (compiled: its compile)
+        step()
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

@@ -26,11 +26,14 @@ ALGOS = {
 }
 
 
-def _gradient(algo: str, precision: str) -> tuple[torch.Tensor, dict]:
-    """One training step's meta-gradient (flattened) and metrics, from seed-0 weights."""
+def _gradient(algo: str, precision: str, written: bool = False) -> tuple[torch.Tensor, dict]:
+    """One training step's meta-gradient (flattened) and metrics, from seed-0 weights
+    (``written``: MAML's task step with its inner gradient written out, what compiles)."""
     overrides = ["dataset=glyphs", *GLYPHS_SMALL, *ALGOS[algo], "task.meta_batch=4"]
     cfg = compose_config([*overrides, f"train.precision={precision}"])
     exp = build_experiment(cfg, run_dir=Path("unused"))
+    if written:
+        exp.learner.compile_with(lambda fn, eager, what: fn)
     batch = exp.train_batch(torch.Generator().manual_seed(0))
     if exp.precision.scaler is not None:  # a scale that does not overflow: MAML's second-order
         # backward overflows fp16 from a scale of 16 here (the scaler then skips the step and
@@ -50,6 +53,14 @@ def _gradient(algo: str, precision: str) -> tuple[torch.Tensor, dict]:
 BOUNDS = {"bf16": (0.92, 0.06), "fp16": (0.98, 0.03)}
 
 
+def _assert_close(reference, ref_metrics, mixed, metrics, precision: str) -> None:
+    cosine = float(torch.nn.functional.cosine_similarity(reference, mixed, dim=0))
+    least, norm = BOUNDS[precision]
+    assert cosine > least
+    assert float(mixed.norm() / reference.norm()) == pytest.approx(1, abs=norm)
+    assert float(metrics["loss"]) == pytest.approx(float(ref_metrics["loss"]), rel=0.02)
+
+
 @pytest.mark.parametrize("algo", sorted(ALGOS))
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_gradients_stay_close_to_fp32(algo, precision):
@@ -58,11 +69,16 @@ def test_mixed_precision_gradients_stay_close_to_fp32(algo, precision):
     loss agrees within 2%."""
     reference, ref_metrics = _gradient(algo, "fp32")
     mixed, metrics = _gradient(algo, precision)
-    cosine = float(torch.nn.functional.cosine_similarity(reference, mixed, dim=0))
-    least, norm = BOUNDS[precision]
-    assert cosine > least
-    assert float(mixed.norm() / reference.norm()) == pytest.approx(1, abs=norm)
-    assert float(metrics["loss"]) == pytest.approx(float(ref_metrics["loss"]), rel=0.02)
+    _assert_close(reference, ref_metrics, mixed, metrics, precision)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mamls_written_out_step_under_autocast_stays_close_to_fp32(precision):
+    """The task step ``train.compile`` compiles (its convolutions' backward cast to the
+    autocast dtype as autograd's would be) keeps the same bounds against fp32 autograd."""
+    reference, ref_metrics = _gradient("maml", "fp32")
+    mixed, metrics = _gradient("maml", precision, written=True)
+    _assert_close(reference, ref_metrics, mixed, metrics, precision)
 
 
 def test_fp16_skips_a_step_whose_gradients_overflowed_and_lowers_its_scale():

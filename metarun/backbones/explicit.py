@@ -51,14 +51,20 @@ def supports(backbone: nn.Module) -> bool:
     return layers is not None and all(_known(m) for _, m in layers())
 
 
+def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
 def _conv(m: nn.Conv2d, p: Params, key: str, h: torch.Tensor) -> tuple:
     weight, bias = p[key + "weight"], p.get(key + "bias")
     out = F.conv2d(h, weight, bias, m.stride, m.padding, 1, m.groups)
 
     def backward(g: torch.Tensor, need_input: bool) -> tuple:
+        like = out.dtype  # under autocast (bf16) the forward's dtype, which autograd would use
         gi, gw, gb = torch.ops.aten.convolution_backward(
-            g, h, weight, None if bias is None else [bias.shape[0]], list(m.stride),
-            list(m.padding), [1, 1], False, [0, 0], m.groups, [need_input, True, bias is not None],
+            g.to(like), h.to(like), weight.to(like), None if bias is None else [bias.shape[0]],
+            list(m.stride), list(m.padding), [1, 1], False, [0, 0], m.groups,
+            [need_input, True, bias is not None],
         )  # fmt: skip
         return gi, {"weight": gw, **({"bias": gb} if bias is not None else {})}
 
@@ -67,6 +73,7 @@ def _conv(m: nn.Conv2d, p: Params, key: str, h: torch.Tensor) -> tuple:
 
 def _batch_norm(m: TransductiveBatchNorm2d, p: Params, key: str, h: torch.Tensor) -> tuple:
     dims = (0, 2, 3)
+    h = _at_least_fp32(h)  # statistics in fp32 under autocast, as the fused batch norm's
     mean = h.mean(dims, keepdim=True)
     rstd = torch.rsqrt(h.var(dims, unbiased=False, keepdim=True) + m.eps)
     n = (h - mean) * rstd
@@ -136,6 +143,7 @@ def _layer(m: nn.Module, p: Params, key: str, h: torch.Tensor) -> tuple[torch.Te
 def loss_grad(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The gradient of :func:`~metarun.algorithms.losses.task_loss` with respect to ``pred``
     ``[M, out]``: cross-entropy (mean over examples) for labels, mean squared error for floats."""
+    pred = _at_least_fp32(pred)  # under autocast, as cross-entropy and mse run in fp32
     if target.is_floating_point():
         return 2 * (pred - target) / pred.numel()
     onehot = F.one_hot(target, pred.shape[-1]).to(pred.dtype)

@@ -51,8 +51,9 @@ class TrainConfig:
     # fp32, or bf16 / fp16 autocast of every training step (inner loops included) and evaluation;
     # weights and optimizer stay fp32, fp16 adds a gradient scaler (metarun/precision.py).
     precision: str = "fp32"
-    # torch.compile of the training loss where the algorithm's path compiles (ProtoNet, MANN):
-    # true | false | auto (fp32 runs of at least 5,000 steps; metarun/compiling.py: the rule).
+    # torch.compile of the training step where the algorithm's path compiles (ProtoNet, MANN,
+    # MAML and its variants on Conv4 / MLP): true | false | auto (fp32 runs of at least 5,000
+    # steps; metarun/compiling.py: the rule).
     compile: Any = "auto"
     # A checkpoint (.pt) or run folder (its best.pt) whose weights start the run; optimizer,
     # schedule and step start afresh (ignored when resuming).
