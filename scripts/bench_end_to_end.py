@@ -76,7 +76,7 @@ def main() -> None:
             for name, (tree, cache, extra) in variants.items():
                 warm = ["train.steps=0", "val.episodes=2", "test.episodes=2"]
                 folder = "".join(c if c.isalnum() else "_" for c in name)
-                run(tree, cache, work / "warm" / folder, [*preset, *warm])
+                run(tree, cache, work / "warm" / experiment / folder, [*preset, *warm])
                 out = work / experiment / folder
                 seconds = run(tree, cache, out, [*preset, f"train.steps={args.steps}", *extra])
                 print(f"{experiment:<26} {name:<32} {seconds:8.1f} s", flush=True)

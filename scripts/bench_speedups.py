@@ -51,6 +51,7 @@ VARIANTS = {
     "bf16 + channels_last": [*EAGER, *FAST],
     "compiled": ["train.compile=true"],  # only for learners that compile
     "bf16 + compiled": ["train.precision=bf16", "train.compile=true"],
+    "channels_last + compiled": ["backbone.memory_format=channels_last", "train.compile=true"],
 }
 CONV = ("channels_last",)  # variants that need a conv backbone (MANN's is a flatten)
 
@@ -86,7 +87,7 @@ def bench_steps(args, records: list[dict], root: Path) -> None:
             line = f"  {name:32s} {1000 * median:8.1f} ms   {base / median:5.2f}x fp32"
             record = {"case": case, "variant": name, "step_s": median}
             if "compiled" in name:  # the first step compiles (Inductor's cache was empty)
-                uncompiled = statistics.median(
+                uncompiled = statistics.median(  # the same variant eager
                     times[name.replace(" + compiled", "").replace("compiled", "fp32")]
                 )
                 cost = first[name] - median
