@@ -73,6 +73,33 @@ def test_mamls_compiled_task_step_gives_the_eager_gradients(tmp_path, monkeypatc
     torch.testing.assert_close(grads, reference, rtol=1e-9, atol=1e-11)
 
 
+TINY_MANN = ["algo=mann", "dataset=glyphs", *GLYPHS_SMALL, "task.query=0", "task.shot=2"]
+TINY_MANN += ["task.meta_batch=2"]
+
+
+@pytest.mark.parametrize(
+    "overrides", [TINY_PROTONET, TINY_MAML, TINY_MANN], ids=["protonet", "maml", "mann"]
+)
+def test_training_steps_do_not_recompile(overrides, monkeypatch):
+    """The compiled step is traced once: later training steps (new batches, a new
+    ``meta_step``) hit its guards instead of compiling again. Dynamo's own counting backend
+    stands in for Inductor, so this takes a second."""
+    from torch._dynamo.testing import CompileCounter
+
+    from metarun.trainer import Trainer
+
+    counter, real = CompileCounter(), torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, backend=counter, **kw))
+    torch._dynamo.reset()
+    trainer = Trainer(_experiment("true", overrides=overrides))
+    trainer.train_step()
+    frames = counter.frame_count
+    assert frames >= 1
+    for _ in range(3):
+        trainer.train_step()
+    assert counter.frame_count == frames
+
+
 @pytest.mark.parametrize(
     ("overrides", "what"),
     [(TINY_PROTONET, "ProtoNet.meta_loss"), (TINY_MAML, "MAML's task step")],

@@ -44,11 +44,16 @@ class InnerLoop:
 
     def first_order_now(self) -> bool:
         """First order by choice, or (MAML++ annealing) before ``first_order_until``."""
-        return self.first_order or self.meta_step < self.first_order_until
+        # meta_step is read only when it matters: a compiled task step (which needs
+        # first_order_until = 0) must not depend on it, or it would recompile every step
+        until = self.first_order_until
+        return self.first_order or (until > 0 and self.meta_step < until)
 
     def step_weights(self) -> torch.Tensor | None:
         """MAML++ multi-step loss: weights of the query losses after each inner step, or None
         when only the last counts."""
+        if not self.multi_step_loss:  # (meta_step unread: see first_order_now)
+            return None
         return multi_step_weights(self.inner_steps, self.meta_step, self.multi_step_loss)
 
     def _lr(self, name: str, step: int) -> torch.Tensor | float:
