@@ -34,7 +34,7 @@ _USERS_INDUCTOR_CACHE = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
 #: 2 CPU cores (scripts/bench_speedups.py, scripts/bench.py, docs/performance.md): ProtoNet's
 #: cold compile took 15-22 s and made its step 1.18-1.31x faster, repaid after 400-1,600 steps;
 #: MANN's took 106 s for 1.80x, repaid after 2,900 steps; MAML's 20-150 s (the longer, the more
-#: inner steps) for 1.24-1.46x, repaid after 100-220 meta-batches of 32 tasks; under bf16
+#: inner steps) for 1.23-1.46x, repaid after 100-220 meta-batches of 32 tasks; under bf16
 #: ProtoNet compiled was no faster than bf16 eager (so auto leaves bf16 / fp16 runs eager).
 #: The quick start (1,500 steps), debug runs and tests stay eager; a warm Inductor cache makes
 #: the compile a few seconds.
