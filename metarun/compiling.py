@@ -1,8 +1,9 @@
 """``train.compile``: :func:`torch.compile` of a learner's training step, where it compiles.
 
-What is compiled is what :meth:`MetaLearner.compile_with` names, for learners that declare
-:attr:`MetaLearner.compiles`: by default ``meta_loss`` (one forward whose loss is backpropagated
-once: ProtoNet, MANN / LSTM; the backward follows through AOTAutograd); for MAML and its
+What is compiled is what :meth:`MetaLearner.compile_with` names, for learners that compile
+(:attr:`MetaLearner.compiles`: no ``uncompiled_reason``): by default ``meta_loss`` (one forward
+whose loss is backpropagated once: ProtoNet, MANN / LSTM; the backward follows through
+AOTAutograd); for MAML and its
 variants each task's step, inner loop and query loss, with the inner gradient written out as
 tensor ops (:mod:`metarun.backbones.explicit`) so that no double backward is left to trace
 (Conv4 and MLP backbones; MAML++'s per-step options stay eager). Reptile runs an inner optimizer
@@ -47,8 +48,8 @@ def check(setting: Any) -> None:
 
 
 def wanted(setting: Any, learner: Any, steps: int, precision: str = "fp32") -> bool:
-    """Whether this run compiles its training loss (``setting`` already checked)."""
-    if not getattr(learner, "compiles", False):
+    """Whether this run compiles its training step (``setting`` already checked)."""
+    if not learner.compiles:
         return False
     auto = setting == "auto" and steps >= AUTO_MIN_STEPS and precision == "fp32"
     return setting is True or auto

@@ -165,7 +165,7 @@ class Trainer(Checkpointing):
         return self.best_value
 
     def _compile(self, steps_left: int) -> None:
-        """``train.compile``: compile the learner's training loss if the rule says so (and say
+        """``train.compile``: compile the learner's training step if the rule says so (and say
         it, or that this learner's step does not compile when asked to)."""
         setting, learner = self.cfg.train.compile, self.exp.learner
         name, main = type(learner).__name__, self.world.is_main

@@ -41,13 +41,16 @@ class MetaLearner(nn.Module, ABC):
     #: that run each task through its own forward (MAML) leave it False.
     batch_norm_across_tasks = False
 
-    #: Whether ``train.compile`` may compile the training step (:meth:`compile_with`); by
-    #: default that is :meth:`meta_loss`, for learners whose step is one forward whose loss is
-    #: backpropagated once (no gradient of a gradient, no inner optimizer).
-    compiles = False
-    #: Why ``train.compile=true`` leaves this learner eager (said in one line; unused when
-    #: :attr:`compiles`).
-    uncompiled_reason = "its training step is not written to compile"
+    #: Why ``train.compile`` leaves this learner eager, in a phrase said when it is asked to
+    #: compile; None for learners whose training step compiles (:meth:`compile_with`: by
+    #: default :meth:`meta_loss`, for a step that is one forward whose loss is backpropagated
+    #: once: no gradient of a gradient, no inner optimizer).
+    uncompiled_reason: str | None = "its training step is not written to compile"
+
+    @property
+    def compiles(self) -> bool:
+        """Whether ``train.compile`` may compile the training step."""
+        return self.uncompiled_reason is None
 
     #: The options whose step sizes a diverging run should lower (named in its error line).
     step_size_options: tuple[str, ...] = ("optimizer.lr",)

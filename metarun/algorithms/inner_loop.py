@@ -40,7 +40,8 @@ class SupportLoss:
 class InnerLoop:
     """Needs on ``self``: ``adapt_names``, ``inner_lr``, ``inner_steps``, ``eval_inner_steps``,
     ``eval_report_steps``, ``first_order``, ``first_order_until``, ``multi_step_loss``,
-    ``meta_step``, ``inner_lrs`` / ``step_lrs`` (or None), ``_key`` and ``forward_one``."""
+    ``meta_step``, ``inner_lrs`` / ``step_lrs`` (or None), ``_key``, ``forward_one`` and
+    (for :meth:`explicit_grads`) ``backbone``."""
 
     def first_order_now(self) -> bool:
         """First order by choice, or (MAML++ annealing) before ``first_order_until``."""

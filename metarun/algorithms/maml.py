@@ -148,10 +148,6 @@ class MAML(InnerLoop, MetaLearner):
         """Why ``train.compile`` leaves this learner eager (None: its task step compiles)."""
         return uncompiled_reason(self)
 
-    @property
-    def compiles(self) -> bool:
-        return self.uncompiled_reason is None
-
     def compile_with(self, compiled: Callable) -> None:
         """Each task's step (inner loop with :meth:`explicit_grads`, query loss) compiled;
         falling back to the autograd per-task step."""

@@ -44,7 +44,7 @@ class MANN(MetaLearner):
     (``acc_inst<i>`` for i in ``report_instances``, the paper's table columns) besides ``acc``.
     """
 
-    compiles = True  # train.compile: a forward and one backward
+    uncompiled_reason = None  # train.compile: a forward and one backward
 
     sequential = True
     batch_norm_across_tasks = True

@@ -16,7 +16,7 @@ class ProtoNet(MetaLearner):
     Backbones with batch norm default to running statistics for it (``algo.batch_norm``).
     """
 
-    compiles = True  # train.compile: a forward and one backward
+    uncompiled_reason = None  # train.compile: a forward and one backward
 
     batch_norm_across_tasks = True
 

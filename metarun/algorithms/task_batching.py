@@ -93,8 +93,8 @@ class Compiled(Loop):
 
     name = "compiled"
 
-    def train(self, learner: MAML, params: Params, batch: TaskBatch) -> tuple:
-        return stack([learner.compiled_task(params, *task) for task in zip(*batch)])
+    def train_one(self, learner: MAML, params: Params, *task, **_) -> tuple:
+        return learner.compiled_task(params, *task)
 
 
 class VMap(TaskBatching):
