@@ -11,11 +11,11 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
-from hydra.utils import get_class, get_object, instantiate
+from hydra.utils import get_class, get_object
 from omegaconf import DictConfig, OmegaConf
 
 from metarun.algorithms.base import MetaLearner
+from metarun.building import build
 from metarun.checkpoint import load_weights
 from metarun.checks import check_values
 from metarun.compiling import check as check_compile
@@ -31,6 +31,7 @@ from metarun.precision import Precision
 from metarun.profiling import check as check_profile
 from metarun.resume import resume_checkpoint
 from metarun.schemas import added_keys, close_names
+from metarun.views import Views
 
 EVAL_SPLITS = ("val", "test")
 
@@ -42,28 +43,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def build(node: DictConfig, **kwargs: Any) -> Any:
-    """``instantiate``, letting a user error raised by a constructor through unwrapped.
-
-    A nested object that is not metarun's own (``algo.optimizer``, ``algo.scheduler``: torch's
-    classes with the user's options) refusing its options is a user error too, told in one line;
-    metarun's own constructors failing otherwise keep their traceback (a bug)."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as e:
-        if isinstance(e.__cause__, MetarunError):
-            raise e.__cause__ from None
-        where = str(e).rsplit("full_key: ", 1)[-1].strip() if "full_key: " in str(e) else ""
-        target = OmegaConf.select(node._get_root(), f"{where}._target_", default=None)
-        if not where or not isinstance(target, str) or target.startswith("metarun."):
-            raise
-        cause = str(e.__cause__ or e).splitlines()[0]
-        raise MetarunError(
-            f"{where}: {target} could not be built ({cause}); fix {where}.* (optimizers and "
-            "schedulers need _partial_: true: metarun passes the parameters or optimizer)"
-        ) from None
 
 
 def _check_kinds(cfg: DictConfig) -> None:
@@ -100,7 +79,8 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def _chunk(cfg: DictConfig, split: str, eval_shape: TaskShape, train_shape: TaskShape) -> int:
-    return chunk_size(cfg[split].batch_size, eval_shape, train_shape, cfg.task.meta_batch)
+    views = max(1, cfg[split].views)
+    return chunk_size(cfg[split].batch_size, eval_shape, train_shape, cfg.task.meta_batch, views)
 
 
 @dataclass
@@ -132,9 +112,10 @@ class Experiment:
         """The next meta-training batch drawn from ``generator``: in a data-parallel run, this
         rank's ``meta_batch / N`` tasks of the batch one process would draw (every rank draws
         the same random numbers and keeps its share)."""
-        total = self.cfg.task.meta_batch
+        total, protocol = self.cfg.task.meta_batch, self.cfg.train.protocol
+        draw = {"protocol": protocol} if protocol != "random" else {}  # other samplers lack it
         batch = draw_share(
-            self.dataset, self.world, total, self.train_shape, generator, self.device
+            self.dataset, self.world, total, self.train_shape, generator, self.device, **draw
         )
         if self.learner.sequential:
             batch = batch.shuffled(generator, total, self.world.share(total))
@@ -153,7 +134,17 @@ class Experiment:
             self.device,
             shuffle=self.learner.sequential,
             part=self.world.span(section.episodes),
+            protocol=section.protocol,
+            views=Views.of(section, split),
         )
+
+    def evaluate(self, split: str, batches=None) -> dict[str, float]:
+        """Mean and 95% CI of each metric on ``split``'s fixed episodes (or ``batches`` of
+        them, made by :meth:`episodes`), under ``train.precision``."""
+        batches = self.episodes(split) if batches is None else batches
+        views = Views.of(self.cfg[split], split)
+        with self.precision.autocast():
+            return evaluate(self.learner, batches, split, self.world, views)
 
 
 def build_experiment(
@@ -192,7 +183,10 @@ def build_experiment(
     for split in splits:
         shape = train_shape if split == "train" else eval_shape
         algo_cls.check_task(shape, purpose[split], cfg.algo)
-        dataset.check_shape(split, shape, purpose[split])
+        protocol = {"protocol": cfg[split].protocol} if cfg[split].protocol != "random" else {}
+        dataset.check_shape(split, shape, purpose[split], **protocol)
+        if split != "train" and Views.of(cfg[split], split) and dataset.problem != "classification":
+            raise MetarunError(f"{split}.views warps images; {dataset.problem} has none: set 1")
     check_input = getattr(get_class(cfg.backbone._target_), "check_input", None)
     if check_input is not None:  # e.g. a convolutional backbone needs images
         check_input(tuple(dataset.input_shape))
@@ -244,5 +238,4 @@ def build_experiment(
 
 def meta_test(exp: Experiment) -> dict[str, float]:
     """Mean and 95% CI of each metric on the fixed test episodes (``test.*``)."""
-    with exp.precision.autocast():
-        return evaluate(exp.learner, exp.episodes("test"), "test", exp.world)
+    return exp.evaluate("test")

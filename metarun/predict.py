@@ -2,7 +2,9 @@
 
 ``metarun-predict checkpoint=PATH support=DIR query=DIR [out=FILE.csv] [overrides]``: the
 support folder holds one sub-folder of images per class; every image under the query folder is
-classified. The model is built from its checkpoint by the same code as a run
+classified. ``test.views=V`` (with ``test.view_warp.*``) adds test-time augmentation, as
+``metarun-eval`` does: every support and query image also seen as ``V - 1`` warped views
+(:mod:`metarun.views`). The model is built from its checkpoint by the same code as a run
 (:func:`~metarun.trained.build_trained`), on a :class:`GivenImages` dataset of the support's shape.
 """
 
@@ -20,10 +22,12 @@ from rich.text import Text
 
 from metarun.atomic import atomic_write
 from metarun.checkpoint import load_checkpoint
+from metarun.data.batch import TaskBatch
 from metarun.errors import MetarunError, warn
 from metarun.images import images_in, load_image
 from metarun.trained import build_trained, checkpoint_config, checkpoint_file
 from metarun.usage import parse_args, run_tool, tool_console
+from metarun.views import Views
 
 
 class GivenImages:
@@ -63,12 +67,7 @@ def predict(argv: list[str]) -> list[dict]:
     out = _output_path(own.get("out", "predictions.csv"))
     path = checkpoint_file(own["checkpoint"])
     checkpoint = load_checkpoint(path)
-    preprocess = checkpoint.get("data", {}).get("preprocess")
-    if not preprocess:
-        raise MetarunError(
-            "this checkpoint's dataset has no image preprocessing to apply "
-            "(regression, or written by an older metarun); predict needs images"
-        )
+    preprocess = image_preprocess(checkpoint)
     cfg = checkpoint_config(checkpoint, overrides)
     support_dir, query_dir = Path(own["support"]), Path(own["query"])
     classes = (
@@ -95,24 +94,11 @@ def predict(argv: list[str]) -> list[dict]:
         (load_image(f, preprocess), c) for c, name in enumerate(classes) for f in files[name]
     ]
 
-    dataset = GivenImages(checkpoint["data"]["input_shape"])
-    algo_cls = get_class(cfg.algo._target_)
-    out_features = algo_cls.output_size(dataset, cfg.task.train_way or cfg.task.way)
-    if out_features is not None and out_features != len(classes):
-        raise MetarunError(
-            f"this {algo_cls.__name__} model was trained {out_features}-way, so "
-            f"support needs {out_features} class folders (found {len(classes)})"
-        )
-    # The task is the user's: as many classes as the support has, and its shots.
-    cfg.task.way, cfg.task.shot = len(classes), max(1, len(support) // len(classes))
-    exp = build_trained(path, checkpoint, cfg, splits=(), dataset=dataset)
-    learner, device = exp.learner, exp.device
-    learner.eval()
-    support_x = torch.stack([x for x, _ in support]).to(device)
-    support_y = torch.tensor([c for _, c in support], device=device)
-    query_x = torch.stack([load_image(f, preprocess) for f in queries]).to(device)
-    with exp.precision.autocast():
-        probs = learner.predict(support_x, support_y, query_x).float().softmax(-1).cpu()
+    exp = image_model(path, checkpoint, cfg, len(classes), max(1, len(support) // len(classes)))
+    support_x = torch.stack([x for x, _ in support])
+    support_y = torch.tensor([c for _, c in support])
+    query_x = torch.stack([load_image(f, preprocess) for f in queries])
+    probs = class_probabilities(exp, support_x, support_y, query_x)
 
     rows = [
         {
@@ -133,6 +119,47 @@ def predict(argv: list[str]) -> list[dict]:
         raise MetarunError(f"could not write {out} ({e.strerror or e}); nothing was written") from e
     print(f"wrote {out} (every class's probability for each query)")
     return rows
+
+
+def image_preprocess(checkpoint: dict) -> dict:
+    """How the checkpoint's training images were made from files (size, mode, polarity)."""
+    preprocess = checkpoint.get("data", {}).get("preprocess")
+    if not preprocess:
+        raise MetarunError(
+            "this checkpoint's dataset has no image preprocessing to apply "
+            "(regression, or written by an older metarun); predict needs images"
+        )
+    return preprocess
+
+
+def image_model(path: Path, checkpoint: dict, cfg, way: int, shot: int, of="class folders"):
+    """The checkpoint's model (its experiment, in eval mode) for ``way``-way ``shot``-shot
+    tasks of a user's images (``of``: what the user gave as classes)."""
+    dataset = GivenImages(checkpoint["data"]["input_shape"])
+    algo_cls = get_class(cfg.algo._target_)
+    out_features = algo_cls.output_size(dataset, cfg.task.train_way or cfg.task.way)
+    if out_features is not None and out_features != way:
+        raise MetarunError(
+            f"this {algo_cls.__name__} model was trained {out_features}-way, so "
+            f"support needs {out_features} {of} (found {way})"
+        )
+    cfg.task.way, cfg.task.shot = way, shot  # the task is the user's
+    exp = build_trained(path, checkpoint, cfg, splits=(), dataset=dataset)
+    exp.learner.eval()
+    return exp
+
+
+def class_probabilities(exp, support_x, support_y, query_x) -> torch.Tensor:
+    """Class probabilities ``[Q, N]`` of one task's queries, with ``test.views`` when set."""
+    device, learner = exp.device, exp.learner
+    support_x, support_y, query_x = support_x.to(device), support_y.to(device), query_x.to(device)
+    views = Views.of(exp.cfg.test, "test")
+    with exp.precision.autocast():
+        if views is None:
+            return learner.predict(support_x, support_y, query_x).float().softmax(-1).cpu()
+        unknown = torch.zeros(1, len(query_x), dtype=torch.long, device=device)  # no labels
+        task = views.batch(TaskBatch(support_x[None], support_y[None], query_x[None], unknown), 0)
+        return views.combine(learner.query_logits(task))[0].exp().cpu()
 
 
 def prediction_table(rows: list[dict], query_dir: Path, support: int) -> Table:

@@ -79,8 +79,10 @@ def build_trained(path: Path, checkpoint: dict, cfg, **build) -> Experiment:
 
 
 def evaluate_checkpoint(argv: list[str]) -> dict[str, float]:
-    own, overrides = parse_args(argv, "metarun-eval", {"checkpoint": True})
+    own, overrides = parse_args(argv, "metarun-eval", {"checkpoint": True, "runs": False})
     path = checkpoint_file(own["checkpoint"])
+    if "runs" in own:  # Lake et al.'s official one-shot runs instead of sampled episodes
+        return _lake_runs(path, overrides, Path(own["runs"]).expanduser())
     exp = load_trained(path, overrides)
     scores = meta_test(exp)
     shape = exp.eval_shape
@@ -98,6 +100,24 @@ def evaluate_checkpoint(argv: list[str]) -> dict[str, float]:
         if not key.endswith("_ci95"):
             table.add_row(key, f"{value:.4f} ± {scores[key + '_ci95']:.4f}")
     console.print(table)
+    return scores
+
+
+def _lake_runs(path: Path, overrides: list[str], folder: Path) -> dict[str, float]:
+    from metarun.lake_runs import score_runs  # imports predict, which imports this module
+
+    if not folder.is_dir():
+        raise MetarunError(f"runs={folder} is not a folder (unzip all_runs.zip there)")
+    checkpoint = load_checkpoint(path)
+    scores = score_runs(path, checkpoint, checkpoint_config(checkpoint, overrides), folder)
+    table = Table(title=f"{path}: Lake et al.'s one-shot runs in {folder}")
+    table.add_column("run")
+    table.add_column("error %", justify="right")
+    for key, value in scores.items():
+        if key.count("/") == 2:
+            table.add_row(key.split("/")[1], f"{value:.1f}")
+    table.add_row("mean ± 95% CI", f"{scores['runs/error']:.2f} ± {scores['runs/error_ci95']:.2f}")
+    tool_console().print(table)
     return scores
 
 

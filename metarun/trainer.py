@@ -16,7 +16,6 @@ from metarun.checkpoint import remove_partial_writes
 from metarun.distributed.batch_norm import synchronised_batch_norm
 from metarun.distributed.sync import RunningStats, average_gradients, mean_over_ranks
 from metarun.errors import Interrupted, MetarunError, say
-from metarun.evaluate import evaluate
 from metarun.experiment import Experiment, meta_test
 from metarun.logging import Logger
 from metarun.profiling import profiled
@@ -81,8 +80,7 @@ class Trainer(Checkpointing):
     def validate(self) -> None:
         self.check_finite()
         start = time.perf_counter()
-        with self.exp.precision.autocast():
-            scores = evaluate(self.exp.learner, self.val_batches, "val", self.world)
+        scores = self.exp.evaluate("val", self.val_batches)
         self.eval_time += time.perf_counter() - start
         self.logger.log(scores, self.step)
         value = scores[f"val/{self.exp.metric}"]

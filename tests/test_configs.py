@@ -7,9 +7,9 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import get_class
 
 from metarun.algorithms import MetaLearner
+from metarun.building import build
 from metarun.data import TaskShape
 from metarun.errors import MetarunError
-from metarun.experiment import build
 from tests.conftest import GLYPHS_SMALL, OMNIGLOT_SMALL, options
 
 # Options that need an image dataset get glyphs; image datasets run in their small offline form.

@@ -145,3 +145,10 @@ class MetaLearner(nn.Module, ABC):
     ) -> torch.Tensor:
         """Class logits ``[Q, N]`` for the queries of one task given its labelled support set."""
         raise MetarunError(f"{type(self).__name__} cannot classify new images")
+
+    def query_logits(self, batch: TaskBatch) -> torch.Tensor:
+        """Class logits ``[B, NQ, N]`` of every task's queries (test-time views score these);
+        by default :meth:`predict` task by task, learners that batch tasks override it."""
+        return torch.stack(
+            [self.predict(*task) for task in zip(batch.support_x, batch.support_y, batch.query_x)]
+        )

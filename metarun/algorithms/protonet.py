@@ -14,27 +14,55 @@ class ProtoNet(MetaLearner):
 
     Support and query images of every task of the batch are embedded in one forward pass.
     Backbones with batch norm default to running statistics for it (``algo.batch_norm``).
+    ``distance="cosine"`` scores by cosine similarity of the embeddings instead (normalised
+    embeddings); ``scale`` multiplies the scores by a learned factor starting there (a metric
+    temperature; cosine needs one, e.g. 10). ``refine_steps`` (evaluation only, transductive:
+    the queries of a task shape its prototypes) runs that many soft k-means updates of the
+    prototypes with the queries, weighted by their class probabilities (Ren et al. 2018).
     """
 
     uncompiled_reason = None  # train.compile: a forward and one backward
 
     batch_norm_across_tasks = True
 
-    def __init__(self, backbone, optimizer, scheduler=None, batch_norm: str = "running") -> None:
+    def __init__(
+        self,
+        backbone,
+        optimizer,
+        scheduler=None,
+        batch_norm: str = "running",
+        distance: str = "euclidean",
+        scale: float | None = None,
+        refine_steps: int = 0,
+    ) -> None:
         super().__init__(backbone, optimizer, scheduler, batch_norm)
+        self.distance, self.refine_steps = distance, refine_steps
+        self.scale = None if scale is None else torch.nn.Parameter(torch.tensor(float(scale)))
 
     @classmethod
     def output_size(cls, dataset, way: int) -> None:
         return cls.no_head_for_classes(dataset)  # the backbone embeds; no output layer
 
-    def _logits(self, batch: TaskBatch) -> torch.Tensor:
+    def _scores(self, query: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+        if self.distance == "cosine":
+            scores = F.normalize(query, dim=-1) @ F.normalize(prototypes, dim=-1).transpose(1, 2)
+        else:
+            scores = -(query.unsqueeze(2) - prototypes.unsqueeze(1)).pow(2).sum(-1)
+        return scores if self.scale is None else scores * self.scale  # [B, NQ, N]
+
+    def _logits(self, batch: TaskBatch, refine: int = 0) -> torch.Tensor:
         nk = batch.support_y.shape[1]
         z = self.backbone(torch.cat([batch.support_x, batch.query_x], dim=1))  # [B, NK+NQ, D]
         support, query = z[:, :nk], z[:, nk:]
         way = int(batch.support_y.max()) + 1
         onehot = F.one_hot(batch.support_y, way).to(z.dtype)  # [B, NK, N]
-        prototypes = onehot.transpose(1, 2) @ support / onehot.sum(1).unsqueeze(-1)  # [B, N, D]
-        return -(query.unsqueeze(2) - prototypes.unsqueeze(1)).pow(2).sum(-1)  # [B, NQ, N]
+        sums, counts = onehot.transpose(1, 2) @ support, onehot.sum(1).unsqueeze(-1)  # [B, N, D]
+        logits = self._scores(query, sums / counts)
+        for _ in range(refine):  # soft k-means with the queries (transductive)
+            weights = logits.softmax(-1).transpose(1, 2)  # [B, N, NQ]
+            prototypes = (sums + weights @ query) / (counts + weights.sum(-1, keepdim=True))
+            logits = self._scores(query, prototypes)
+        return logits
 
     def meta_loss(self, batch: TaskBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = self._logits(batch)
@@ -44,7 +72,7 @@ class ProtoNet(MetaLearner):
 
     def evaluate(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
         with torch.no_grad():
-            logits = self._logits(batch)
+            logits = self._logits(batch, self.refine_steps)
             loss = F.cross_entropy(logits.transpose(1, 2), batch.query_y, reduction="none")
             return {
                 "loss": loss.mean(1),
@@ -55,4 +83,13 @@ class ProtoNet(MetaLearner):
         dummy = torch.zeros(1, query_x.shape[0], dtype=torch.long, device=query_x.device)
         batch = TaskBatch(support_x[None], support_y[None], query_x[None], dummy)
         with torch.no_grad():
-            return self._logits(batch)[0]
+            return self._logits(batch, self.refine_steps)[0]
+
+    def query_logits(self, batch: TaskBatch) -> torch.Tensor:
+        with torch.no_grad():
+            return self._logits(batch, self.refine_steps)
+
+    def extra_repr(self) -> str:
+        scale = "" if self.scale is None else f", scale={float(self.scale):.3g} (learned)"
+        refine = f", refine_steps={self.refine_steps} (transductive)" if self.refine_steps else ""
+        return f"distance={self.distance}{scale}{refine}"

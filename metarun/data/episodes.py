@@ -3,6 +3,13 @@
 Every classification dataset hands this class one tensor per split, ``[C, S, H, W]`` (grey) or
 ``[C, S, ch, H, W]``: C classes with S samples each. A task batch is a handful of index
 operations on that tensor (on the target device), so sampling costs far less than a training step.
+
+Two ways to draw an episode's classes (``protocol``): ``random``, any ``way`` classes of the
+split; ``within_alphabet`` (Lake et al. 2015's one-shot protocol), all from one alphabet (a
+dataset that names each class's alphabet, ``alphabets``), with the support and the query drawn by
+different drawers: one permutation of the sample positions per episode, the first ``shot`` of it
+the support's and the next ``query`` the queries' for every class (Omniglot's positions are its
+20 drawers).
 """
 
 from __future__ import annotations
@@ -10,9 +17,11 @@ from __future__ import annotations
 import torch
 
 from metarun.data.batch import TaskBatch, TaskShape
-from metarun.errors import MetarunError
+from metarun.data.warps import Warp, apply_warps, draw_warps
+from metarun.errors import MetarunError, warn
 
 SPLITS = ("train", "val", "test")
+PROTOCOLS = ("random", "within_alphabet")
 
 
 class EpisodicImages:
@@ -22,13 +31,23 @@ class EpisodicImages:
     classes (the MAML / ProtoNet Omniglot protocol), within its own split. With ``shift`` every
     meta-training image is translated by a random whole number of pixels in ``[-shift, shift]``
     along each axis (zeros, the background, fill the border): the per-sample augmentation of
-    Santoro et al. (2016); validation and test images are never shifted.
+    Santoro et al. (2016). With ``warp`` (:class:`~metarun.data.warps.Warp`) every
+    meta-training image gets its own random affine / elastic warp. Validation and test images are
+    never shifted or warped. ``alphabets`` names each class's alphabet per split (the
+    ``within_alphabet`` protocol); under that protocol the rotated copies of an alphabet are
+    alphabets of their own in meta-training, and validation and test episodes use the characters
+    as drawn (rotation is a training augmentation there).
     """
 
     problem = "classification"
 
     def __init__(
-        self, splits: dict[str, torch.Tensor], rotations: bool = False, shift: int = 0
+        self,
+        splits: dict[str, torch.Tensor],
+        rotations: bool = False,
+        shift: int = 0,
+        warp: Warp | None = None,
+        alphabets: dict[str, list[str]] | None = None,
     ) -> None:
         for name in SPLITS:
             if name not in splits:
@@ -43,6 +62,9 @@ class EpisodicImages:
                 "(pixels of random translation for meta-training images; 0 turns it off)"
             )
         self.shift = shift
+        self.warp = warp if isinstance(warp, Warp) else Warp.of(warp)
+        self.alphabets = alphabets
+        self._groups: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._device_copies: dict[tuple[str, str], torch.Tensor] = {}
 
     def output_size(self, way: int) -> int:
@@ -54,8 +76,12 @@ class EpisodicImages:
     def samples_per_class(self, split: str) -> int:
         return self.splits[split].shape[1]
 
-    def check_shape(self, split: str, shape: TaskShape, what: str = "task") -> None:
-        """Raise a one-line error if ``shape`` cannot be drawn from ``split``."""
+    def check_shape(
+        self, split: str, shape: TaskShape, what: str = "task", protocol: str = "random"
+    ) -> None:
+        """Raise a one-line error if ``shape`` cannot be drawn from ``split`` by ``protocol``."""
+        if protocol == "within_alphabet":
+            self._alphabet_groups(split, shape.way, what)
         classes, per_class = self.num_classes(split), self.samples_per_class(split)
         if shape.way > classes:
             raise MetarunError(
@@ -68,6 +94,58 @@ class EpisodicImages:
                 f" samples per class but the {split} split has {per_class}; lower task.shot or "
                 "task.query"
             )
+
+    def _alphabet_groups(self, split: str, way: int, what: str) -> tuple[torch.Tensor, list]:
+        """The alphabet group of every class of ``split`` (-1: not drawn) and the groups with at
+        least ``way`` classes; says in one line which alphabets are too small to draw from."""
+        key = (split, way)
+        if key in self._groups:
+            return self._groups[key]
+        if not self.alphabets:
+            raise MetarunError(
+                f"{what}: the within_alphabet protocol needs a dataset whose classes belong to "
+                f"alphabets (dataset=omniglot); {type(self).__name__} has none: use protocol=random"
+            )
+        names = self.alphabets[split]
+        order = sorted(set(names))
+        base = torch.tensor([order.index(a) for a in names])
+        turns = self.rotations if split == "train" else 1
+        groups = torch.full((len(names), self.rotations), -1, dtype=torch.long)
+        groups[:, :turns] = base[:, None] * turns + torch.arange(turns)
+        groups = groups.flatten()  # class c = base * rotations + turn, as in sample()
+        sizes = torch.bincount(groups[groups >= 0], minlength=len(order) * turns)
+        eligible = (sizes >= way).nonzero().flatten()
+        small = sorted({order[g // turns] for g in range(len(sizes)) if sizes[g] < way})
+        if not len(eligible):
+            biggest = int(sizes.max())
+            raise MetarunError(
+                f"{what}: {way}-way within-alphabet tasks need an alphabet of {way} characters "
+                f"but the largest of the {split} split has {biggest}; lower task.way (or "
+                "task.train_way) or use protocol=random"
+            )
+        if small:
+            counts = {order[g // turns]: int(sizes[g]) for g in range(len(sizes))}
+            listed = ", ".join(f"{a} ({counts[a]})" for a in small)
+            warn(
+                f"{what}: {way}-way within-alphabet episodes leave out the {split} alphabets "
+                f"with fewer characters: {listed}"
+            )
+        self._groups[key] = groups, eligible
+        return groups, eligible
+
+    def _within_alphabet(
+        self, split: str, num_tasks: int, shape: TaskShape, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Classes ``[B, N]`` of one alphabet per episode (uniform over the alphabets that have
+        ``way`` classes) and sample positions ``[B, N, K+Q]`` shared by the episode's classes."""
+        groups, eligible = self._alphabet_groups(split, shape.way, f"{split} episodes")
+        chosen = eligible[torch.randint(len(eligible), (num_tasks,), generator=generator)]
+        scores = torch.rand(num_tasks, groups.numel(), generator=generator)
+        scores[groups[None, :] != chosen[:, None]] = 2.0  # other alphabets sort last
+        classes = scores.argsort(dim=1)[:, : shape.way]
+        picks = torch.rand(num_tasks, 1, self.samples_per_class(split), generator=generator)
+        picks = picks.argsort(dim=2)[:, :, : shape.shot + shape.query]
+        return classes, picks.expand(-1, shape.way, -1)
 
     def _data(self, split: str, device: torch.device) -> torch.Tensor:
         key = (split, str(device))
@@ -83,8 +161,10 @@ class EpisodicImages:
         generator: torch.Generator,
         device: torch.device | str = "cpu",
         part: slice = slice(None),
+        protocol: str = "random",
     ) -> TaskBatch:
-        """``num_tasks`` episodes; each draws its classes and samples without replacement.
+        """``num_tasks`` episodes; each draws its classes and samples without replacement
+        (``protocol``: how, see the module docstring).
 
         Labels are the classes' positions in a random draw, so the class-to-label assignment is
         a fresh random permutation in every episode. ``part`` keeps only those episodes of the
@@ -92,18 +172,26 @@ class EpisodicImages:
         ``num_tasks``, only the images of ``part`` are gathered.
         """
         device = torch.device(device)
-        self.check_shape(split, shape)
+        self.check_shape(split, shape, protocol=protocol)
         data = self._data(split, device)
         n, k, q = shape.way, shape.shot, shape.query
-        classes = torch.rand(num_tasks, self.num_classes(split), generator=generator)
-        classes = classes.argsort(dim=1)[:, :n]  # [B, N], a random permutation prefix
-        picks = torch.rand(num_tasks, n, self.samples_per_class(split), generator=generator)
-        picks = picks.argsort(dim=2)[:, :, : k + q]  # [B, N, K+Q]
+        if protocol == "within_alphabet":
+            classes, picks = self._within_alphabet(split, num_tasks, shape, generator)
+        else:
+            classes = torch.rand(num_tasks, self.num_classes(split), generator=generator)
+            classes = classes.argsort(dim=1)[:, :n]  # [B, N], a random permutation prefix
+            picks = torch.rand(num_tasks, n, self.samples_per_class(split), generator=generator)
+            picks = picks.argsort(dim=2)[:, :, : k + q]  # [B, N, K+Q]
         offsets = None
         if self.shift and split == "train":  # drawn for every image of every episode
             s = self.shift
             offsets = torch.randint(0, 2 * s + 1, (num_tasks, n * (k + q), 2), generator=generator)
             offsets = offsets[part].reshape(-1, 2)
+        warps = None
+        if self.warp.active and split == "train":  # drawn for all tasks too, then this part's
+            theta, field = draw_warps(self.warp, num_tasks * n * (k + q), generator)
+            per_task = lambda t: t.view(num_tasks, -1, *t.shape[1:])[part].flatten(0, 1)  # noqa
+            warps = (per_task(theta), None if field is None else per_task(field))
         classes, picks = classes[part], picks[part]
         num_tasks = classes.shape[0]
         base, turns = classes // self.rotations, classes % self.rotations
@@ -116,6 +204,8 @@ class EpisodicImages:
         if offsets is not None:
             images = self._shifted(images, offsets)
         x = images.float().div_(255.0)
+        if warps is not None:
+            x = apply_warps(x, *warps)
         labels = torch.arange(n, device=device).view(1, n, 1)
         support_y = labels.expand(num_tasks, n, k).reshape(num_tasks, n * k)
         query_y = labels.expand(num_tasks, n, q).reshape(num_tasks, n * q)

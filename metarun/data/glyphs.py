@@ -82,6 +82,7 @@ class Glyphs(EpisodicImages):
         rotations: bool = False,
         shift: int = 0,
         seed: int = 0,
+        warp=None,
     ) -> None:
         if len(classes) != 3 or min(classes) < 1:
             raise MetarunError(
@@ -94,7 +95,7 @@ class Glyphs(EpisodicImages):
             s: torch.from_numpy(self._load(seed, s, n, samples_per_class, image_size))
             for s, n in zip(SPLITS, classes)
         }
-        super().__init__(splits, rotations=rotations, shift=shift)
+        super().__init__(splits, rotations=rotations, shift=shift, warp=warp)
         # How a user's own image becomes an input like these (metarun-predict).
         self.preprocess = {"size": image_size, "mode": "L", "invert": True}
 

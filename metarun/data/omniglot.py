@@ -9,7 +9,9 @@ second.
 Splits (deterministic, ``split_seed``):
 
 - ``lake``: the background alphabets meta-train, except ``val_alphabets`` of them (picked by
-  ``split_seed``) that validate; the 20 evaluation alphabets meta-test.
+  ``split_seed``) that validate; the alphabets of ``evaluation`` meta-test: the official 20, or
+  (``evaluation=small2`` beside ``background=small1``) those of small2 that small1 lacks
+  (Japanese (katakana), Sanskrit, Tagalog). No test alphabet is ever a training one.
 - ``random``: the characters of the archives in use are pooled and shuffled by ``split_seed``
   into ``split_sizes`` (default 1100/100/423, the MAML code's split of all 1623 characters); when
   the pool has another size the same proportions are used. With ``background=full`` the pool is
@@ -37,7 +39,8 @@ ARCHIVES = {
     "small1": ("images_background_small1.zip", "e704a628b5459e08445c13499850abc4"),
     "small2": ("images_background_small2.zip", "b75a71a51d3b13f821f212756fe481fd"),
 }
-BACKGROUNDS = {
+BACKGROUNDS = {  # also the choices of ``evaluation`` ("evaluation" added)
+    "evaluation": ("evaluation",),
     "full": ("background",),
     "small1": ("small1",),
     "small2": ("small2",),
@@ -71,10 +74,12 @@ def load_archive(
     return images, [str(n) for n in meta["names"]]
 
 
-def needed_archives(background: str, split: str) -> list[str]:
-    """The archives (keys of :data:`ARCHIVES`) a background set and split read."""
+def needed_archives(background: str, split: str, evaluation: str = "evaluation") -> list[str]:
+    """The archives (keys of :data:`ARCHIVES`) a background set, split and test set read."""
     keys = list(BACKGROUNDS[background])
-    return keys + ["evaluation"] if split == "lake" or background == "full" else keys
+    extra = BACKGROUNDS[evaluation] if split == "lake" else ()
+    extra = ("evaluation",) if split == "random" and background == "full" else extra
+    return keys + [k for k in extra if k not in keys]
 
 
 def _missing(keys: list[str], root: Path, image_size: int) -> list[str]:
@@ -96,13 +101,14 @@ def _missing(keys: list[str], root: Path, image_size: int) -> list[str]:
     return out
 
 
-def _offline_advice(background: str, split: str) -> str:
-    names = " and ".join(ARCHIVES[k][0] for k in needed_archives(background, split))
+def _offline_advice(background: str, split: str, evaluation: str) -> str:
+    names = " and ".join(ARCHIVES[k][0] for k in needed_archives(background, split, evaluation))
     advice = f"background={background}, split={split} reads {names} ({URL.format(name='')})"
     if not background.startswith("small"):
         advice += (
             "; the small sets need only images_background_small{1,2}.zip: "
-            "dataset.background=small1+small2 dataset.split=random"
+            "dataset.background=small1+small2 dataset.split=random, or new alphabets: "
+            "dataset.background=small1 dataset.evaluation=small2 dataset.val_alphabets=1"
         )
     return advice
 
@@ -138,23 +144,30 @@ class Omniglot(EpisodicImages):
         split_sizes: Sequence[int] = (1100, 100, 423),
         val_alphabets: int = 5,
         split_seed: int = 0,
+        warp=None,
+        evaluation: str = "evaluation",
     ) -> None:
-        if background not in BACKGROUNDS:
-            raise MetarunError(
-                f"dataset.background={background!r} is unknown; use one of {list(BACKGROUNDS)}"
-            )
+        small = ["small1", "small2", "small1+small2"]
+        for key, value, choices in (
+            ("background", background, ["full", *small]),
+            ("evaluation", evaluation, ["evaluation", *small]),
+        ):
+            if value not in choices:
+                raise MetarunError(f"dataset.{key}={value!r} is unknown; use one of {choices}")
         if split not in ("lake", "random"):
             raise MetarunError(f"dataset.split={split!r} is unknown; use lake or random")
         root_path = Path(root).expanduser() if root else cache_dir()
         missing = (
-            [] if download else _missing(needed_archives(background, split), root_path, image_size)
+            []
+            if download
+            else _missing(needed_archives(background, split, evaluation), root_path, image_size)
         )
         if missing:  # every file at once, and what avoids needing them
             were = "was" if len(missing) == 1 else "were"
             raise MetarunError(
                 f"{' and '.join(missing)} {were} not found in {searched(root_path)} and "
                 f"dataset.download=false; put the files there (or point dataset.root at them) "
-                f"or set dataset.download=true; {_offline_advice(background, split)}"
+                f"or set dataset.download=true; {_offline_advice(background, split, evaluation)}"
             )
 
         def load(key: str) -> tuple[np.ndarray, list[str]]:
@@ -163,7 +176,7 @@ class Omniglot(EpisodicImages):
             except DownloadFailed as e:
                 raise DownloadFailed(
                     f"{e}; offline: put the files in {root_path} (or dataset.root) with "
-                    f"dataset.download=false; {_offline_advice(background, split)}"
+                    f"dataset.download=false; {_offline_advice(background, split, evaluation)}"
                 ) from None
 
         background_chars = _merge([load(k) for k in BACKGROUNDS[background]])
@@ -176,12 +189,20 @@ class Omniglot(EpisodicImages):
                     f"{len(alphabets) - 1} for background={background}"
                 )
             held_out = set(rng.permutation(alphabets)[:val_alphabets].tolist())
+            test = _merge([load(k) for k in BACKGROUNDS[evaluation]])
+            test = {n: v for n, v in test.items() if n.split("/")[0] not in alphabets}
+            if not test:
+                raise MetarunError(
+                    f"dataset.evaluation={evaluation} has no alphabet that background="
+                    f"{background} lacks, so nothing is left to meta-test; use evaluation="
+                    "evaluation (the official 20) or background=small1 evaluation=small2"
+                )
             parts = {
                 "train": {
                     n: v for n, v in background_chars.items() if n.split("/")[0] not in held_out
                 },
                 "val": {n: v for n, v in background_chars.items() if n.split("/")[0] in held_out},
-                "test": _merge([load("evaluation")]),
+                "test": test,
             }
         else:
             pool = dict(background_chars)
@@ -209,7 +230,8 @@ class Omniglot(EpisodicImages):
             )
             for s, names in self.class_names.items()
         }
-        super().__init__(splits, rotations=rotations, shift=shift)
+        alphabets = {s: [n.split("/")[0] for n in names] for s, names in self.class_names.items()}
+        super().__init__(splits, rotations=rotations, shift=shift, warp=warp, alphabets=alphabets)
         # How a user's own image becomes an input like these (metarun-predict).
         self.preprocess = {"size": image_size, "mode": "L", "invert": True}
 

@@ -231,14 +231,14 @@ def _draws_parts(dataset_class: type) -> bool:
     return "part" in inspect.signature(dataset_class.sample).parameters
 
 
-def draw_share(dataset, world: World, total: int, shape, generator, device) -> Any:
+def draw_share(dataset, world: World, total: int, shape, generator, device, **draw) -> Any:
     """This rank's share of the ``total``-task batch one process would draw from ``generator``
     (every rank draws the same random numbers and keeps its share; a dataset whose ``sample``
-    takes no ``part`` is sampled whole and sliced)."""
+    takes no ``part`` is sampled whole and sliced); ``draw``: more options of ``sample``."""
     if not world.active:
-        return dataset.sample("train", total, shape, generator, device)
+        return dataset.sample("train", total, shape, generator, device, **draw)
     part = world.share(total)
     if _draws_parts(type(dataset)):
-        return dataset.sample("train", total, shape, generator, device, part=part)
-    whole = dataset.sample("train", total, shape, generator, device)
+        return dataset.sample("train", total, shape, generator, device, part=part, **draw)
+    whole = dataset.sample("train", total, shape, generator, device, **draw)
     return type(whole)(*(t[part] for t in whole))

@@ -151,8 +151,14 @@ class ReptileConfig(FineTuningConfig):
 @schema("algo", "protonet")
 @dataclass
 class ProtoNetConfig(LearnerConfig):
+    CHOICES: ClassVar = {**LearnerConfig.CHOICES, "distance": ("euclidean", "cosine")}
+    BOUNDS: ClassVar = {"scale": POSITIVE}
     _target_: str = "metarun.algorithms.ProtoNet"
     batch_norm: str = "running"  # running statistics for evaluation
+    distance: str = "euclidean"  # euclidean (squared) | cosine (normalised embeddings)
+    scale: Optional[float] = None  # a learned factor on the scores, starting here (cosine: 10)
+    # evaluation only, transductive: soft k-means updates of the prototypes with the queries
+    refine_steps: int = 0
 
 
 class MemoryKind(str, Enum):

@@ -12,6 +12,19 @@ from metarun.schemas.registry import schema
 IMAGE_SIZE = Range(1, 1024, why="pixels per side the images are resized to")
 
 
+@dataclass
+class WarpConfig:
+    """Random warps (metarun/data/warps.py); each number is a half-width, 0 turns it off."""
+
+    BOUNDS: ClassVar = {"elastic_grid": Range(2, 64, why="control points per side")}
+    rotate: float = 0.0  # degrees
+    shear: float = 0.0  # shear factor
+    scale: float = 0.0  # relative, 0.2: 0.8-1.2
+    translate: float = 0.0  # fraction of the image side
+    elastic: float = 0.0  # smooth displacement, fraction of the side
+    elastic_grid: int = 4
+
+
 @schema("dataset", "sinusoid")
 @dataclass
 class SinusoidConfig:
@@ -32,6 +45,7 @@ class OmniglotConfig:
     }
     CHOICES: ClassVar = {
         "background": ("full", "small1", "small2", "small1+small2"),
+        "evaluation": ("evaluation", "small1", "small2", "small1+small2"),
         "split": ("lake", "random"),
     }
     _target_: str = "metarun.data.Omniglot"
@@ -41,7 +55,12 @@ class OmniglotConfig:
     image_size: int = 28
     rotations: bool = False
     shift: int = 0  # random translation of meta-training images, up to this many pixels
+    # random affine / elastic warps of meta-training images (Lake et al., Koch et al.)
+    warp: WarpConfig = field(default_factory=WarpConfig)
     download: bool = True
+    # split=lake: the archive(s) whose alphabets meta-test (those also in background dropped):
+    # evaluation (the official 20), or small2 beside background=small1 (its 3 new alphabets)
+    evaluation: str = "evaluation"
     split_sizes: List[int] = field(default_factory=lambda: [1100, 100, 423])
     val_alphabets: int = 5
     split_seed: int = 0
@@ -61,6 +80,7 @@ class GlyphsConfig:
     image_size: int = 28
     rotations: bool = False
     shift: int = 0  # random translation of meta-training images, up to this many pixels
+    warp: WarpConfig = field(default_factory=WarpConfig)  # as omniglot's
     seed: int = 0
 
 

@@ -9,7 +9,17 @@ from typing import Any, ClassVar, List, Optional
 from omegaconf import MISSING
 
 from metarun.checks import AUTO_OR_POSITIVE, POSITIVE, Range
+from metarun.schemas.data import WarpConfig
 from metarun.schemas.registry import schema
+
+# How an episode's classes are drawn (metarun/data/episodes.py): any of the split's, or all from
+# one alphabet with support and query by different drawers (Lake et al.'s one-shot protocol).
+PROTOCOLS = ("random", "within_alphabet")
+
+
+def _view_warp() -> WarpConfig:
+    """Test-time views' warps: milder than training's (a view should stay the same character)."""
+    return WarpConfig(rotate=8.0, shear=0.1, scale=0.08, translate=0.04)
 
 
 class DeviceName(str, Enum):
@@ -45,8 +55,9 @@ class TaskConfig:
 @dataclass
 class TrainConfig:
     BOUNDS: ClassVar = {"log_every": POSITIVE}
-    CHOICES: ClassVar = {"precision": ("fp32", "bf16", "fp16")}
+    CHOICES: ClassVar = {"precision": ("fp32", "bf16", "fp16"), "protocol": PROTOCOLS}
     steps: int = 8000  # meta-iterations
+    protocol: str = "random"  # random | within_alphabet: how training episodes draw classes
     log_every: int = 50  # train metrics are averaged over this many steps
     # fp32, or bf16 / fp16 autocast of every training step (inner loops included) and evaluation;
     # weights and optimizer stay fp32, fp16 adds a gradient scaler (metarun/precision.py).
@@ -62,11 +73,20 @@ class TrainConfig:
 
 @dataclass
 class ValConfig:
-    BOUNDS: ClassVar = {"every": POSITIVE, "episodes": POSITIVE, "batch_size": AUTO_OR_POSITIVE}
+    BOUNDS: ClassVar = {
+        "every": POSITIVE,
+        "episodes": POSITIVE,
+        "batch_size": AUTO_OR_POSITIVE,
+        "views": POSITIVE,
+    }
+    CHOICES: ClassVar = {"protocol": PROTOCOLS}
     every: int = 1000  # meta-iterations between validations
     episodes: int = 100  # fixed validation tasks
     batch_size: Any = "auto"  # tasks evaluated at once; auto: a training step's examples
     seed: int = 1001  # fixed, so every run validates on the same tasks
+    protocol: str = "random"  # random | within_alphabet (as test.protocol)
+    views: int = 1  # test-time augmentation, as test.views
+    view_warp: WarpConfig = field(default_factory=_view_warp)
 
 
 @dataclass
@@ -74,10 +94,20 @@ class TestConfig:
     BOUNDS: ClassVar = {
         "episodes": Range(2, why="a 95% confidence interval needs two episodes"),
         "batch_size": AUTO_OR_POSITIVE,
+        "views": POSITIVE,
     }
+    CHOICES: ClassVar = {"protocol": PROTOCOLS}
     episodes: int = 600  # fixed test tasks (mean and 95% CI)
     batch_size: Any = "auto"  # as val.batch_size
     seed: int = 2002  # fixed, so every run is tested on the same tasks
+    # random: any `way` classes of the test split; within_alphabet: all from one alphabet, support
+    # and query by different drawers (Lake et al. 2015; dataset=omniglot)
+    protocol: str = "random"
+    # test-time augmentation: each support and query image plus views-1 random warps of it
+    # (view_warp); support views are extra shots, a query's score is the mean over its views
+    # (metarun/views.py)
+    views: int = 1
+    view_warp: WarpConfig = field(default_factory=_view_warp)
 
 
 @dataclass
