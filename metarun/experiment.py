@@ -171,7 +171,8 @@ def build_experiment(
     metric, mode = MONITOR[dataset.problem]
     t = cfg.task
     eval_shape = TaskShape(t.way, t.shot, t.query)
-    train_shape = TaskShape(t.train_way or t.way, t.train_shot or t.shot, t.query)
+    query = t.query if t.train_query is None else t.train_query
+    train_shape = TaskShape(t.train_way or t.way, t.train_shot or t.shot, query)
     algo_cls = get_class(cfg.algo._target_)
     out_features = algo_cls.output_size(dataset, train_shape.way)
     if out_features is not None and out_features != dataset.output_size(eval_shape.way):

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from metarun.checkpoint import load_checkpoint, load_model_state
 from metarun.errors import MetarunError
-from metarun.experiment import Experiment, build_experiment, check_config, meta_test
+from metarun.experiment import Experiment, build_experiment, check_config
 from metarun.schemas import MetarunConfig, schema_for
 from metarun.usage import parse_args, run_tool, tool_console
 
@@ -79,12 +79,17 @@ def build_trained(path: Path, checkpoint: dict, cfg, **build) -> Experiment:
 
 
 def evaluate_checkpoint(argv: list[str]) -> dict[str, float]:
-    own, overrides = parse_args(argv, "metarun-eval", {"checkpoint": True, "runs": False})
+    special = {"checkpoint": True, "runs": False, "split": False}
+    own, overrides = parse_args(argv, "metarun-eval", special)
     path = checkpoint_file(own["checkpoint"])
     if "runs" in own:  # Lake et al.'s official one-shot runs instead of sampled episodes
         return _lake_runs(path, overrides, Path(own["runs"]).expanduser())
-    exp = load_trained(path, overrides)
-    scores = meta_test(exp)
+    split = own.get("split", "test")
+    if split not in ("val", "test"):
+        raise MetarunError(f"split={split}: metarun-eval scores split=test (default) or split=val")
+    checkpoint = load_checkpoint(path)
+    exp = build_trained(path, checkpoint, checkpoint_config(checkpoint, overrides), splits=(split,))
+    scores = exp.evaluate(split)
     shape = exp.eval_shape
     console = tool_console()
     episode = (
@@ -92,7 +97,8 @@ def evaluate_checkpoint(argv: list[str]) -> dict[str, float]:
         if exp.dataset.problem == "regression"  # no classes, so no way
         else f"{shape.way}-way {shape.shot}-shot, {shape.query} queries per class"
     )
-    console.print(f"{path}: {exp.cfg.test.episodes} test episodes, {episode}", soft_wrap=True)
+    what = f"{exp.cfg[split].episodes} {'validation' if split == 'val' else 'test'} episodes"
+    console.print(f"{path}: {what}, {episode}", soft_wrap=True)
     table = Table()
     table.add_column("metric")
     table.add_column("mean ± 95% CI", justify="right")

@@ -253,6 +253,9 @@ def _run_untouched(tmp: Path) -> None:
 RUN = ["hydra.run.dir={tmp}/run"]
 OMNI = ["dataset=omniglot", "dataset.root={tmp}/data", "dataset.background=small1"]
 OMNI += ["dataset.split=random", "dataset.download=false", *QUIET]
+NEW_ALPHABETS = ["experiment=protonet_omniglot_new_alphabets", f"dataset.root={SHARED_OMNIGLOT}"]
+NEW_ALPHABETS += ["dataset.download=false", *QUIET]
+VIEWS_OFF = [f"test.view_warp.{k}=0" for k in ("rotate", "shear", "scale", "translate")]
 CASES = [
     # -- config
     Case("unknown group option", ["algo=mamll"], "Could not find 'algo/mamll'; valid options: "
@@ -351,6 +354,21 @@ CASES = [
     Case("split sizes that are not three", [*OMNI, "dataset.split_sizes=[1,2]"],
          r"dataset.split_sizes=\[1, 2\] needs three numbers: train, val and test classes",
          lambda tmp, mp: _small1_copy(tmp), marks=[pytest.mark.omniglot]),
+    # -- the within-alphabet protocol and test-time views
+    Case("within-alphabet protocol without alphabets",
+         [*QUIET, *GLYPHS, "algo=protonet", "task.train_way=null",
+          "test.protocol=within_alphabet"],
+         "meta-test: the within_alphabet protocol needs a dataset whose classes belong to "
+         "alphabets \\(dataset=omniglot\\); Glyphs has none: use protocol=random"),
+    Case("within-alphabet way above every alphabet", [*NEW_ALPHABETS, "task.way=30"],
+         "validation: 30-way within-alphabet tasks need an alphabet of 30 characters but the "
+         "largest of the val split has 24; lower task.way", marks=[pytest.mark.omniglot]),
+    Case("test alphabets all in training", [*NEW_ALPHABETS, "dataset.background=small2"],
+         "dataset.evaluation=small2 has no alphabet that background=small2 lacks, so nothing is "
+         "left to meta-test", marks=[pytest.mark.omniglot]),
+    Case("test-time views with no warp", [*QUIET, *GLYPHS, "algo=protonet", "task.train_way=null",
+         "test.views=4", *VIEWS_OFF],
+         "test.views=4 with no warp in test.view_warp: every view would be the image itself"),
     Case("miniImageNet in neither layout", ["dataset=miniimagenet", "dataset.root={tmp}", *QUIET],
          "no miniImageNet files in /.*; put there either images/ with train.csv, val.csv and "
          "test.csv \\(header filename,label\\), or mini-imagenet-cache-train.pkl"),

@@ -50,6 +50,7 @@ class TaskConfig:
     meta_batch: int = 25  # tasks per meta-update
     train_way: Optional[int] = None  # null: same as way
     train_shot: Optional[int] = None  # null: same as shot
+    train_query: Optional[int] = None  # null: same as query
 
 
 @dataclass
