@@ -214,6 +214,7 @@ def test_the_schemas_choices_are_what_the_classes_accept():
     assert set(MLPConfig.CHOICES["activation"]) == set(mlp._ACTIVATIONS)
     assert set(ReptileConfig.CHOICES["inner_optimizer"]) == set(reptile.INNER_OPTIMIZERS)
     assert set(OmniglotConfig.CHOICES["background"]) == set(omniglot.BACKGROUNDS)
+    assert set(OmniglotConfig.CHOICES["evaluation"]) == set(omniglot.TEST_SETS)
     assert set(MANNConfig.CHOICES["write"]) == set(lrua.WRITE_KINDS)
     assert set(MANNConfig.CHOICES["read_order"]) - {None} == set(lrua.READ_ORDERS)
     for kind in BATCH_NORMS:

@@ -39,13 +39,14 @@ ARCHIVES = {
     "small1": ("images_background_small1.zip", "e704a628b5459e08445c13499850abc4"),
     "small2": ("images_background_small2.zip", "b75a71a51d3b13f821f212756fe481fd"),
 }
-BACKGROUNDS = {  # also the choices of ``evaluation`` ("evaluation" added)
-    "evaluation": ("evaluation",),
+BACKGROUNDS = {
     "full": ("background",),
     "small1": ("small1",),
     "small2": ("small2",),
     "small1+small2": ("small1", "small2"),
 }
+# split=lake's test alphabets: the official evaluation set, or a small set's new alphabets.
+TEST_SETS = {"evaluation": ("evaluation",), **{k: v for k, v in BACKGROUNDS.items() if k != "full"}}
 PREPROCESS_VERSION = 2  # bump when decoding changes: old cache files are then never read
 
 
@@ -77,7 +78,7 @@ def load_archive(
 def needed_archives(background: str, split: str, evaluation: str = "evaluation") -> list[str]:
     """The archives (keys of :data:`ARCHIVES`) a background set, split and test set read."""
     keys = list(BACKGROUNDS[background])
-    extra = BACKGROUNDS[evaluation] if split == "lake" else ()
+    extra = TEST_SETS[evaluation] if split == "lake" else ()
     extra = ("evaluation",) if split == "random" and background == "full" else extra
     return keys + [k for k in extra if k not in keys]
 
@@ -147,13 +148,14 @@ class Omniglot(EpisodicImages):
         warp=None,
         evaluation: str = "evaluation",
     ) -> None:
-        small = ["small1", "small2", "small1+small2"]
         for key, value, choices in (
-            ("background", background, ["full", *small]),
-            ("evaluation", evaluation, ["evaluation", *small]),
+            ("background", background, BACKGROUNDS),
+            ("evaluation", evaluation, TEST_SETS),
         ):
             if value not in choices:
-                raise MetarunError(f"dataset.{key}={value!r} is unknown; use one of {choices}")
+                raise MetarunError(
+                    f"dataset.{key}={value!r} is unknown; use one of {list(choices)}"
+                )
         if split not in ("lake", "random"):
             raise MetarunError(f"dataset.split={split!r} is unknown; use lake or random")
         root_path = Path(root).expanduser() if root else cache_dir()
@@ -189,7 +191,7 @@ class Omniglot(EpisodicImages):
                     f"{len(alphabets) - 1} for background={background}"
                 )
             held_out = set(rng.permutation(alphabets)[:val_alphabets].tolist())
-            test = _merge([load(k) for k in BACKGROUNDS[evaluation]])
+            test = _merge([load(k) for k in TEST_SETS[evaluation]])
             test = {n: v for n, v in test.items() if n.split("/")[0] not in alphabets}
             if not test:
                 raise MetarunError(
