@@ -10,9 +10,11 @@ Usage:
 Recipes train as ``python -m metarun experiment=protonet_omniglot_new_alphabets <overrides>`` in
 ``--out/<recipe>`` (an existing finished run there is reused, never overwritten), each with
 ``device.threads=1`` so that ``--jobs`` runs share the cores; a recipe's CPU time is its process's
-user + system time (os.wait4). Evaluation-only steps (test-time views, transductive refinement)
-re-score a trained recipe's checkpoint with ``metarun-eval`` overrides; no test number feeds
-back into a choice (the validation column, Greek within-alphabet, is what picks).
+user + system time (os.wait4). Evaluation-only steps (test-time views; for the ``--final``
+recipes the transductive ones: soft k-means refinement, balanced assignment) re-score a trained
+recipe's checkpoint with ``metarun-eval`` overrides. Every score is within-alphabet 20-way
+1-shot with one query per character unless its column says otherwise; the validation column
+(Greek, 500 episodes) is what picks, no test number feeds back into a choice.
 """
 
 from __future__ import annotations
@@ -26,19 +28,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_WARP = [f"dataset.warp.{k}=0" for k in ("rotate", "shear", "scale", "translate")]
+STRONG = ["dataset.warp.rotate=15", "dataset.warp.shear=0.3", "dataset.warp.scale=0.2"]
+STRONG += ["dataset.warp.translate=0.08", "dataset.warp.elastic=0.04"]
 # Training recipes, each the preset plus these overrides (the preset is the final recipe).
 RECIPES = {
     "preset": ["train.steps=3000", *NO_WARP],  # today's ProtoNet Omniglot settings
     "warp": ["train.steps=3000"],  # + random affine warps of training images
-    "warp-6k": ["train.steps=6000"],  # + twice the episodes
-    "warp-cosine": ["train.steps=3000", "algo.distance=cosine", "algo.scale=10"],
+    "warp-strong": ["train.steps=3000", *STRONG],  # + stronger warps, elastic too
     "warp-within": ["train.steps=3000", "train.protocol=within_alphabet", "task.train_way=20"],
+    "warp-cosine": ["train.steps=3000", "algo.distance=cosine", "algo.scale=10"],
+    "warp-6k": ["train.steps=6000"],  # + twice the episodes
 }
-# Evaluation-only steps on a trained recipe (metarun-eval overrides).
-EVALS = {
-    "": [],
-    "+views": ["test.views=8"],
-    "+views+refine (transductive)": ["test.views=8", "algo.refine_steps=2"],
+# Evaluation-only steps on a trained recipe (metarun-eval overrides; {split}: val or test).
+EVALS = {"": [], "+views": ["{split}.views=8"]}
+TRANSDUCTIVE = {  # for the --final recipes only
+    "+views+refine (transductive)": ["{split}.views=8", "algo.refine_steps=2"],
+    "+views+balanced (transductive)": ["{split}.views=8", "algo.balanced=true"],
 }
 # The test columns: Lake's within-alphabet protocol 20-way (Japanese, Sanskrit) and 17-way (all
 # three held-out alphabets: Tagalog has 17 characters), and random characters of those alphabets.
@@ -84,12 +89,14 @@ def train_all(names: list[str], out: Path, data: str, jobs: int) -> dict[str, fl
     return cpu
 
 
-def score(checkpoint: Path, overrides: list[str]) -> tuple[float, float]:
-    """Test error % and its 95% CI half-width."""
+def score(checkpoint: Path, split: str, overrides: list[str]) -> tuple[float, float]:
+    """Error % on ``split`` and its 95% CI half-width (one query per class, as Lake's runs)."""
     from metarun import trained
 
-    scores = trained.evaluate_checkpoint([f"checkpoint={checkpoint}", *overrides])
-    return 100 * (1 - scores["test/acc"]), 100 * scores["test/acc_ci95"]
+    fixed = ["task.query=1", "val.episodes=500"]  # the same validation episodes for every run
+    overrides = [o.format(split=split) for o in [*fixed, *overrides]]
+    scores = trained.evaluate_checkpoint([f"checkpoint={checkpoint}", f"split={split}", *overrides])
+    return 100 * (1 - scores[f"{split}/acc"]), 100 * scores[f"{split}/acc_ci95"]
 
 
 def main() -> None:
@@ -99,31 +106,36 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "one_shot_recipes")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--episodes", type=int, default=1000, help="test episodes per column")
+    parser.add_argument("--final", nargs="*", default=["warp-6k"], help="also transductive rows")
     parser.add_argument("--eval-only", action="store_true")
+    parser.add_argument("--train-only", action="store_true")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     data = str(Path(args.data).resolve())
     if not args.eval_only:
         train_all(args.recipes, args.out, data, args.jobs)
+    if args.train_only:
+        return
     rows = []
     for name in args.recipes:
         folder = args.out / name
         summary = json.loads((folder / "summary.json").read_text())
         cpu_file = folder / "cpu_seconds.json"
         cpu = json.loads(cpu_file.read_text()) if cpu_file.is_file() else summary["train/time_s"]
-        for step, extra in EVALS.items():
+        steps = {**EVALS, **(TRANSDUCTIVE if name in args.final else {})}
+        for step, extra in steps.items():
+            val = score(folder, "val", extra)
             cells = [
-                score(folder, [f"test.episodes={args.episodes}", *column, *extra])
+                score(folder, "test", [f"test.episodes={args.episodes}", *column, *extra])
                 for column in COLUMNS.values()
             ]
-            val = 100 * (1 - summary["best_val/acc"])
             rows.append((name + step, summary["train/steps"], cpu / 60, val, cells))
     header = ["recipe", "steps", "CPU min", "val err %", *(f"{c} err %" for c in COLUMNS)]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for name, steps, minutes, val, cells in rows:
-        numbers = " | ".join(f"{m:.1f} ± {ci:.1f}" for m, ci in cells)
-        print(f"| {name} | {steps} | {minutes:.0f} | {val:.1f} | {numbers} |")
+        numbers = " | ".join(f"{m:.1f} ± {ci:.1f}" for m, ci in [val, *cells])
+        print(f"| {name} | {steps} | {minutes:.0f} | {numbers} |")
 
 
 if __name__ == "__main__":

@@ -373,3 +373,24 @@ def test_predict_with_views_agrees_with_the_runs_score(run_inprocess, tmp_path):
     wrong = sum(r["predicted"] != answer[r["file"]] for r in rows)
     assert scores["runs/run01/error"] == pytest.approx(100 * wrong / len(rows))
     assert any(r["p(class01)"] != p["p(class01)"] for r, p in zip(rows, plain))  # views count
+
+
+def test_balanced_assignment_gives_every_class_an_equal_share_of_the_queries():
+    from metarun.algorithms.protonet import _balanced
+
+    # two queries, both nearer class 0; the second less so: balanced, it goes to class 1
+    logits = torch.tensor([[[0.0, -5.0], [-1.0, -2.0]]])
+    assert logits.argmax(-1).tolist() == [[0, 0]]
+    p = _balanced(logits).exp()
+    assert torch.allclose(p.sum(-1), torch.ones(1, 2), atol=1e-5)  # each query's probabilities
+    assert torch.allclose(p.sum(-2), torch.ones(1, 2), atol=1e-3)  # each class: 2 / 2 queries
+    assert p.argmax(-1).tolist() == [[0, 1]]
+    generator = torch.Generator().manual_seed(3)
+    batch = TaskBatch(
+        torch.rand(1, 3, 1, 12, 12, generator=generator),
+        torch.tensor([[0, 1, 2]]),
+        torch.rand(1, 6, 1, 12, 12, generator=generator),
+        torch.tensor([[0, 1, 2, 0, 1, 2]]),
+    )
+    balanced = _protonet(balanced=True).query_logits(batch).exp()
+    assert torch.allclose(balanced.sum(-2), torch.full((1, 3), 2.0), atol=1e-3)

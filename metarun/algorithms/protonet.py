@@ -18,7 +18,10 @@ class ProtoNet(MetaLearner):
     embeddings); ``scale`` multiplies the scores by a learned factor starting there (a metric
     temperature; cosine needs one, e.g. 10). ``refine_steps`` (evaluation only, transductive:
     the queries of a task shape its prototypes) runs that many soft k-means updates of the
-    prototypes with the queries, weighted by their class probabilities (Ren et al. 2018).
+    prototypes with the queries, weighted by their class probabilities (Ren et al. 2018);
+    ``balanced`` (evaluation only, transductive, and it assumes every class has the same number
+    of queries, as in episodes and Lake's runs) rescales the query-class probabilities by Sinkhorn
+    iterations until each class takes an equal share of the queries (balanced assignment).
     """
 
     uncompiled_reason = None  # train.compile: a forward and one backward
@@ -34,9 +37,10 @@ class ProtoNet(MetaLearner):
         distance: str = "euclidean",
         scale: float | None = None,
         refine_steps: int = 0,
+        balanced: bool = False,
     ) -> None:
         super().__init__(backbone, optimizer, scheduler, batch_norm)
-        self.distance, self.refine_steps = distance, refine_steps
+        self.distance, self.refine_steps, self.balanced = distance, refine_steps, balanced
         self.scale = None if scale is None else torch.nn.Parameter(torch.tensor(float(scale)))
 
     @classmethod
@@ -62,7 +66,7 @@ class ProtoNet(MetaLearner):
             weights = logits.softmax(-1).transpose(1, 2)  # [B, N, NQ]
             prototypes = (sums + weights @ query) / (counts + weights.sum(-1, keepdim=True))
             logits = self._scores(query, prototypes)
-        return logits
+        return _balanced(logits) if self.balanced and not self.training else logits
 
     def meta_loss(self, batch: TaskBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = self._logits(batch)
@@ -92,4 +96,17 @@ class ProtoNet(MetaLearner):
     def extra_repr(self) -> str:
         scale = "" if self.scale is None else f", scale={float(self.scale):.3g} (learned)"
         refine = f", refine_steps={self.refine_steps} (transductive)" if self.refine_steps else ""
-        return f"distance={self.distance}{scale}{refine}"
+        balanced = ", balanced (transductive)" if self.balanced else ""
+        return f"distance={self.distance}{scale}{refine}{balanced}"
+
+
+def _balanced(logits: torch.Tensor, iterations: int = 30) -> torch.Tensor:
+    """Log-probabilities ``[B, Q, N]`` whose rows sum to 1 and whose columns each sum to
+    ``Q / N`` (Sinkhorn's alternating normalisation, in log space, from ``logits``' softmax)."""
+    q, n = logits.shape[-2:]
+    log_p = logits.float().log_softmax(-1)
+    share = torch.log(torch.tensor(q / n))
+    for _ in range(iterations):
+        log_p = log_p - log_p.logsumexp(dim=-2, keepdim=True) + share
+        log_p = log_p - log_p.logsumexp(dim=-1, keepdim=True)
+    return log_p

@@ -159,6 +159,8 @@ class ProtoNetConfig(LearnerConfig):
     scale: Optional[float] = None  # a learned factor on the scores, starting here (cosine: 10)
     # evaluation only, transductive: soft k-means updates of the prototypes with the queries
     refine_steps: int = 0
+    # evaluation only, transductive: every class takes an equal share of the queries (Sinkhorn)
+    balanced: bool = False
 
 
 class MemoryKind(str, Enum):
