@@ -15,6 +15,10 @@ from metarun.evaluate import evaluate, fixed_episodes
 from metarun.views import Views
 from tests.conftest import SHARED_OMNIGLOT
 
+# A tiny run of the new-alphabet preset on the archives beside the project.
+NEW_ALPHABETS = ["experiment=protonet_omniglot_new_alphabets", f"dataset.root={SHARED_OMNIGLOT}"]
+NEW_ALPHABETS += ["dataset.download=false", "task.train_way=20", "logger=none"]
+NEW_ALPHABETS += ["val.episodes=8", "test.episodes=12"]
 # 3 alphabets of 6, 5 and 3 characters; 8 samples ("drawers") each.
 ALPHABETS = ["a"] * 6 + ["b"] * 5 + ["c"] * 3
 
@@ -218,14 +222,19 @@ def test_evaluation_with_views_does_not_depend_on_the_chunk_size():
     assert Views.of({"views": 1}, "test") is None
 
 
-def test_protonet_cosine_scale_and_transductive_refinement():
-    generator = torch.Generator().manual_seed(2)
-    batch = TaskBatch(
+def _three_way_task(seed: int) -> TaskBatch:
+    """One random 3-way 1-shot task with 2 queries per class."""
+    generator = torch.Generator().manual_seed(seed)
+    return TaskBatch(
         torch.rand(1, 3, 1, 12, 12, generator=generator),
         torch.tensor([[0, 1, 2]]),
         torch.rand(1, 6, 1, 12, 12, generator=generator),
         torch.tensor([[0, 1, 2, 0, 1, 2]]),
     )
+
+
+def test_protonet_cosine_scale_and_transductive_refinement():
+    batch = _three_way_task(seed=2)
     cosine = _protonet(distance="cosine", scale=10.0)
     logits = cosine.query_logits(batch)
     assert logits.abs().max() <= 10 + 1e-4  # scaled cosine similarities
@@ -279,19 +288,7 @@ def test_new_alphabet_preset_eval_views_and_the_official_runs(run_inprocess, tmp
     from metarun.images import load_image
     from metarun.lake_runs import read_run
 
-    run_dir, _ = run_inprocess(
-        [
-            "experiment=protonet_omniglot_new_alphabets",
-            f"dataset.root={SHARED_OMNIGLOT}",
-            "dataset.download=false",
-            "task.train_way=20",
-            "train.steps=30",
-            "val.every=15",
-            "val.episodes=8",
-            "test.episodes=12",
-            "logger=none",
-        ]
-    )
+    run_dir, _ = run_inprocess([*NEW_ALPHABETS, "train.steps=30", "val.every=15"])
     best = f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}"
     within = trained.evaluate_checkpoint([best])
     assert 0.05 < within["test/acc"] <= 1  # 20-way: chance is 0.05
@@ -341,19 +338,7 @@ def test_predict_with_views_agrees_with_the_runs_score(run_inprocess, tmp_path):
     from metarun import predict, trained
     from metarun.lake_runs import read_run
 
-    run_dir, _ = run_inprocess(
-        [
-            "experiment=protonet_omniglot_new_alphabets",
-            f"dataset.root={SHARED_OMNIGLOT}",
-            "dataset.download=false",
-            "task.train_way=20",
-            "train.steps=10",
-            "val.every=10",
-            "val.episodes=4",
-            "test.episodes=4",
-            "logger=none",
-        ]
-    )
+    run_dir, _ = run_inprocess([*NEW_ALPHABETS, "train.steps=10", "val.every=10"])
     runs = tmp_path / "all_runs"
     _official_runs(runs, runs=1)
     training, tests, answers = read_run(runs, runs / "run01")
@@ -385,12 +370,6 @@ def test_balanced_assignment_gives_every_class_an_equal_share_of_the_queries():
     assert torch.allclose(p.sum(-1), torch.ones(1, 2), atol=1e-5)  # each query's probabilities
     assert torch.allclose(p.sum(-2), torch.ones(1, 2), atol=1e-3)  # each class: 2 / 2 queries
     assert p.argmax(-1).tolist() == [[0, 1]]
-    generator = torch.Generator().manual_seed(3)
-    batch = TaskBatch(
-        torch.rand(1, 3, 1, 12, 12, generator=generator),
-        torch.tensor([[0, 1, 2]]),
-        torch.rand(1, 6, 1, 12, 12, generator=generator),
-        torch.tensor([[0, 1, 2, 0, 1, 2]]),
-    )
+    batch = _three_way_task(seed=3)
     balanced = _protonet(balanced=True).query_logits(batch).exp()
     assert torch.allclose(balanced.sum(-2), torch.full((1, 3), 2.0), atol=1e-3)
