@@ -20,6 +20,7 @@ from metarun.checkpoint import load_weights
 from metarun.checks import check_values
 from metarun.compiling import check as check_compile
 from metarun.data.batch import TaskBatch, TaskShape
+from metarun.data.episodes import check_protocol
 from metarun.device import resolve_device, use_threads
 from metarun.distributed.batch_norm import synchronise
 from metarun.distributed.sync import broadcast_state
@@ -185,6 +186,8 @@ def build_experiment(
         shape = train_shape if split == "train" else eval_shape
         algo_cls.check_task(shape, purpose[split], cfg.algo)
         protocol = {"protocol": cfg[split].protocol} if cfg[split].protocol != "random" else {}
+        if protocol:
+            check_protocol(dataset, cfg[split].protocol, purpose[split])
         dataset.check_shape(split, shape, purpose[split], **protocol)
         if split != "train" and Views.of(cfg[split], split) and dataset.problem != "classification":
             raise MetarunError(f"{split}.views warps images; {dataset.problem} has none: set 1")

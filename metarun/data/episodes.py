@@ -24,6 +24,16 @@ SPLITS = ("train", "val", "test")
 PROTOCOLS = ("random", "within_alphabet")
 
 
+def check_protocol(dataset, protocol: str, what: str) -> None:
+    """Refuse, in one line, a protocol that ``dataset`` cannot draw (any dataset, not only
+    these images)."""
+    if protocol == "within_alphabet" and not getattr(dataset, "alphabets", None):
+        raise MetarunError(
+            f"{what}: the within_alphabet protocol needs a dataset whose classes belong to "
+            f"alphabets (dataset=omniglot); {type(dataset).__name__} has none: use protocol=random"
+        )
+
+
 class EpisodicImages:
     """Episodic sampler shared by every image dataset.
 
@@ -101,11 +111,7 @@ class EpisodicImages:
         key = (split, way)
         if key in self._groups:
             return self._groups[key]
-        if not self.alphabets:
-            raise MetarunError(
-                f"{what}: the within_alphabet protocol needs a dataset whose classes belong to "
-                f"alphabets (dataset=omniglot); {type(self).__name__} has none: use protocol=random"
-            )
+        check_protocol(self, "within_alphabet", what)
         names = self.alphabets[split]
         order = sorted(set(names))
         base = torch.tensor([order.index(a) for a in names])

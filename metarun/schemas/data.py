@@ -16,7 +16,11 @@ IMAGE_SIZE = Range(1, 1024, why="pixels per side the images are resized to")
 class WarpConfig:
     """Random warps (metarun/data/warps.py); each number is a half-width, 0 turns it off."""
 
-    BOUNDS: ClassVar = {"elastic_grid": Range(2, 64, why="control points per side")}
+    BOUNDS: ClassVar = {
+        "elastic_grid": Range(2, 64, why="control points per side"),
+        "scale": Range(0, 0.9, why="a relative change: 0.2 scales by 0.8-1.2"),
+        "rotate": Range(0, 180, why="degrees either way"),
+    }
     rotate: float = 0.0  # degrees
     shear: float = 0.0  # shear factor
     scale: float = 0.0  # relative, 0.2: 0.8-1.2

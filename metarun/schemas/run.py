@@ -15,6 +15,7 @@ from metarun.schemas.registry import schema
 # How an episode's classes are drawn (metarun/data/episodes.py): any of the split's, or all from
 # one alphabet with support and query by different drawers (Lake et al.'s one-shot protocol).
 PROTOCOLS = ("random", "within_alphabet")
+VIEWS = Range(1, 256, why="each image and its warped views (1: no test-time augmentation)")
 
 
 def _view_warp() -> WarpConfig:
@@ -78,7 +79,7 @@ class ValConfig:
         "every": POSITIVE,
         "episodes": POSITIVE,
         "batch_size": AUTO_OR_POSITIVE,
-        "views": POSITIVE,
+        "views": VIEWS,
     }
     CHOICES: ClassVar = {"protocol": PROTOCOLS}
     every: int = 1000  # meta-iterations between validations
@@ -95,7 +96,7 @@ class TestConfig:
     BOUNDS: ClassVar = {
         "episodes": Range(2, why="a 95% confidence interval needs two episodes"),
         "batch_size": AUTO_OR_POSITIVE,
-        "views": POSITIVE,
+        "views": VIEWS,
     }
     CHOICES: ClassVar = {"protocol": PROTOCOLS}
     episodes: int = 600  # fixed test tasks (mean and 95% CI)
