@@ -199,7 +199,7 @@ def build_experiment(
         backbone = build(cfg.backbone, input_shape=dataset.input_shape, out_features=out_features)
         return build(cfg.algo, backbone=backbone)
 
-    chunk = max(_chunk(cfg, s, eval_shape, train_shape) for s in EVAL_SPLITS)
+    chunk = max(_chunk(cfg, s, eval_shape, train_shape) * cfg[s].views for s in EVAL_SPLITS)
     parameters = model_parameters(build_learner)
     check_memory(cfg, dataset.input_shape, train_shape, eval_shape, chunk, parameters, device)
     learner = build_learner().to(device)

@@ -61,7 +61,10 @@ def check_memory(
     example = math.prod(input_shape) * FLOAT_BYTES
     need = {  # what it is for -> (examples, what to lower)
         "one training batch": (cfg.task.meta_batch * train_shape.examples, "task.meta_batch"),
-        "the validation episodes": (cfg.val.episodes * eval_shape.examples, "val.episodes"),
+        "the validation episodes": (
+            cfg.val.episodes * eval_shape.examples * max(1, cfg.val.views),
+            "val.episodes or val.views",
+        ),
         "one evaluation chunk": (eval_chunk * eval_shape.examples, "val/test.batch_size"),
     }
     need = {what: (n * example, key) for what, (n, key) in need.items()}

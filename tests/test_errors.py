@@ -369,6 +369,10 @@ CASES = [
     Case("test-time views with no warp", [*QUIET, *GLYPHS, "algo=protonet", "task.train_way=null",
          "test.views=4", *VIEWS_OFF],
          "test.views=4 with no warp in test.view_warp: every view would be the image itself"),
+    Case("validation views beyond memory", [*QUIET, *GLYPHS, "algo=protonet", "task.train_way=null",
+         "val.views=256", "val.episodes=100000"], "this run needs at least .* GB before any "
+         "activation \\(.* for the validation episodes\\), more than the .* of this cpu; lower "
+         "val.episodes or val.views"),
     Case("miniImageNet in neither layout", ["dataset=miniimagenet", "dataset.root={tmp}", *QUIET],
          "no miniImageNet files in /.*; put there either images/ with train.csv, val.csv and "
          "test.csv \\(header filename,label\\), or mini-imagenet-cache-train.pkl"),
