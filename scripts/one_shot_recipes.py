@@ -10,9 +10,9 @@ Usage:
 Recipes train as ``python -m metarun experiment=protonet_omniglot_new_alphabets <overrides>`` in
 ``--out/<recipe>`` (an existing finished run there is reused, never overwritten), each with
 ``device.threads=1`` so that ``--jobs`` runs share the cores; a recipe's CPU time is its process's
-user + system time (os.wait4). Evaluation-only steps (test-time views; for the ``--final``
-recipes the transductive ones: soft k-means refinement, balanced assignment) re-score a trained
-recipe's checkpoint with ``metarun-eval`` overrides. Every score is within-alphabet 20-way
+user + system time (os.wait4). Evaluation-only steps on the ``--final`` recipes (test-time views,
+then the transductive ones: soft k-means refinement, balanced assignment) re-score its
+checkpoint with ``metarun-eval`` overrides. Every score is within-alphabet 20-way
 1-shot with one query per character unless its column says otherwise; the validation column
 (Greek, 500 episodes) is what picks, no test number feeds back into a choice.
 """
@@ -27,21 +27,19 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-NO_WARP = [f"dataset.warp.{k}=0" for k in ("rotate", "shear", "scale", "translate")]
-STRONG = ["dataset.warp.rotate=15", "dataset.warp.shear=0.3", "dataset.warp.scale=0.2"]
-STRONG += ["dataset.warp.translate=0.08", "dataset.warp.elastic=0.04"]
-# Training recipes, each the preset plus these overrides (the preset is the final recipe).
+NO_WARP = [f"dataset.warp.{k}=0" for k in ("rotate", "shear", "scale", "translate", "elastic")]
+MODERATE = ["dataset.warp.rotate=10", "dataset.warp.shear=0.2", "dataset.warp.scale=0.15"]
+MODERATE += ["dataset.warp.translate=0.06", "dataset.warp.elastic=0"]
+# Training recipes: the preset (strong warps, 3,000 steps, the final recipe) plus these overrides.
 RECIPES = {
-    "preset": ["train.steps=3000", *NO_WARP],  # today's ProtoNet Omniglot settings
-    "warp": ["train.steps=3000"],  # + random affine warps of training images
-    "warp-strong": ["train.steps=3000", *STRONG],  # + stronger warps, elastic too
-    "warp-within": ["train.steps=3000", "train.protocol=within_alphabet", "task.train_way=20"],
-    "warp-cosine": ["train.steps=3000", "algo.distance=cosine", "algo.scale=10"],
-    "warp-6k": ["train.steps=6000"],  # + twice the episodes
+    "preset": NO_WARP,  # today's ProtoNet Omniglot settings: no augmentation
+    "warp": MODERATE,  # + random affine warps of training images
+    "warp-6k": [*MODERATE, "train.steps=6000"],  # + twice the episodes
+    "warp-strong": [],  # stronger warps instead, elastic too: the preset
 }
-# Evaluation-only steps on a trained recipe (metarun-eval overrides; {split}: val or test).
-EVALS = {"": [], "+views": ["{split}.views=8"]}
-TRANSDUCTIVE = {  # for the --final recipes only
+# Evaluation-only steps on the --final recipes (metarun-eval overrides; {split}: val or test).
+FINAL_STEPS = {
+    "+views": ["{split}.views=8"],
     "+views+refine (transductive)": ["{split}.views=8", "algo.refine_steps=2"],
     "+views+balanced (transductive)": ["{split}.views=8", "algo.balanced=true"],
 }
@@ -93,7 +91,8 @@ def score(checkpoint: Path, split: str, overrides: list[str]) -> tuple[float, fl
     """Error % on ``split`` and its 95% CI half-width (one query per class, as Lake's runs)."""
     from metarun import trained
 
-    fixed = ["task.query=1", "val.episodes=500"]  # the same validation episodes for every run
+    # the same validation episodes for every run, no views unless a step adds them
+    fixed = ["task.query=1", "val.episodes=500", "{split}.views=1"]
     overrides = [o.format(split=split) for o in [*fixed, *overrides]]
     scores = trained.evaluate_checkpoint([f"checkpoint={checkpoint}", f"split={split}", *overrides])
     return 100 * (1 - scores[f"{split}/acc"]), 100 * scores[f"{split}/acc_ci95"]
@@ -106,7 +105,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "one_shot_recipes")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--episodes", type=int, default=1000, help="test episodes per column")
-    parser.add_argument("--final", nargs="*", default=["warp-6k"], help="also transductive rows")
+    parser.add_argument("--final", nargs="*", default=["warp-strong"], help="+views, transductive")
     parser.add_argument("--eval-only", action="store_true")
     parser.add_argument("--train-only", action="store_true")
     args = parser.parse_args()
@@ -122,7 +121,7 @@ def main() -> None:
         summary = json.loads((folder / "summary.json").read_text())
         cpu_file = folder / "cpu_seconds.json"
         cpu = json.loads(cpu_file.read_text()) if cpu_file.is_file() else summary["train/time_s"]
-        steps = {**EVALS, **(TRANSDUCTIVE if name in args.final else {})}
+        steps = {"": [], **(FINAL_STEPS if name in args.final else {})}
         for step, extra in steps.items():
             val = score(folder, "val", extra)
             cells = [

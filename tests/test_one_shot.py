@@ -290,12 +290,12 @@ def test_new_alphabet_preset_eval_views_and_the_official_runs(run_inprocess, tmp
 
     run_dir, _ = run_inprocess([*NEW_ALPHABETS, "train.steps=30", "val.every=15"])
     best = f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}"
-    within = trained.evaluate_checkpoint([best])
+    within = trained.evaluate_checkpoint([best, "test.views=1"])
     assert 0.05 < within["test/acc"] <= 1  # 20-way: chance is 0.05
     viewed = trained.evaluate_checkpoint([best, "test.views=3"])
     assert viewed == trained.evaluate_checkpoint([best, "test.views=3"])  # fixed views
     assert viewed["test/acc"] != within["test/acc"]
-    crossing = trained.evaluate_checkpoint([best, "test.protocol=random"])
+    crossing = trained.evaluate_checkpoint([best, "test.views=1", "test.protocol=random"])
     assert crossing["test/acc"] != within["test/acc"]
     with pytest.raises(MetarunError, match="test.views=2 with no warp"):
         trained.evaluate_checkpoint(
@@ -311,7 +311,7 @@ def test_new_alphabet_preset_eval_views_and_the_official_runs(run_inprocess, tmp
 
     runs = tmp_path / "all_runs"
     _official_runs(runs)
-    scores = trained.evaluate_checkpoint([best, f"runs={runs}"])
+    scores = trained.evaluate_checkpoint([best, f"runs={runs}", "test.views=1"])
     assert set(scores) == {"runs/run01/error", "runs/run02/error", "runs/error", "runs/error_ci95"}
     # by hand: a test image is right when its nearest training image is its answer
     exp = trained.load_trained(run_dir / "checkpoints" / "best.pt", [])
@@ -350,7 +350,7 @@ def test_predict_with_views_agrees_with_the_runs_score(run_inprocess, tmp_path):
     scores = trained.evaluate_checkpoint([best, f"runs={runs}", "test.views=4"])
     args = [best, f"support={support}", f"query={runs / 'run01' / 'test'}", "test.views=4"]
     rows = predict.predict([*args, f"out={tmp_path / 'p.csv'}"])
-    plain = predict.predict([*args[:3], f"out={tmp_path / 'q.csv'}"])
+    plain = predict.predict([*args[:3], "test.views=1", f"out={tmp_path / 'q.csv'}"])
     for row in rows:
         assert sum(v for k, v in row.items() if k.startswith("p(")) == pytest.approx(1, abs=1e-3)
     assert [r["file"] for r in rows] == [str(t) for t in sorted(tests)]
