@@ -9,6 +9,7 @@ import torch
 
 from metarun.algorithms.base import MetaLearner
 from metarun.data.batch import TaskBatch, TaskShape
+from metarun.data.episodes import protocol_options
 from metarun.distributed.world import SINGLE, World
 
 # Fixed episodes are drawn this many at a time, whatever the evaluation chunk: the tasks (and so
@@ -37,7 +38,7 @@ def fixed_episodes(
     share) yields only those tasks: all are drawn, only these are kept. ``protocol``: how each
     episode's classes are drawn (the dataset's ``sample``); ``views``
     (:class:`~metarun.views.Views`): each chunk with its warped views, episode by episode."""
-    draw = {"protocol": protocol} if protocol != "random" else {}  # other samplers lack it
+    draw = protocol_options(protocol)
     generator = torch.Generator().manual_seed(seed)
     order = torch.Generator().manual_seed(seed + 1)
     first, stop, _ = part.indices(episodes)

@@ -20,7 +20,7 @@ from metarun.checkpoint import load_weights
 from metarun.checks import check_values
 from metarun.compiling import check as check_compile
 from metarun.data.batch import TaskBatch, TaskShape
-from metarun.data.episodes import check_protocol
+from metarun.data.episodes import check_protocol, protocol_options
 from metarun.device import resolve_device, use_threads
 from metarun.distributed.batch_norm import synchronise
 from metarun.distributed.sync import broadcast_state
@@ -113,8 +113,7 @@ class Experiment:
         """The next meta-training batch drawn from ``generator``: in a data-parallel run, this
         rank's ``meta_batch / N`` tasks of the batch one process would draw (every rank draws
         the same random numbers and keeps its share)."""
-        total, protocol = self.cfg.task.meta_batch, self.cfg.train.protocol
-        draw = {"protocol": protocol} if protocol != "random" else {}  # other samplers lack it
+        total, draw = self.cfg.task.meta_batch, protocol_options(self.cfg.train.protocol)
         batch = draw_share(
             self.dataset, self.world, total, self.train_shape, generator, self.device, **draw
         )
@@ -185,10 +184,8 @@ def build_experiment(
     for split in splits:
         shape = train_shape if split == "train" else eval_shape
         algo_cls.check_task(shape, purpose[split], cfg.algo)
-        protocol = {"protocol": cfg[split].protocol} if cfg[split].protocol != "random" else {}
-        if protocol:
-            check_protocol(dataset, cfg[split].protocol, purpose[split])
-        dataset.check_shape(split, shape, purpose[split], **protocol)
+        check_protocol(dataset, cfg[split].protocol, purpose[split])
+        dataset.check_shape(split, shape, purpose[split], **protocol_options(cfg[split].protocol))
         if split != "train" and Views.of(cfg[split], split) and dataset.problem != "classification":
             raise MetarunError(f"{split}.views warps images; {dataset.problem} has none: set 1")
     check_input = getattr(get_class(cfg.backbone._target_), "check_input", None)

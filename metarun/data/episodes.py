@@ -24,6 +24,12 @@ SPLITS = ("train", "val", "test")
 PROTOCOLS = ("random", "within_alphabet")
 
 
+def protocol_options(protocol: str) -> dict:
+    """Keyword arguments of ``sample`` / ``check_shape`` for ``protocol``: none for ``random``,
+    so that datasets whose ``sample`` has no ``protocol`` (sinusoid, user datasets) still work."""
+    return {} if protocol == "random" else {"protocol": protocol}
+
+
 def check_protocol(dataset, protocol: str, what: str) -> None:
     """Refuse, in one line, a protocol that ``dataset`` cannot draw (any dataset, not only
     these images)."""
