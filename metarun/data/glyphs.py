@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw
 from metarun.data.cache import cached
 from metarun.data.download import cache_dir
 from metarun.data.episodes import SPLITS, EpisodicImages
+from metarun.data.warps import NO_WARP
 from metarun.errors import MetarunError
 
 SUPERSAMPLE = 4
@@ -82,7 +83,7 @@ class Glyphs(EpisodicImages):
         rotations: bool = False,
         shift: int = 0,
         seed: int = 0,
-        warp=None,
+        warp=NO_WARP,
     ) -> None:
         if len(classes) != 3 or min(classes) < 1:
             raise MetarunError(

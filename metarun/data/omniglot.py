@@ -30,6 +30,7 @@ from metarun.data.cache import cached, cached_selection
 from metarun.data.download import DownloadFailed, cache_dir, fetch, searched, writable_dir
 from metarun.data.episodes import EpisodicImages
 from metarun.data.omniglot_archive import DRAWERS, decode_archive
+from metarun.data.warps import NO_WARP
 from metarun.errors import MetarunError
 
 URL = "https://github.com/brendenlake/omniglot/raw/master/python/{name}"
@@ -145,7 +146,7 @@ class Omniglot(EpisodicImages):
         split_sizes: Sequence[int] = (1100, 100, 423),
         val_alphabets: int = 5,
         split_seed: int = 0,
-        warp=None,
+        warp=NO_WARP,
         evaluation: str = "evaluation",
     ) -> None:
         for key, value, choices in (

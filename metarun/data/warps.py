@@ -11,7 +11,8 @@ query image, :mod:`metarun.views`). Everything runs on the images' device from a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from types import MappingProxyType
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +45,9 @@ class Warp:
             return cls()
         keys = ("rotate", "shear", "scale", "translate", "elastic", "elastic_grid")
         return cls(**{k: node[k] for k in keys if k in node})
+
+
+NO_WARP = MappingProxyType(asdict(Warp()))  # a dataset's default ``warp`` (the schema's too)
 
 
 def _uniform(generator: torch.Generator, n: int, half: float) -> torch.Tensor:
