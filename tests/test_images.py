@@ -264,14 +264,16 @@ def _png(seed: int) -> bytes:
     return buf.getvalue()
 
 
-def fake_archive(path: Path, alphabets: int = 2, chars: int = 3, extra: dict | None = None) -> str:
-    """A small archive in Omniglot's layout; returns its md5."""
+def fake_archive(
+    path: Path, alphabets: int = 2, chars: int = 3, extra: dict | None = None, prefix="Alpha"
+) -> str:
+    """A small archive in Omniglot's layout (alphabets ``<prefix>0``, ...); returns its md5."""
     with zipfile.ZipFile(path, "w") as zf:
         for a in range(alphabets):
             for c in range(chars):
                 for d in range(20):
                     zf.writestr(
-                        f"images_background_small1/Alpha{a}/character{c:02d}/"
+                        f"images_background_small1/{prefix}{a}/character{c:02d}/"
                         f"{a}{c:02d}_{d + 1:02d}.png",
                         _png(a * 100 + c * 20 + d),
                     )
@@ -379,7 +381,7 @@ def test_lake_split_holds_out_alphabets_and_tests_on_the_evaluation_set(tmp_path
     root = tmp_path / "root"
     root.mkdir()
     background = fake_archive(root / "images_background_small1.zip", alphabets=4, chars=2)
-    evaluation = fake_archive(root / "images_evaluation.zip", alphabets=2, chars=3)
+    evaluation = fake_archive(root / "images_evaluation.zip", alphabets=2, chars=3, prefix="Eval")
     monkeypatch.setitem(
         omniglot_module.ARCHIVES, "small1", ("images_background_small1.zip", background)
     )
@@ -397,6 +399,11 @@ def test_lake_split_holds_out_alphabets_and_tests_on_the_evaluation_set(tmp_path
         root=str(root), background="small1", split="lake", val_alphabets=1, download=False
     )
     assert same.class_names == ds.class_names  # deterministic
+    # an evaluation archive whose alphabets are all background ones leaves nothing to test
+    shared = fake_archive(root / "images_evaluation.zip", alphabets=2, chars=3)
+    monkeypatch.setitem(omniglot_module.ARCHIVES, "evaluation", ("images_evaluation.zip", shared))
+    with pytest.raises(MetarunError, match="nothing is left to meta-test"):
+        Omniglot(root=str(root), background="small1", split="lake", val_alphabets=1, download=False)
 
 
 def _load_small2(root: str, cache: str) -> int:
