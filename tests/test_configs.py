@@ -215,6 +215,10 @@ def test_the_schemas_choices_are_what_the_classes_accept():
     assert set(ReptileConfig.CHOICES["inner_optimizer"]) == set(reptile.INNER_OPTIMIZERS)
     assert set(OmniglotConfig.CHOICES["background"]) == set(omniglot.BACKGROUNDS)
     assert set(OmniglotConfig.CHOICES["evaluation"]) == set(omniglot.TEST_SETS)
+    from metarun.data import episodes
+    from metarun.schemas.run import TestConfig
+
+    assert set(TestConfig.CHOICES["protocol"]) == set(episodes.PROTOCOLS)
     assert set(MANNConfig.CHOICES["write"]) == set(lrua.WRITE_KINDS)
     assert set(MANNConfig.CHOICES["read_order"]) - {None} == set(lrua.READ_ORDERS)
     for kind in BATCH_NORMS:
