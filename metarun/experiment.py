@@ -235,8 +235,3 @@ def build_experiment(
         world=world,
         precision=Precision(cfg.train.precision, device),
     )
-
-
-def meta_test(exp: Experiment) -> dict[str, float]:
-    """Mean and 95% CI of each metric on the fixed test episodes (``test.*``)."""
-    return exp.evaluate("test")

@@ -24,16 +24,16 @@ from metarun.predict import class_probabilities, image_model, image_preprocess
 LABELS = "class_labels.txt"
 
 
-def _resolve(folder: Path, run: Path, name: str) -> Path:
+def _resolve(run: Path, name: str) -> Path:
     """A path of ``class_labels.txt``: relative to the runs' folder (the official files) or to
     the run's own."""
-    for base in (folder, run, run.parent):
+    for base in (run.parent, run):
         if (base / name).is_file():
             return base / name
-    raise MetarunError(f"{run / LABELS} names {name}, which is not in {folder}; unzip it whole")
+    raise MetarunError(f"{run / LABELS} names {name}, which is not in {run.parent}; unzip it whole")
 
 
-def read_run(folder: Path, run: Path) -> tuple[list[Path], list[Path], list[int]]:
+def read_run(run: Path) -> tuple[list[Path], list[Path], list[int]]:
     """A run's training images (sorted by name), test images and each test image's answer (its
     training image's position)."""
     lines = [line.split() for line in (run / LABELS).read_text().splitlines() if line.strip()]
@@ -41,10 +41,9 @@ def read_run(folder: Path, run: Path) -> tuple[list[Path], list[Path], list[int]
         raise MetarunError(
             f"{run / LABELS} must hold one 'test-image training-image' pair per line"
         )
-    training = sorted({_resolve(folder, run, train) for _, train in lines})
-    tests = [_resolve(folder, run, test) for test, _ in lines]
-    answers = [training.index(_resolve(folder, run, train)) for _, train in lines]
-    return training, tests, answers
+    pairs = [(_resolve(run, test), _resolve(run, train)) for test, train in lines]
+    training = sorted({train for _, train in pairs})
+    return training, [test for test, _ in pairs], [training.index(t) for _, t in pairs]
 
 
 def run_folders(folder: Path) -> list[Path]:
@@ -64,7 +63,7 @@ def score_runs(path: Path, checkpoint: dict, cfg, folder: Path) -> dict[str, flo
     preprocess = image_preprocess(checkpoint)
     exp, out, errors = None, {}, []
     for run in run_folders(folder):
-        training, tests, answers = read_run(folder, run)
+        training, tests, answers = read_run(run)
         if exp is None or len(training) != exp.cfg.task.way:
             exp = image_model(path, checkpoint, cfg, len(training), 1, of="training images")
         support_x = torch.stack([load_image(f, preprocess) for f in training])

@@ -16,7 +16,7 @@ from metarun.checkpoint import remove_partial_writes
 from metarun.distributed.batch_norm import synchronised_batch_norm
 from metarun.distributed.sync import RunningStats, average_gradients, mean_over_ranks
 from metarun.errors import Interrupted, MetarunError, say
-from metarun.experiment import Experiment, meta_test
+from metarun.experiment import Experiment
 from metarun.logging import Logger
 from metarun.profiling import profiled
 from metarun.trainer_checkpoints import Checkpointing
@@ -204,7 +204,7 @@ class Trainer(Checkpointing):
         ``steps`` is the number of steps this process trained (for the throughput)."""
         exp, cfg = self.exp, self.cfg
         exp.learner.load_state_dict(self.best_state)
-        scores = meta_test(exp)
+        scores = exp.evaluate("test")
         self.logger.log(scores, self.step)
         per_s = (lambda n: round(n / train_time, 3)) if steps else (lambda n: None)
         self.logger.summary(

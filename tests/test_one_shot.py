@@ -318,7 +318,7 @@ def test_new_alphabet_preset_eval_views_and_the_official_runs(run_inprocess, tmp
     preprocess = {"size": 28, "mode": "L", "invert": True}
     errors = []
     for run in ("run01", "run02"):
-        training, tests, answers = read_run(runs, runs / run)
+        training, tests, answers = read_run(runs / run)
         embed = lambda files: exp.learner.eval().backbone(  # noqa: E731
             torch.stack([load_image(f, preprocess) for f in files])
         )
@@ -341,7 +341,7 @@ def test_predict_with_views_agrees_with_the_runs_score(run_inprocess, tmp_path):
     run_dir, _ = run_inprocess([*NEW_ALPHABETS, "train.steps=10", "val.every=10"])
     runs = tmp_path / "all_runs"
     _official_runs(runs, runs=1)
-    training, tests, answers = read_run(runs, runs / "run01")
+    training, tests, answers = read_run(runs / "run01")
     support = tmp_path / "support"
     for image in training:  # one class folder per training image
         (support / image.stem).mkdir(parents=True)
