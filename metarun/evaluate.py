@@ -68,13 +68,16 @@ def fixed_episodes(
 
 
 def _cat(batches: list[TaskBatch]) -> TaskBatch:
+    """Batches of one type put together (tensors concatenated, other fields kept)."""
     if len(batches) == 1:
         return batches[0]
-    return TaskBatch(*(torch.cat(parts) for parts in zip(*batches)))
+    join = lambda parts: torch.cat(parts) if torch.is_tensor(parts[0]) else parts[0]  # noqa
+    return type(batches[0])(*(join(parts) for parts in zip(*batches)))
 
 
 def _take(batch: TaskBatch, start: int, stop: int) -> TaskBatch:
-    return TaskBatch(*(t[start:stop] for t in batch))
+    """Tasks ``start:stop`` of ``batch`` (a ``TaskBatch`` or an RL ``EnvBatch``)."""
+    return type(batch)(*(t[start:stop] if torch.is_tensor(t) else t for t in batch))
 
 
 def chunk_size(

@@ -37,7 +37,11 @@ from metarun.views import Views
 EVAL_SPLITS = ("val", "test")
 
 # The metric the validation objective and "best" checkpoint follow, by kind of problem.
-MONITOR = {"regression": ("mse", "min"), "classification": ("acc", "max")}
+MONITOR = {
+    "regression": ("mse", "min"),
+    "classification": ("acc", "max"),
+    "reinforcement": ("return", "max"),
+}
 
 
 def seed_everything(seed: int) -> None:
@@ -174,8 +178,9 @@ def build_experiment(
     query = t.query if t.train_query is None else t.train_query
     train_shape = TaskShape(t.train_way or t.way, t.train_shot or t.shot, query)
     algo_cls = get_class(cfg.algo._target_)
+    algo_cls.check_run(cfg, world)
     out_features = algo_cls.output_size(dataset, train_shape.way)
-    if out_features is not None and out_features != dataset.output_size(eval_shape.way):
+    if out_features is not None and out_features != algo_cls.output_size(dataset, eval_shape.way):
         raise MetarunError(
             f"{algo_cls.__name__} has a {train_shape.way}-way output layer, so it cannot be "
             f"tested {eval_shape.way}-way; set task.train_way=null or equal to task.way"

@@ -103,7 +103,7 @@ class Trainer(Checkpointing):
         self.stopping = average_gradients(
             self.world, exp.learner.parameters(), self.stop_signal is not None
         )
-        exp.precision.step(exp.optimizer)
+        metrics.update(exp.learner.outer_step(exp.optimizer, exp.precision))
         self.running_stats.merge()
         if exp.scheduler is not None:
             exp.scheduler.step()

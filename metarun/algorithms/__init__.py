@@ -8,14 +8,22 @@ shared core), ProtoNet, MANN (and its LSTM baseline, ``memory: none``), Reptile.
 from metarun.algorithms.anil import ANIL
 from metarun.algorithms.base import MetaLearner
 from metarun.algorithms.fomaml import FOMAML
+from metarun.algorithms.fomaml_rl import FOMAMLRL
 from metarun.algorithms.maml import MAML
+from metarun.algorithms.maml_rl import MAMLRL
 from metarun.algorithms.mamlpp import MAMLPlusPlus
 from metarun.algorithms.mann import MANN
 from metarun.algorithms.metasgd import MetaSGD
+from metarun.algorithms.pretrained_rl import PretrainedRL
 from metarun.algorithms.protonet import ProtoNet
 from metarun.algorithms.reptile import Reptile
+from metarun.algorithms.trpo import TRPO
 
 __all__ = [
+    "MAMLRL",
+    "FOMAMLRL",
+    "PretrainedRL",
+    "TRPO",
     "MetaLearner",
     "MAML",
     "FOMAML",

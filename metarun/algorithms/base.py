@@ -52,6 +52,9 @@ class MetaLearner(nn.Module, ABC):
         """Whether ``train.compile`` may compile the training step."""
         return self.uncompiled_reason is None
 
+    #: Whether a data-parallel run (torchrun, SLURM) can split this learner's meta-batch.
+    data_parallel = True
+
     #: The options whose step sizes a diverging run should lower (named in its error line).
     step_size_options: tuple[str, ...] = ("optimizer.lr",)
 
@@ -88,9 +91,10 @@ class MetaLearner(nn.Module, ABC):
         """``output_size`` of a learner that classifies with a headless backbone (ProtoNet's
         embeddings, MANN's encoder): refuses a regression dataset in one line."""
         if dataset.problem != "classification":
+            other = "algo=maml_rl" if dataset.problem == "reinforcement" else "algo=maml"
             raise MetarunError(
-                f"algo={cls.__name__.lower()} classifies; it cannot run on a regression dataset "
-                f"({type(dataset).__name__}); use algo=maml or a classification dataset"
+                f"algo={cls.__name__.lower()} classifies; it cannot run on a {dataset.problem} "
+                f"dataset ({type(dataset).__name__}); use {other} or a classification dataset"
             )
         return None
 
@@ -101,6 +105,16 @@ class MetaLearner(nn.Module, ABC):
             raise MetarunError(
                 f"{what}: {cls.__name__} scores each task on its query set; task.query must be "
                 "at least 1"
+            )
+
+    @classmethod
+    def check_run(cls, cfg: Any, world: Any) -> None:
+        """Raise a one-line error if this algorithm cannot run as ``cfg`` and ``world`` (the
+        run's processes) say; by default it refuses data parallelism it does not support."""
+        if world.active and not cls.data_parallel:
+            raise MetarunError(
+                f"{cls.__name__} runs in one process ({world.size} were launched); launch it "
+                "with plain `metarun`, without torchrun or a data-parallel launcher"
             )
 
     def configure_optimizers(self) -> tuple[torch.optim.Optimizer, Any | None]:
@@ -121,6 +135,13 @@ class MetaLearner(nn.Module, ABC):
         loss, metrics = self.meta_loss(batch)
         self.outer_backward(loss)
         return metrics
+
+    def outer_step(self, optimizer: torch.optim.Optimizer, precision: Any) -> dict:
+        """Apply the meta-gradient :meth:`meta_backward` left in ``.grad``: the optimizer's
+        step (``precision``: fp16's scaler). A learner whose outer update is not a gradient
+        step (TRPO's trust region) overrides it; returns more metrics of the step (or none)."""
+        precision.step(optimizer)
+        return {}
 
     def compile_with(self, compiled: Callable) -> None:
         """``train.compile``: run the training step through ``compiled(fn, eager, what)`` (a

@@ -4,7 +4,9 @@ from metarun.data.batch import TaskBatch, TaskShape
 from metarun.data.cifar import CIFARFS, FC100
 from metarun.data.episodes import EpisodicImages
 from metarun.data.glyphs import Glyphs
+from metarun.data.locomotion import HalfCheetahDir, HalfCheetahVel
 from metarun.data.miniimagenet import MiniImageNet
+from metarun.data.navigation import Navigation2D
 from metarun.data.omniglot import Omniglot
 from metarun.data.sinusoid import Sinusoid
 
@@ -18,4 +20,7 @@ __all__ = [
     "CIFARFS",
     "FC100",
     "Sinusoid",
+    "Navigation2D",
+    "HalfCheetahVel",
+    "HalfCheetahDir",
 ]

@@ -23,4 +23,5 @@ from metarun.schemas.registry import (  # noqa: F401
     schema_for,
     target_of,
 )
+from metarun.schemas.rl import *  # noqa: F401,F403
 from metarun.schemas.run import *  # noqa: F401,F403

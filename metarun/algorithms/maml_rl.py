@@ -1,0 +1,247 @@
+"""MAML for reinforcement learning (Finn et al. 2017, section 5.3): a Gaussian policy adapted
+to a task by policy-gradient steps, meta-trained by TRPO on the adapted policies' trajectories.
+
+A meta-iteration: every task of the batch rolls out ``task.shot`` trajectories with the meta
+policy; each task's inner step is REINFORCE on them (advantages from a linear feature baseline
+fitted per task, GAE, normalised per task), taken by MAML's one inner loop
+(:class:`~metarun.algorithms.inner_loop.InnerLoop`) on the policy's weights folded with a task
+axis (each task's copy of the weights, all tasks in one batched forward); the adapted policies
+roll out ``task.query`` trajectories; the outer update is a TRPO step
+(:class:`~metarun.algorithms.trpo.TRPO`) on their surrogate loss, with the KL between the
+adapted policies before and after, both recomputed through the inner step (second order unless
+``first_order``). ``inner_steps=0`` trains one policy on all tasks jointly (``pretrained_rl``,
+the paper's "pretrained" baseline); ``train.steps=0`` evaluates a random policy.
+
+Evaluation adapts with ``eval_inner_steps`` steps (fresh trajectories each step) and reports
+the average return after each step in ``eval_report_steps`` (``return_step{k}``) and after
+the last (``return``, the validation objective). The policy's log standard deviation is a
+weight of its own (state-independent, adapted with the rest), as in the reference code.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from metarun.algorithms import policy_gradient as pg
+from metarun.algorithms.base import MetaLearner, OptimizerFactory, SchedulerFactory
+from metarun.algorithms.inner_loop import InnerLoop, Params
+from metarun.algorithms.trpo import TRPO
+from metarun.errors import MetarunError
+from metarun.series import Series
+
+#: Rollout ``r`` of a task resets its environments with ``seed + r * ROLLOUT_SEED_STRIDE``.
+ROLLOUT_SEED_STRIDE = 104729
+
+
+class MAMLRL(InnerLoop, MetaLearner):
+    """MAML-TRPO on a Gaussian MLP policy (``backbone`` gives the mean of each action).
+
+    Args:
+        inner_lr: step size of the first inner policy-gradient step.
+        later_inner_lr: step size of the later ones (evaluation beyond the first step); None:
+            ``inner_lr`` (the paper halves it).
+        inner_steps: inner steps in meta-training (0: joint training, no adaptation).
+        eval_inner_steps: inner steps at validation and test (``return`` after them).
+        eval_report_steps: step counts whose return is also reported (``return_step{k}``).
+        first_order: drop the second-order terms of the meta-gradient.
+        gamma, gae_lambda: discount and GAE's lambda.
+        init_std: the policy's initial standard deviation.
+    """
+
+    metric_series = (Series("{metric}_step{i}", "step"),)
+    step_size_options = ("optimizer.max_kl", "inner_lr")
+    uncompiled_reason = "its training step steps environments between forwards"
+    data_parallel = False
+    # InnerLoop's switches that this learner does not have (Meta-SGD, MAML++)
+    inner_lrs = step_lrs = None
+    multi_step_loss = first_order_until = 0
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        inner_lr: float = 0.1,
+        later_inner_lr: float | None = None,
+        inner_steps: int = 1,
+        eval_inner_steps: int = 1,
+        eval_report_steps: Sequence[int] = (),
+        first_order: bool = False,
+        gamma: float = 0.99,
+        gae_lambda: float = 1.0,
+        init_std: float = 1.0,
+        batch_norm: str = "transductive",
+    ) -> None:
+        super().__init__(backbone, optimizer, scheduler, batch_norm)
+        if not getattr(backbone, "can_fold_tasks", False):
+            raise MetarunError(
+                f"backbone {type(backbone).__name__} cannot be a policy (its weights do not fold "
+                "a task axis); use backbone=mlp"
+            )
+        self.inner_lr, self.later_inner_lr = inner_lr, later_inner_lr
+        self.inner_steps, self.eval_inner_steps = inner_steps, eval_inner_steps
+        self.eval_report_steps = tuple(sorted(set(eval_report_steps)))
+        self.first_order, self.gamma, self.gae_lambda = first_order, gamma, gae_lambda
+        self.log_std = nn.Parameter(torch.full((backbone.out_features,), math.log(init_std)))
+        self.adapt_names = {*dict(backbone.named_parameters()), "log_std"}
+        self._key = {name: name for name in self.adapt_names}
+        self._closure = None  # the TRPO closure of the batch meta_backward sampled
+        self._timing = (0.0, 0.0, 0)  # start of the meta-iteration, rollout seconds, env steps
+
+    # -- what a run checks ------------------------------------------------------------------
+    @classmethod
+    def output_size(cls, dataset, way: int) -> int:
+        if getattr(dataset, "problem", None) != "reinforcement":
+            raise MetarunError(
+                f"algo={cls.__name__.lower()} learns policies for reinforcement-learning tasks; "
+                f"{type(dataset).__name__} is a {dataset.problem} dataset: use "
+                "dataset=navigation2d, halfcheetah_vel or halfcheetah_dir"
+            )
+        return dataset.policy_size()
+
+    @classmethod
+    def check_run(cls, cfg, world) -> None:
+        super().check_run(cfg, world)
+        if cfg.train.precision != "fp32":
+            raise MetarunError(
+                f"train.precision={cfg.train.precision}: meta-RL runs in fp32 only (TRPO's "
+                "conjugate gradient and the baseline's least squares need it); set fp32"
+            )
+
+    # -- the policy ---------------------------------------------------------------------------
+    def _lr(self, name: str, step: int) -> float:
+        return self.inner_lr if step == 0 or self.later_inner_lr is None else self.later_inner_lr
+
+    def folded(self, tasks: int) -> Params:
+        """The meta policy's weights with a task axis (a view per task, one graph)."""
+        own = {**dict(self.backbone.named_parameters()), "log_std": self.log_std}
+        return {k: p.expand(tasks, *p.shape) for k, p in own.items()}
+
+    def distribution(self, params: Params, obs: torch.Tensor):
+        """Each task's action means ``[B, N, act]`` and log std ``[B, 1, act]`` at ``obs``."""
+        weights = {k: v for k, v in params.items() if k != "log_std"}
+        return self.backbone.forward_tasks(weights, obs), params["log_std"].unsqueeze(1)
+
+    def _rollout(self, batch, params: Params, trajectories: int, index: int, generators):
+        envs = batch.source.envs(batch.tasks, trajectories)
+        seeds = [int(s) + index * ROLLOUT_SEED_STRIDE for s in batch.seeds]
+        policy = lambda obs: self.distribution(params, obs)  # noqa: E731
+        out = pg.rollout(envs, policy, batch.source.horizon, generators, seeds)
+        start, seconds, steps = self._timing
+        self._timing = (start, seconds + out.seconds, steps + out.steps)
+        return out
+
+    def _support_loss(self, data):
+        """``loss(params, step)``: REINFORCE on step ``step``'s trajectories, summed over tasks
+        (each task's copy of the weights gets its own task's gradient)."""
+
+        def loss(params: Params, step: int) -> torch.Tensor:
+            trajectories, adv = data[step]
+            obs, actions, mask = trajectories.flat()
+            mean, log_std = self.distribution(params, obs)
+            logp = pg.gaussian_log_prob(actions, mean, log_std)
+            return -pg.masked_mean(logp * adv, mask).sum()
+
+        return loss
+
+    def _advantages(self, trajectories) -> torch.Tensor:
+        return pg.advantages(trajectories, self.gamma, self.gae_lambda)
+
+    # -- meta-training -------------------------------------------------------------------------
+    def _sample(self, batch):
+        """Roll out, adapt (off the graph) and roll out again; returns the TRPO closure and the
+        returns before and after adaptation."""
+        b = batch.num_tasks
+        generators = [torch.Generator().manual_seed(int(s)) for s in batch.seeds]
+        params = {k: p.detach() for k, p in self.folded(b).items()}
+        data = []
+        support = self._support_loss(data)
+        for k in range(self.inner_steps):
+            trajectories = self._rollout(batch, params, batch.shot, k, generators)
+            data.append((trajectories, self._advantages(trajectories)))
+            params = self._detached_step(support, params, k)
+        post = self._rollout(batch, params, batch.query, self.inner_steps, generators)
+        post_adv = self._advantages(post)
+        obs, actions, mask = post.flat()
+        with torch.no_grad():
+            old_mean, old_log_std = self.distribution(params, obs)
+            old_logp = pg.gaussian_log_prob(actions, old_mean, old_log_std)
+
+        def closure(differentiable: bool = True):
+            grads = self.autograd_grads if differentiable else None
+            adapted = self.inner_loop(self.folded(b), support, self.inner_steps, grads)
+            mean, log_std = self.distribution(adapted, obs)
+            ratio = torch.exp(pg.gaussian_log_prob(actions, mean, log_std) - old_logp)
+            loss = -pg.masked_mean(ratio * post_adv, mask).mean()
+            kl = pg.masked_mean(pg.gaussian_kl(old_mean, old_log_std, mean, log_std), mask)
+            return loss, kl.mean()
+
+        before = data[0][0].returns.mean() if data else post.returns.mean()
+        return closure, before, post.returns.mean()
+
+    def meta_loss(self, batch):
+        """The surrogate loss of the adapted policies (with the graph to the meta policy)."""
+        closure, before, after = self._sample(batch)
+        loss, kl = closure(True)
+        return loss, {"loss": loss.detach(), "return_pre": before, "return_post": after}
+
+    def meta_backward(self, batch) -> dict[str, torch.Tensor]:
+        """Samples the batch's trajectories; :meth:`outer_step` takes the TRPO step on them."""
+        self._timing = (time.perf_counter(), 0.0, 0)
+        self._closure, before, after = self._sample(batch)
+        metrics = {"return_pre": before}
+        if self.inner_steps:
+            metrics["return_post"] = after
+        return metrics
+
+    def outer_step(self, optimizer, precision) -> dict[str, torch.Tensor]:
+        if not isinstance(optimizer, TRPO):
+            raise MetarunError(
+                f"algo.optimizer: {type(optimizer).__name__} cannot take the outer step of "
+                f"{type(self).__name__}; use algo.optimizer._target_=metarun.algorithms.TRPO"
+            )
+        loss = optimizer.step(self._closure)
+        self._closure = None
+        start, seconds, steps = self._timing
+        total = time.perf_counter() - start
+        out = {"loss": loss, **{k: torch.tensor(float(v)) for k, v in optimizer.last.items()}}
+        out["env_steps"] = torch.tensor(float(steps))
+        out["env_steps_per_s"] = torch.tensor(steps / max(seconds, 1e-9))
+        out["sim_share"] = torch.tensor(seconds / max(total, 1e-9))
+        return out
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def evaluate(self, batch) -> dict[str, torch.Tensor]:
+        """Per task: the average return after each adaptation step (fresh trajectories)."""
+        b = batch.num_tasks
+        generators = [torch.Generator().manual_seed(int(s)) for s in batch.seeds]
+        params = {k: p.detach() for k, p in self.folded(b).items()}
+        data = []
+        support = self._support_loss(data)
+        last = max((self.eval_inner_steps, *self.eval_report_steps))
+        out: dict[str, torch.Tensor] = {}
+        for k in range(last + 1):
+            count = batch.query if k == self.eval_inner_steps else batch.shot
+            trajectories = self._rollout(batch, params, count, k, generators)
+            if k in self.eval_report_steps:
+                out[f"return_step{k}"] = trajectories.returns
+            if k == self.eval_inner_steps:
+                out["return"] = trajectories.returns
+            if k < last:
+                data.append((trajectories, self._advantages(trajectories)))
+                params = self._detached_step(support, params, k)
+        return out
+
+    def extra_repr(self) -> str:
+        later = "" if self.later_inner_lr is None else f" then {self.later_inner_lr}"
+        order = "first" if self.first_order else "second"
+        return (
+            f"inner_lr={self.inner_lr}{later}, inner_steps={self.inner_steps}, "
+            f"eval_inner_steps={self.eval_inner_steps}, {order}-order, gamma={self.gamma}, "
+            f"gae_lambda={self.gae_lambda}, policy std from {math.exp(self.log_std[0].item()):.3g}"
+        )
