@@ -97,6 +97,8 @@ def evaluate_checkpoint(argv: list[str]) -> dict[str, float]:
         if exp.dataset.problem == "regression"  # no classes, so no way
         else f"{shape.way}-way {shape.shot}-shot, {shape.query} queries per class"
     )
+    if hasattr(exp.dataset, "describe"):  # a dataset that says it itself (RL tasks)
+        episode = exp.dataset.describe(shape)
     what = f"{exp.cfg[split].episodes} {'validation' if split == 'val' else 'test'} episodes"
     console.print(f"{path}: {what}, {episode}", soft_wrap=True)
     table = Table()

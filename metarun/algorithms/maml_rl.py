@@ -166,23 +166,32 @@ class MAMLRL(InnerLoop, MetaLearner):
             data.append((trajectories, self._advantages(trajectories)))
             params = self._detached_step(support, params, k)
         post = self._rollout(batch, params, batch.query, self.inner_steps, generators)
-        post_adv = self._advantages(post)
+        closure = self.objective(data, post, self._advantages(post), params)
+        before = data[0][0].returns.mean() if data else post.returns.mean()
+        return closure, before, post.returns.mean()
+
+    def objective(self, data, post, post_adv, sampled_with: Params):
+        """TRPO's closure: ``closure(differentiable) -> (loss, kl)`` at the meta policy's
+        current weights, adapting on ``data`` (per inner step: trajectories, advantages) and
+        scoring the ``post`` trajectories (sampled with ``sampled_with``) by the surrogate
+        ``-E[ratio * advantage]`` and the mean KL from the policies that sampled them."""
         obs, actions, mask = post.flat()
+        support = self._support_loss(data)
         with torch.no_grad():
-            old_mean, old_log_std = self.distribution(params, obs)
+            old_mean, old_log_std = self.distribution(sampled_with, obs)
             old_logp = pg.gaussian_log_prob(actions, old_mean, old_log_std)
 
         def closure(differentiable: bool = True):
             grads = self.autograd_grads if differentiable else None
-            adapted = self.inner_loop(self.folded(b), support, self.inner_steps, grads)
+            params = self.folded(obs.shape[0])
+            adapted = self.inner_loop(params, support, self.inner_steps, grads)
             mean, log_std = self.distribution(adapted, obs)
             ratio = torch.exp(pg.gaussian_log_prob(actions, mean, log_std) - old_logp)
             loss = -pg.masked_mean(ratio * post_adv, mask).mean()
             kl = pg.masked_mean(pg.gaussian_kl(old_mean, old_log_std, mean, log_std), mask)
             return loss, kl.mean()
 
-        before = data[0][0].returns.mean() if data else post.returns.mean()
-        return closure, before, post.returns.mean()
+        return closure
 
     def meta_loss(self, batch):
         """The surrogate loss of the adapted policies (with the graph to the meta policy)."""
