@@ -256,6 +256,7 @@ OMNI += ["dataset.split=random", "dataset.download=false", *QUIET]
 NEW_ALPHABETS = ["experiment=protonet_omniglot_new_alphabets", f"dataset.root={SHARED_OMNIGLOT}"]
 NEW_ALPHABETS += ["dataset.download=false", *QUIET]
 VIEWS_OFF = [f"test.view_warp.{k}=0" for k in ("rotate", "shear", "scale", "translate")]
+RL = ["dataset=navigation2d", "algo=maml_rl", "task.meta_batch=2", "dataset.horizon=5", *QUIET]
 CASES = [
     # -- config
     Case("unknown group option", ["algo=mamll"], "Could not find 'algo/mamll'; valid options: "
@@ -327,6 +328,25 @@ CASES = [
          "a 8x8 image is too small for 4 downsampling blocks; raise dataset.image_size"),
     Case("incompatible algo and dataset", ["algo=protonet", "dataset=sinusoid"],
          "algo=protonet classifies; it cannot run on a regression dataset"),
+    Case("image algorithm on an RL task", ["algo=protonet", "dataset=navigation2d"],
+         "algo=protonet classifies; it cannot run on a reinforcement dataset \\(Navigation2D\\); "
+         "use algo=maml_rl"),
+    Case("MAML on an RL task", ["algo=maml", "dataset=navigation2d"], "dataset=navigation2d is "
+         "a reinforcement-learning task distribution; .* use algo=maml_rl, fomaml_rl or "
+         "pretrained_rl"),
+    Case("RL algorithm on images", [*GLYPHS, "algo=maml_rl"], "MAMLRL learns policies for "
+         "reinforcement-learning tasks; Glyphs is a classification dataset: use "
+         "dataset=navigation2d"),
+    Case("MuJoCo task without MuJoCo", ["dataset=halfcheetah_vel", "algo=maml_rl"],
+         "dataset=halfcheetah_vel simulates MuJoCo, which is not installed \\(mujoco is "
+         "missing\\): pip install 'metarun\\[rl\\]'",
+         lambda tmp, mp: mp.setitem(sys.modules, "mujoco", None)),
+    Case("RL horizon 0", [*RL, "dataset.horizon=0"], "dataset.horizon=0 must be >= 1"),
+    Case("RL trajectories 0", [*RL, "task.query=0"], "meta-training: task.query=0 trajectories "
+         "per task; RL tasks need at least 1"),
+    Case("RL in fp16", [*RL, "train.precision=fp16"], "meta-RL runs in fp32 only"),
+    Case("NaN in the policy", [*RL, "algo.inner_lr=1e30"], "the policy's actions became NaN or "
+         "inf; the policy's weights diverged \\(lower algo.inner_lr or algo.optimizer.max_kl\\)"),
     Case("absent CUDA", ["device=cuda"], "device=cuda was requested but no CUDA GPU is usable",
          marks=[pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present")]),
     Case("absent MPS", ["device=mps"], "device=mps was requested but Apple MPS is not available"),

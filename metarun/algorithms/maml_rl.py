@@ -1,21 +1,17 @@
 """MAML for reinforcement learning (Finn et al. 2017, section 5.3): a Gaussian policy adapted
-to a task by policy-gradient steps, meta-trained by TRPO on the adapted policies' trajectories.
+to each task by policy-gradient steps, meta-trained by TRPO on the adapted policies' returns.
 
-A meta-iteration: every task of the batch rolls out ``task.shot`` trajectories with the meta
-policy; each task's inner step is REINFORCE on them (advantages from a linear feature baseline
-fitted per task, GAE, normalised per task), taken by MAML's one inner loop
-(:class:`~metarun.algorithms.inner_loop.InnerLoop`) on the policy's weights folded with a task
-axis (each task's copy of the weights, all tasks in one batched forward); the adapted policies
-roll out ``task.query`` trajectories; the outer update is a TRPO step
-(:class:`~metarun.algorithms.trpo.TRPO`) on their surrogate loss, with the KL between the
-adapted policies before and after, both recomputed through the inner step (second order unless
-``first_order``). ``inner_steps=0`` trains one policy on all tasks jointly (``pretrained_rl``,
-the paper's "pretrained" baseline); ``train.steps=0`` evaluates a random policy.
-
-Evaluation adapts with ``eval_inner_steps`` steps (fresh trajectories each step) and reports
-the average return after each step in ``eval_report_steps`` (``return_step{k}``) and after
-the last (``return``, the validation objective). The policy's log standard deviation is a
-weight of its own (state-independent, adapted with the rest), as in the reference code.
+A meta-iteration: each task rolls out ``task.shot`` trajectories with the meta policy; its
+inner step is REINFORCE on them (linear feature baseline fitted per task, GAE, advantages
+normalised per task), taken by MAML's one inner loop (:class:`~.inner_loop.InnerLoop`) on the
+policy's weights folded with a task axis (all tasks in one batched forward); the adapted
+policies roll out ``task.query`` trajectories; the outer update is a TRPO step
+(:class:`~.trpo.TRPO`) on their surrogate loss and KL, both recomputed through the inner step
+(second order unless ``first_order``). ``inner_steps=0`` trains one policy on all tasks jointly
+(``pretrained_rl``). Evaluation takes ``eval_inner_steps`` steps on fresh trajectories each and
+reports the average return after each of ``eval_report_steps`` (``return_step{k}``) and after
+the last (``return``, the validation objective). The log standard deviation is a weight of its
+own (state-independent, adapted with the rest), as in the reference code.
 """
 
 from __future__ import annotations
@@ -39,19 +35,9 @@ ROLLOUT_SEED_STRIDE = 104729
 
 
 class MAMLRL(InnerLoop, MetaLearner):
-    """MAML-TRPO on a Gaussian MLP policy (``backbone`` gives the mean of each action).
-
-    Args:
-        inner_lr: step size of the first inner policy-gradient step.
-        later_inner_lr: step size of the later ones (evaluation beyond the first step); None:
-            ``inner_lr`` (the paper halves it).
-        inner_steps: inner steps in meta-training (0: joint training, no adaptation).
-        eval_inner_steps: inner steps at validation and test (``return`` after them).
-        eval_report_steps: step counts whose return is also reported (``return_step{k}``).
-        first_order: drop the second-order terms of the meta-gradient.
-        gamma, gae_lambda: discount and GAE's lambda.
-        init_std: the policy's initial standard deviation.
-    """
+    """MAML-TRPO on a Gaussian MLP policy (``backbone`` gives the mean of each action). The
+    options are :class:`~metarun.schemas.rl.MAMLRLConfig`'s, a comment each; ``later_inner_lr``
+    is the step size of inner steps after the first (None: ``inner_lr``; the paper halves it)."""
 
     metric_series = (Series("{metric}_step{i}", "step"),)
     step_size_options = ("optimizer.max_kl", "inner_lr")
@@ -70,7 +56,7 @@ class MAMLRL(InnerLoop, MetaLearner):
         later_inner_lr: float | None = None,
         inner_steps: int = 1,
         eval_inner_steps: int = 1,
-        eval_report_steps: Sequence[int] = (),
+        eval_report_steps: Sequence[int] = (0, 1),
         first_order: bool = False,
         gamma: float = 0.99,
         gae_lambda: float = 1.0,
@@ -98,11 +84,15 @@ class MAMLRL(InnerLoop, MetaLearner):
     def output_size(cls, dataset, way: int) -> int:
         if getattr(dataset, "problem", None) != "reinforcement":
             raise MetarunError(
-                f"algo={cls.__name__.lower()} learns policies for reinforcement-learning tasks; "
+                f"{cls.__name__} learns policies for reinforcement-learning tasks; "
                 f"{type(dataset).__name__} is a {dataset.problem} dataset: use "
                 "dataset=navigation2d, halfcheetah_vel or halfcheetah_dir"
             )
         return dataset.policy_size()
+
+    @classmethod
+    def check_task(cls, shape, what: str, algo_cfg) -> None:
+        """The task distribution checks the trajectory counts (``check_shape``)."""
 
     @classmethod
     def check_run(cls, cfg, world) -> None:
