@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 TINY = ["train.steps=1", "train.log_every=1", "val.every=1", "val.episodes=2",
         "test.episodes=2", "logger=none", "checkpoint.every=0"]  # fmt: skip
 ALGOS = ["maml", "fomaml", "anil", "metasgd", "mamlpp", "reptile", "protonet", "mann", "lstm"]
+RL_ALGOS = ["maml_rl", "pretrained_rl"]  # on navigation2d only (MuJoCo tasks are slow to build)
 
 
 class Long(BaseException):
@@ -70,6 +71,8 @@ def datasets(work: Path) -> dict[str, list[str]]:
         "sinusoid": ["dataset=sinusoid", "task.shot=3", "task.query=3"],
         "miniimagenet": ["dataset=miniimagenet", f"dataset.root={mini}", *small],
         "cifar_fs": ["dataset=cifar_fs", *cifar, *small],
+        "navigation2d": ["dataset=navigation2d", "dataset.horizon=3", "task.shot=2",
+                         "task.query=2", "task.meta_batch=2"],  # fmt: skip
     }
     if OMNIGLOT_DATA is not None:
         out["omniglot"] = ["dataset=omniglot", f"dataset.root={OMNIGLOT_DATA}",
@@ -129,10 +132,14 @@ def value_for(hint, rng: random.Random) -> str:
 
 
 def draw(rng: random.Random, data: dict, compose, done: Path, n: int, work: Path) -> list[str]:
-    algo = rng.choice(ALGOS)
-    dataset = rng.choice([d for d in data if d != "sinusoid" or algo in ALGOS[:6]])
+    algo = rng.choice(ALGOS + RL_ALGOS)
+    if algo in RL_ALGOS:
+        dataset = "navigation2d"
+    else:
+        dataset = rng.choice([d for d in data if d not in ("navigation2d", "sinusoid")
+                              or (d == "sinusoid" and algo in ALGOS[:6])])  # fmt: skip
     overrides = [f"algo={algo}", *data[dataset], *TINY]
-    if dataset != "sinusoid" and algo not in ("mann", "lstm"):
+    if dataset not in ("sinusoid", "navigation2d") and algo not in ("mann", "lstm"):
         overrides += ["backbone=conv4", "backbone.hidden=4", "backbone.blocks=2"]
     if algo in ("mann", "lstm"):
         overrides += ["task.query=0", "algo.controller_size=8", "algo.memory_slots=4"]

@@ -12,13 +12,21 @@ from metarun.data import TaskShape
 from metarun.errors import MetarunError
 from tests.conftest import GLYPHS_SMALL, OMNIGLOT_SMALL, options
 
-# Options that need an image dataset get glyphs; image datasets run in their small offline form.
+# Options that need an image dataset get glyphs; image datasets run in their small offline form;
+# RL algorithms get navigation2d and RL task distributions MAML-RL, with short episodes.
+SHORT = ["dataset.horizon=3", "task.shot=2", "task.query=2"]
 NEEDS_IMAGES = {
     "algo=protonet": ["dataset=glyphs"],
     "algo=mann": ["dataset=glyphs"],
     "algo=lstm": ["dataset=glyphs"],
     "backbone=conv4": ["dataset=glyphs"],
     "backbone=resnet12": ["dataset=glyphs", "algo=protonet"],
+    **{f"algo={a}": ["dataset=navigation2d", *SHORT] for a in ("maml_rl", "fomaml_rl")},
+    "algo=pretrained_rl": ["dataset=navigation2d", *SHORT],
+    **{f"dataset={d}": ["algo=maml_rl", *SHORT] for d in ("navigation2d", "halfcheetah_vel")},
+    "dataset=halfcheetah_dir": ["algo=maml_rl", *SHORT],
+    **{f"experiment=maml_rl_{d}": SHORT for d in ("navigation2d", "halfcheetah_vel")},
+    "experiment=maml_rl_halfcheetah_dir": SHORT,
 }
 SMALL_DATA = {"metarun.data.Omniglot": OMNIGLOT_SMALL, "metarun.data.Glyphs": GLYPHS_SMALL}
 
