@@ -13,13 +13,14 @@ environment of a batch size is built once and reused.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from metarun.data.rl_tasks import RLTasks, VectorTasks, check_range
-from metarun.errors import MetarunError
+from metarun.errors import MetarunError, warn
 
 INSTALL = "pip install 'metarun[rl]' (gymnasium with MuJoCo)"
 #: A sub-environment's reset seed is its task's seed plus this times its trajectory number.
@@ -37,6 +38,27 @@ def _gymnasium(name: str):
             f"{INSTALL}"
         ) from None
     return gymnasium
+
+
+@contextlib.contextmanager
+def _mujoco_warnings_once():
+    """MuJoCo's warnings while models compile, each said once (a model of every
+    sub-environment would repeat its deprecation warning hundreds of times)."""
+    import mujoco
+
+    seen: set[str] = set()
+
+    def once(message: str) -> None:
+        if message not in seen:
+            seen.add(message)
+            warn(f"MuJoCo: {message.strip()}")
+
+    previous = mujoco.get_mju_user_warning()
+    mujoco.set_mju_user_warning(once)
+    try:
+        yield
+    finally:
+        mujoco.set_mju_user_warning(previous)
 
 
 class MuJoCoTasks(VectorTasks):
@@ -89,7 +111,8 @@ class Locomotion(RLTasks):
         """The vector environment of ``size`` sub-environments (built once per size)."""
         if size not in self._vectors:
             make = lambda: self.gym.make(self.env_id, max_episode_steps=self.horizon)  # noqa
-            self._vectors[size] = self.gym.vector.SyncVectorEnv([make] * size)
+            with _mujoco_warnings_once():
+                self._vectors[size] = self.gym.vector.SyncVectorEnv([make] * size)
         return self._vectors[size]
 
     def envs(self, tasks: torch.Tensor, trajectories: int) -> MuJoCoTasks:

@@ -120,6 +120,9 @@ class RLTasks:
         tasks = tasks[part].to(device, torch.float32)
         return EnvBatch(tasks, seeds[part], self, shape.shot, shape.query)
 
+    def close(self) -> None:
+        """Free the simulators the distribution keeps (nothing by default)."""
+
     def draw_tasks(self, num_tasks: int, generator: torch.Generator) -> torch.Tensor:
         """Task parameters ``[num_tasks, task_size]``."""
         raise NotImplementedError
