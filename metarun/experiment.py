@@ -29,19 +29,13 @@ from metarun.errors import MetarunError
 from metarun.evaluate import chunk_size, evaluate, fixed_episodes
 from metarun.memory import check_memory, model_parameters
 from metarun.precision import Precision
+from metarun.problems import MONITOR
 from metarun.profiling import check as check_profile
 from metarun.resume import resume_checkpoint
 from metarun.schemas import added_keys, close_names
 from metarun.views import Views
 
 EVAL_SPLITS = ("val", "test")
-
-# The metric the validation objective and "best" checkpoint follow, by kind of problem.
-MONITOR = {
-    "regression": ("mse", "min"),
-    "classification": ("acc", "max"),
-    "reinforcement": ("return", "max"),
-}
 
 
 def seed_everything(seed: int) -> None:

@@ -22,6 +22,7 @@ from rich.text import Text
 
 from metarun.atomic import atomic_write
 from metarun.errors import print_line
+from metarun.problems import MONITOR
 from metarun.run_records import Run, find_runs
 from metarun.series import members as series_members
 from metarun.usage import tool_console
@@ -56,13 +57,14 @@ def left_out_lines(unreadable: list[Run], unfinished: list[Run], included: bool)
 
 
 #: The main test metric of each kind of problem, and whether higher is better.
-MAIN_METRICS = (("test/acc", True), ("test/mse", False))
+MAIN_METRICS = tuple((f"test/{metric}", mode == "max") for metric, mode in MONITOR.values())
+_NAMES = " or ".join(m for m, _ in MAIN_METRICS)
 
 
 def by_metric(runs: list[Run]) -> dict[tuple[str, bool], list[Run]]:
     """The runs by their main test metric (classification: ``test/acc``, regression:
-    ``test/mse``), so runs of two kinds are never ranked in one table; a run with neither is
-    left out."""
+    ``test/mse``, RL: ``test/return``), so runs of two kinds are never ranked in one table; a
+    run with none is left out."""
     kinds: dict[tuple[str, bool], list[Run]] = {}
     for run in runs:
         kind = next((m for m in MAIN_METRICS if m[0] in run.summary), None)
@@ -183,9 +185,9 @@ def main(argv: list[str] | None = None) -> None:
     lacking = [r for r in runs if not any(m in r.summary for m, _ in MAIN_METRICS)]
     if lacking:
         named = ", ".join(str(r.path) for r in lacking)
-        console.print(Text(f"not ranked (no test/acc or test/mse): {named}"), soft_wrap=True)
+        console.print(Text(f"not ranked (no {_NAMES}): {named}"), soft_wrap=True)
     if not kinds and not (args.include_failed and unfinished):
-        _fail("none of these runs has a test metric (test/acc or test/mse) to compare")
+        _fail(f"none of these runs has a test metric ({_NAMES}) to compare")
     files = {}  # name -> CSV text: report.csv for the first kind, report-<metric>.csv after it
     for n, ((metric, higher), members) in enumerate(kinds.items()):
         groups = group(members)

@@ -3,8 +3,11 @@ seeds, ±1 std band) and the test metric of each learner-declared series."""
 
 from __future__ import annotations
 
+from metarun.problems import MONITOR
 from metarun.report import _stats, series_keys
 from metarun.run_records import Run
+
+VAL_METRICS = tuple(f"val/{metric}" for metric, _ in MONITOR.values())
 
 #: Curves with at most this many points are drawn with markers (one point is no line).
 MARKERS_UP_TO = 20
@@ -31,7 +34,7 @@ def plot(groups: dict[tuple, list[Run]], differing: list[str], path) -> None:
 
 def figure(groups: dict[tuple, list[Run]], differing: list[str]):
     """The report's figure: meta-train loss, a meta-validation panel per metric the runs log
-    (accuracy and MSE apart), and a panel per metric series; short curves get markers."""
+    (accuracy, MSE and return apart), and a panel per metric series; short curves get markers."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -39,7 +42,9 @@ def figure(groups: dict[tuple, list[Run]], differing: list[str]):
 
     logged = {k for runs in groups.values() for run in runs for row in run.rows for k in row}
     panels = [("train/loss", "meta-train loss")]
-    panels += [(k, f"meta-validation {k[4:]}") for k in ("val/acc", "val/mse") if k in logged]
+    if "train/return_post" in logged:  # RL: the adapted policies' return (the loss is TRPO's)
+        panels.append(("train/return_post", "meta-train return after adaptation"))
+    panels += [(k, f"meta-validation {k[4:]}") for k in VAL_METRICS if k in logged]
     series = list(series_keys(groups).items())
     width = len(panels) + len(series)
     fig, axes = plt.subplots(1, width, figsize=(5.5 * width, 4.2), constrained_layout=True)

@@ -71,8 +71,13 @@ def datasets(work: Path) -> dict[str, list[str]]:
         "sinusoid": ["dataset=sinusoid", "task.shot=3", "task.query=3"],
         "miniimagenet": ["dataset=miniimagenet", f"dataset.root={mini}", *small],
         "cifar_fs": ["dataset=cifar_fs", *cifar, *small],
-        "navigation2d": ["dataset=navigation2d", "dataset.horizon=3", "task.shot=2",
-                         "task.query=2", "task.meta_batch=2"],  # fmt: skip
+        "navigation2d": [
+            "dataset=navigation2d",
+            "dataset.horizon=3",
+            "task.shot=2",
+            "task.query=2",
+            "task.meta_batch=2",
+        ],  # fmt: skip
     }
     if OMNIGLOT_DATA is not None:
         out["omniglot"] = ["dataset=omniglot", f"dataset.root={OMNIGLOT_DATA}",

@@ -11,10 +11,10 @@ import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from metarun.algorithms import policy_gradient as pg
-from metarun.checkpoint import load_checkpoint
 from metarun.algorithms.maml_rl import MAMLRL
 from metarun.algorithms.trpo import TRPO, conjugate_gradient
 from metarun.backbones.mlp import MLP
+from metarun.checkpoint import load_checkpoint
 from metarun.data import Navigation2D
 from metarun.data.batch import TaskShape
 from metarun.data.rl_tasks import EnvBatch
@@ -62,7 +62,9 @@ def test_the_inner_step_is_reinforce_by_hand_on_a_linear_gaussian_policy():
         n = m.sum()
         g_w = -((A * m)[:, None, None] * z[:, :, None] * s[:, None, :]).sum(0) / n
         g_b = -((A * m)[:, None] * z).sum(0) / n
-        g_s = -((A * m)[:, None] * ((a - (s @ w.T + bias)) ** 2 / log_std.exp() ** 2 - 1)).sum(0) / n
+        g_s = (
+            -((A * m)[:, None] * ((a - (s @ w.T + bias)) ** 2 / log_std.exp() ** 2 - 1)).sum(0) / n
+        )
         torch.testing.assert_close(adapted["net.0.weight"][task], w - 0.3 * g_w)
         torch.testing.assert_close(adapted["net.0.bias"][task], bias - 0.3 * g_b)
         torch.testing.assert_close(adapted["log_std"][task], log_std - 0.3 * g_s)
@@ -139,26 +141,42 @@ def test_the_linear_baseline_is_ridge_regression_on_the_steps_taken():
     # features: obs, obs^2, t/100, (t/100)^2, (t/100)^3, 1 and zero after an episode ended
     assert features.shape[-1] == 2 * 2 + 4
     assert features[0, 1, 3].abs().sum() == 0
-    torch.testing.assert_close(features[1, 0, 3, 4:], torch.tensor([0.03, 0.0009, 2.7e-5, 1], dtype=torch.float64))
+    torch.testing.assert_close(
+        features[1, 0, 3, 4:], torch.tensor([0.03, 0.0009, 2.7e-5, 1], dtype=torch.float64)
+    )
 
 
 def test_returns_and_gae_by_hand():
     rewards = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64)
     mask = torch.tensor([[1.0, 1.0, 0.0]], dtype=torch.float64)  # ended after two steps
-    torch.testing.assert_close(pg.discounted_returns(rewards, mask, 0.5), torch.tensor([[2.0, 2.0, 0.0]], dtype=torch.float64))
+    torch.testing.assert_close(
+        pg.discounted_returns(rewards, mask, 0.5),
+        torch.tensor([[2.0, 2.0, 0.0]], dtype=torch.float64),
+    )
     values = torch.tensor([[0.5, 1.0, 7.0]], dtype=torch.float64)
     # lambda = 1: returns minus values; lambda = 0: one-step TD errors
-    torch.testing.assert_close(pg.gae(rewards, values, mask, 0.5, 1.0), torch.tensor([[1.5, 1.0, 0.0]], dtype=torch.float64))
-    torch.testing.assert_close(pg.gae(rewards, values, mask, 0.5, 0.0), torch.tensor([[1.0, 1.0, 0.0]], dtype=torch.float64))
+    torch.testing.assert_close(
+        pg.gae(rewards, values, mask, 0.5, 1.0),
+        torch.tensor([[1.5, 1.0, 0.0]], dtype=torch.float64),
+    )
+    torch.testing.assert_close(
+        pg.gae(rewards, values, mask, 0.5, 0.0),
+        torch.tensor([[1.0, 1.0, 0.0]], dtype=torch.float64),
+    )
 
 
 def test_gaussian_density_and_kl_against_torch_distributions():
     g = torch.Generator().manual_seed(0)
     m0, m1, a = (torch.randn(4, 3, generator=g, dtype=torch.float64) for _ in range(3))
-    s0, s1 = torch.rand(4, 3, generator=g, dtype=torch.float64) - 0.5, torch.zeros(4, 3, dtype=torch.float64)
+    s0, s1 = (
+        torch.rand(4, 3, generator=g, dtype=torch.float64) - 0.5,
+        torch.zeros(4, 3, dtype=torch.float64),
+    )
     p, q = torch.distributions.Normal(m0, s0.exp()), torch.distributions.Normal(m1, s1.exp())
     torch.testing.assert_close(pg.gaussian_log_prob(a, m0, s0), p.log_prob(a).sum(-1))
-    torch.testing.assert_close(pg.gaussian_kl(m0, s0, m1, s1), torch.distributions.kl_divergence(p, q).sum(-1))
+    torch.testing.assert_close(
+        pg.gaussian_kl(m0, s0, m1, s1), torch.distributions.kl_divergence(p, q).sum(-1)
+    )
 
 
 def test_the_point_robot_moves_by_clipped_scaled_actions_and_stops_at_its_goal():
@@ -172,7 +190,9 @@ def test_the_point_robot_moves_by_clipped_scaled_actions_and_stops_at_its_goal()
 
 
 def _batch(dataset, seed=0, tasks=3, shot=2, query=2):
-    return dataset.sample("train", tasks, TaskShape(1, shot, query), torch.Generator().manual_seed(seed))
+    return dataset.sample(
+        "train", tasks, TaskShape(1, shot, query), torch.Generator().manual_seed(seed)
+    )
 
 
 def test_seeded_rollouts_reproduce_and_differ_by_seed():
@@ -216,7 +236,10 @@ def test_a_run_logs_returns_before_and_after_adaptation_and_resumes_exactly(run_
     assert {"train/return_pre", "train/kl", "train/env_steps", "train/sim_share"} <= set(train)
     assert train["train/env_steps"] <= 3 * 6 * 12  # 3 tasks, 3 + 3 trajectories of 12 steps
     for k in (0, 1, 2):
-        assert math.isfinite(summary[f"test/return_step{k}"]) and summary[f"test/return_step{k}_ci95"] > 0
+        assert (
+            math.isfinite(summary[f"test/return_step{k}"])
+            and summary[f"test/return_step{k}_ci95"] > 0
+        )
     assert summary["test/return"] == summary["test/return_step2"]
     assert summary["best_val/return"] is not None
 
@@ -225,13 +248,21 @@ def test_metarun_eval_reports_returns_after_each_adaptation_step(run_inprocess, 
     from metarun.trained import evaluate_checkpoint
 
     run, _ = run_inprocess(RL, name="run")
-    scores = evaluate_checkpoint([f"checkpoint={run}", "test.episodes=3", "algo.eval_report_steps=[0,1,3]"])
-    assert {"test/return_step0", "test/return_step1", "test/return_step3", "test/return"} <= set(scores)
+    scores = evaluate_checkpoint(
+        [f"checkpoint={run}", "test.episodes=3", "algo.eval_report_steps=[0,1,3]"]
+    )
+    assert {"test/return_step0", "test/return_step1", "test/return_step3", "test/return"} <= set(
+        scores
+    )
     out = capsys.readouterr().out
     assert "3 test episodes, 3 trajectories per adaptation step" in out
 
 
-def test_the_pretrained_and_random_baselines_run_on_the_same_test_tasks(run_inprocess):
+def test_the_baselines_run_on_the_same_test_tasks_and_the_report_ranks_returns(
+    run_inprocess, tmp_path, capsys
+):
+    from metarun import report, report_plot
+
     maml, _ = run_inprocess(RL, name="maml")
     pre, _ = run_inprocess([*RL, "algo=pretrained_rl"], name="pre")
     rand, _ = run_inprocess([*RL, "algo=pretrained_rl", "train.steps=0"], name="rand")
@@ -241,6 +272,13 @@ def test_the_pretrained_and_random_baselines_run_on_the_same_test_tasks(run_inpr
     summaries = [json.loads((r / "summary.json").read_text()) for r in (maml, pre, rand)]
     assert all("test/return_step1" in s for s in summaries)
     assert summaries[2]["train/steps"] == 0
+    capsys.readouterr()
+    report.main([str(maml), str(pre), str(rand), "--out", str(tmp_path / "report")])
+    assert "3 runs, 3 configurations, sorted by test/return" in capsys.readouterr().out
+    fig = report_plot.figure(report.group(report.find_runs([str(maml), str(pre)])), ["algo"])
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[:3] == ["meta-train loss", "meta-train return after adaptation",
+                          "meta-validation return"]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -260,7 +298,10 @@ def test_halfcheetah_rewards_follow_the_task_and_rollouts_reproduce():
     v = torch.tensor(np.asarray(info["x_velocity"]).reshape(2, 2), dtype=torch.float32)
     torch.testing.assert_close(reward, -(v - batch.tasks[:, :1]).abs() - 0.05 * 6)
     direction = HalfCheetahDir(horizon=5)
-    assert set(direction.draw_tasks(50, torch.Generator().manual_seed(0)).flatten().tolist()) == {-1.0, 1.0}
+    assert set(direction.draw_tasks(50, torch.Generator().manual_seed(0)).flatten().tolist()) == {
+        -1.0,
+        1.0,
+    }
     ln = learner(obs=17, act=6, dtype=torch.float32)
     gens = lambda: [torch.Generator().manual_seed(int(s)) for s in batch.seeds]  # noqa: E731
     a = ln._rollout(batch, ln.folded(2), 2, 0, gens())

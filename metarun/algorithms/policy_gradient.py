@@ -50,7 +50,9 @@ class Trajectories:
         )
 
 
-def rollout(envs, policy: Policy, horizon: int, generators: list[torch.Generator], seeds) -> Trajectories:
+def rollout(
+    envs, policy: Policy, horizon: int, generators: list[torch.Generator], seeds
+) -> Trajectories:
     """``horizon`` steps of every environment of ``envs`` under ``policy`` (no gradient); task
     ``b``'s action noise comes from ``generators[b]``, its resets from ``seeds[b]``."""
     start = time.perf_counter()
@@ -112,7 +114,7 @@ def baseline_features(observations, mask) -> torch.Tensor:
     / 100, observations clipped to [-10, 10]), zero on steps not taken."""
     obs = observations.clamp(-10, 10)
     steps = observations.shape[-2]
-    t = (torch.arange(steps, device=obs.device, dtype=obs.dtype) / 100.0)
+    t = torch.arange(steps, device=obs.device, dtype=obs.dtype) / 100.0
     t = t.reshape(*([1] * (obs.dim() - 2)), steps, 1).expand(*obs.shape[:-1], 1)
     features = torch.cat([obs, obs.square(), t, t.square(), t**3, torch.ones_like(t)], -1)
     return features * mask.unsqueeze(-1)

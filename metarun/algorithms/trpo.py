@@ -60,12 +60,10 @@ class TRPO(torch.optim.Optimizer):
         super().__init__(params, defaults)
         self.last: dict[str, float] = {}
 
-    def step(self, closure: Closure | None = None):  # type: ignore[override]
-        if closure is None:
-            raise RuntimeError("TRPO.step needs the closure of the surrogate loss and the KL")
-        group = self.param_groups[0]
-        params = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
-        loss, kl = closure(True)
+    @staticmethod
+    def _full_step(loss, kl, params, group) -> torch.Tensor:
+        """``H^-1 g`` by conjugate gradient, scaled so that its quadratic KL estimate,
+        ``0.5 s'Hs``, is ``max_kl``."""
         grads = torch.autograd.grad(loss, params, retain_graph=True)
         g = torch.cat([x.reshape(-1) for x in grads]).detach()
         kl_grads = torch.autograd.grad(kl, params, create_graph=True)
@@ -77,9 +75,15 @@ class TRPO(torch.optim.Optimizer):
 
         direction = conjugate_gradient(hvp, g, group["cg_iters"])
         shs = 0.5 * direction.dot(hvp(direction))
-        # scaled so that its quadratic KL estimate, 0.5 s'Hs, is max_kl
-        full_step = direction * torch.sqrt(group["max_kl"] / shs.clamp_min(1e-30))
-        del flat_kl_grad, kl_grads
+        return direction * torch.sqrt(group["max_kl"] / shs.clamp_min(1e-30))
+
+    def step(self, closure: Closure | None = None):  # type: ignore[override]
+        if closure is None:
+            raise RuntimeError("TRPO.step needs the closure of the surrogate loss and the KL")
+        group = self.param_groups[0]
+        params = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
+        loss, kl = closure(True)
+        full_step = self._full_step(loss, kl, params, group)  # the graphs are freed here
         old = parameters_to_vector(params).detach()
         old_loss = loss.detach()
         ratio = 1.0
