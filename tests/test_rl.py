@@ -86,7 +86,7 @@ def test_the_meta_gradient_through_the_inner_steps_matches_finite_differences(st
     ln = learner(hidden=(5,), inner_lr=0.2, inner_steps=steps)
     closure = _objective(ln, steps)
     params = list(ln.parameters())
-    loss, _ = closure(True)
+    loss = closure(True)[0]
     exact = parameters_to_vector(torch.autograd.grad(loss, params))
     theta = parameters_to_vector(params).detach()
     numeric = torch.zeros_like(theta)
@@ -110,7 +110,7 @@ def test_a_trpo_step_keeps_the_kl_within_the_trust_region_and_lowers_the_loss():
     before = closure(False)[0].item()
     optimizer = TRPO(ln.parameters(), max_kl=1e-3)
     optimizer.step(closure)
-    loss, kl = closure(False)
+    loss, kl, _ = closure(False)
     assert 0 < kl.item() <= 1e-3 and optimizer.last["kl"] == pytest.approx(kl.item())
     assert loss.item() < before
     # the full step's quadratic KL estimate is max_kl: with a tiny region, the first try passes
@@ -118,6 +118,16 @@ def test_a_trpo_step_keeps_the_kl_within_the_trust_region_and_lowers_the_loss():
     closure = _objective(tiny)
     TRPO(tiny.parameters(), max_kl=1e-7).step(closure)
     assert closure(False)[1].item() == pytest.approx(1e-7, rel=0.05)
+
+
+def test_the_fisher_vector_product_gives_the_exact_hessians_step():
+    ln = learner(hidden=(5,), inner_lr=0.2, inner_steps=2)
+    closure = _objective(ln, steps=2)
+    params, group = list(ln.parameters()), TRPO(ln.parameters()).param_groups[0]
+    loss, kl, fisher = closure(True)
+    exact = TRPO._full_step(loss, kl, params, group)
+    loss, kl, fisher = closure(True)
+    torch.testing.assert_close(TRPO._full_step(loss, kl, params, group, fisher), exact)
 
 
 def test_conjugate_gradient_solves_a_positive_definite_system():

@@ -166,6 +166,7 @@ class MAMLRL(InnerLoop, MetaLearner):
         scoring the ``post`` trajectories (sampled with ``sampled_with``) by the surrogate
         ``-E[ratio * advantage]`` and the mean KL from the policies that sampled them."""
         obs, actions, mask = post.flat()
+        weight = mask / mask.sum(-1, keepdim=True).clamp_min(1) / mask.shape[0]  # of each step
         support = self._support_loss(data)
         with torch.no_grad():
             old_mean, old_log_std = self.distribution(sampled_with, obs)
@@ -179,14 +180,22 @@ class MAMLRL(InnerLoop, MetaLearner):
             ratio = torch.exp(pg.gaussian_log_prob(actions, mean, log_std) - old_logp)
             loss = -pg.masked_mean(ratio * post_adv, mask).mean()
             kl = pg.masked_mean(pg.gaussian_kl(old_mean, old_log_std, mean, log_std), mask)
-            return loss, kl.mean()
+            # the mean KL's Fisher diagonal in (mean, log_std): 1/var per step, 2 per task
+            fisher = (
+                (mean, log_std),
+                (
+                    weight.unsqueeze(-1) * torch.exp(-2 * old_log_std),
+                    torch.full_like(old_log_std, 2.0 / len(weight)),
+                ),
+            )
+            return loss, kl.mean(), fisher
 
         return closure
 
     def meta_loss(self, batch):
         """The surrogate loss of the adapted policies (with the graph to the meta policy)."""
         closure, before, after = self._sample(batch)
-        loss, kl = closure(True)
+        loss = closure(True)[0]
         return loss, {"loss": loss.detach(), "return_pre": before, "return_post": after}
 
     def meta_backward(self, batch) -> dict[str, torch.Tensor]:
