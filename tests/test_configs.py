@@ -24,9 +24,9 @@ NEEDS_IMAGES = {
     **{f"algo={a}": ["dataset=navigation2d", *SHORT] for a in ("maml_rl", "fomaml_rl")},
     "algo=pretrained_rl": ["dataset=navigation2d", *SHORT],
     **{f"dataset={d}": ["algo=maml_rl", *SHORT] for d in ("navigation2d", "halfcheetah_vel")},
-    "dataset=halfcheetah_dir": ["algo=maml_rl", *SHORT],
+    **{f"dataset={d}": ["algo=maml_rl", *SHORT] for d in ("halfcheetah_dir", "ant_vel", "ant_dir")},
     **{f"experiment=maml_rl_{d}": SHORT for d in ("navigation2d", "halfcheetah_vel")},
-    "experiment=maml_rl_halfcheetah_dir": SHORT,
+    **{f"experiment=maml_rl_{d}": SHORT for d in ("halfcheetah_dir", "ant_vel", "ant_dir")},
 }
 SMALL_DATA = {"metarun.data.Omniglot": OMNIGLOT_SMALL, "metarun.data.Glyphs": GLYPHS_SMALL}
 

@@ -294,7 +294,7 @@ def test_the_baselines_run_on_the_same_test_tasks_and_the_report_ranks_returns(
 @pytest.mark.slow
 def test_halfcheetah_rewards_follow_the_task_and_rollouts_reproduce():
     pytest.importorskip("mujoco", reason="needs MuJoCo: pip install 'metarun[rl]'")
-    from metarun.data import HalfCheetahDir, HalfCheetahVel
+    from metarun.data import AntVel, HalfCheetahDir, HalfCheetahVel
 
     vel = HalfCheetahVel(horizon=5)
     batch = _batch(vel, tasks=2, shot=2)
@@ -307,6 +307,19 @@ def test_halfcheetah_rewards_follow_the_task_and_rollouts_reproduce():
     info = envs.vector.step(np.ones((4, 6)))[4]
     v = torch.tensor(np.asarray(info["x_velocity"]).reshape(2, 2), dtype=torch.float32)
     torch.testing.assert_close(reward, -(v - batch.tasks[:, :1]).abs() - 0.05 * 6)
+    ant = AntVel(horizon=5)  # the reference's terms: +1 + 0.05 alive, contact, 0.005 |a|^2
+    ants = _batch(ant, tasks=2, shot=2)
+    envs = ant.envs(ants.tasks, 2)
+    assert envs.reset([int(s) for s in ants.seeds]).shape == (2, 2, 105)
+    _, reward, _ = envs.step(torch.full((2, 2, 8), 0.5))
+    envs.reset([int(s) for s in ants.seeds])
+    info = envs.vector.step(np.full((4, 8), 0.5))[4]
+    v, contact = (
+        torch.tensor(np.asarray(info[k]).reshape(2, 2)) for k in ("x_velocity", "reward_contact")
+    )
+    expected = -(v - ants.tasks[:, :1].double()).abs() + 1.05 + contact - 0.005 * 8 * 0.25
+    torch.testing.assert_close(reward, expected.float())
+    ant.close(), vel.close()
     direction = HalfCheetahDir(horizon=5)
     assert set(direction.draw_tasks(50, torch.Generator().manual_seed(0)).flatten().tolist()) == {
         -1.0,

@@ -86,7 +86,7 @@ class MAMLRL(InnerLoop, MetaLearner):
             raise MetarunError(
                 f"{cls.__name__} learns policies for reinforcement-learning tasks; "
                 f"{type(dataset).__name__} is a {dataset.problem} dataset: use "
-                "dataset=navigation2d, halfcheetah_vel or halfcheetah_dir"
+                "dataset=navigation2d, halfcheetah_vel, halfcheetah_dir, ant_vel or ant_dir"
             )
         return dataset.policy_size()
 

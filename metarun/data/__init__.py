@@ -4,7 +4,7 @@ from metarun.data.batch import TaskBatch, TaskShape
 from metarun.data.cifar import CIFARFS, FC100
 from metarun.data.episodes import EpisodicImages
 from metarun.data.glyphs import Glyphs
-from metarun.data.locomotion import HalfCheetahDir, HalfCheetahVel
+from metarun.data.locomotion import AntDir, AntVel, HalfCheetahDir, HalfCheetahVel
 from metarun.data.miniimagenet import MiniImageNet
 from metarun.data.navigation import Navigation2D
 from metarun.data.omniglot import Omniglot
@@ -23,4 +23,6 @@ __all__ = [
     "Navigation2D",
     "HalfCheetahVel",
     "HalfCheetahDir",
+    "AntVel",
+    "AntDir",
 ]

@@ -1,4 +1,5 @@
-"""MuJoCo locomotion tasks of Finn et al. 2017, section 5.3, on gymnasium's ``HalfCheetah-v5``.
+"""MuJoCo locomotion tasks of Finn et al. 2017, section 5.3, on gymnasium's ``HalfCheetah-v5``
+(and ``Ant-v5``: ``ant_vel``, ``ant_dir``, with the reference code's ant reward terms).
 
 ``halfcheetah_vel``: each task is a target forward velocity ``v_goal ~ U[0, 2]``, reward
 ``-|v - v_goal| - ctrl_cost * |a|^2``. ``halfcheetah_dir``: each task is a direction (forward
@@ -87,6 +88,7 @@ class MuJoCoTasks(VectorTasks):
         velocity = np.asarray(info["x_velocity"], dtype=np.float64).reshape(self.shape)
         control = self.owner.ctrl_cost * np.square(clipped).sum(-1).reshape(self.shape)
         reward = self.owner.reward(velocity, self.tasks) - control
+        reward = reward + np.broadcast_to(self.owner.bonus(info), reward.size).reshape(self.shape)
         done = np.asarray(terminated).reshape(self.shape)
         return (
             self._tensor(observations),
@@ -99,13 +101,15 @@ class Locomotion(RLTasks):
     """A gymnasium MuJoCo environment with a task-dependent reward."""
 
     env_id = "HalfCheetah-v5"
-    observation_size, action_size = 17, 6
 
     def __init__(self, horizon: int = 200, ctrl_cost: float = 0.05) -> None:
         super().__init__(horizon)
         self.gym = _gymnasium(self.name)
         self.ctrl_cost = float(ctrl_cost)
         self._vectors: dict[int, object] = {}
+        probe = self.vector_env(1)  # the sizes, from the simulator itself
+        self.observation_size = probe.single_observation_space.shape[0]
+        self.action_size = probe.single_action_space.shape[0]
 
     def vector_env(self, size: int):
         """The vector environment of ``size`` sub-environments (built once per size)."""
@@ -122,14 +126,43 @@ class Locomotion(RLTasks):
         """The task part of the reward of forward ``velocity`` ``[B, K]``."""
         raise NotImplementedError
 
+    def bonus(self, info: dict) -> np.ndarray | float:
+        """Reward terms besides the task's and the control cost, per sub-environment (none by
+        default)."""
+        return 0.0
+
     def close(self) -> None:
         for vector in self._vectors.values():
             vector.close()
         self._vectors.clear()
 
 
-class HalfCheetahVel(Locomotion):
-    """Target velocities uniform in ``velocity_range`` (``dataset=halfcheetah_vel``)."""
+class GoalVelocity:
+    """Tasks: a target forward velocity each, uniform in ``velocity_range``; reward
+    ``-|v - v_goal|``."""
+
+    velocity_range = (0.0, 2.0)
+
+    def draw_tasks(self, num_tasks: int, generator: torch.Generator) -> torch.Tensor:
+        return RLTasks.uniform((num_tasks, 1), *self.velocity_range, generator)
+
+    def reward(self, velocity, tasks):
+        return -np.abs(velocity - tasks[:, :1])
+
+
+class GoalDirection:
+    """Tasks: forward (+1) or backward (-1), each with probability 1/2; reward ``direction * v``."""
+
+    def draw_tasks(self, num_tasks: int, generator: torch.Generator) -> torch.Tensor:
+        forward = torch.rand((num_tasks, 1), generator=generator, dtype=torch.float64) >= 0.5
+        return forward.double() * 2 - 1
+
+    def reward(self, velocity, tasks):
+        return tasks[:, :1] * velocity
+
+
+class HalfCheetahVel(GoalVelocity, Locomotion):
+    """``dataset=halfcheetah_vel``: target velocities in [0, 2]."""
 
     name = "halfcheetah_vel"
 
@@ -139,21 +172,45 @@ class HalfCheetahVel(Locomotion):
         super().__init__(horizon, ctrl_cost)
         self.velocity_range = check_range("velocity_range", velocity_range)
 
-    def draw_tasks(self, num_tasks: int, generator: torch.Generator) -> torch.Tensor:
-        return self.uniform((num_tasks, 1), *self.velocity_range, generator)
 
-    def reward(self, velocity, tasks):
-        return -np.abs(velocity - tasks[:, :1])
-
-
-class HalfCheetahDir(Locomotion):
-    """Forward (+1) or backward (-1), each with probability 1/2 (``dataset=halfcheetah_dir``)."""
+class HalfCheetahDir(GoalDirection, Locomotion):
+    """``dataset=halfcheetah_dir``."""
 
     name = "halfcheetah_dir"
 
-    def draw_tasks(self, num_tasks: int, generator: torch.Generator) -> torch.Tensor:
-        forward = torch.rand((num_tasks, 1), generator=generator, dtype=torch.float64) >= 0.5
-        return forward.double() * 2 - 1
 
-    def reward(self, velocity, tasks):
-        return tasks[:, :1] * velocity
+class AntTasks(Locomotion):
+    """gymnasium's ``Ant-v5`` with the reference code's reward terms (rllab/envs/mujoco/
+    ant_env_rand.py, ant_env_rand_direc.py): control cost 0.005 |a|^2, contact cost
+    0.0005 |clip(contact forces, -1, 1)|^2 (gymnasium's own ``reward_contact``), 0.05 per step
+    alive (``survive``); an episode ends when the torso leaves heights [0.2, 1.0] (gymnasium's
+    default, as the reference's)."""
+
+    env_id = "Ant-v5"
+    survive = 0.05
+
+    def __init__(self, horizon: int = 200, ctrl_cost: float = 0.005) -> None:
+        super().__init__(horizon, ctrl_cost)
+
+    def bonus(self, info: dict) -> np.ndarray:
+        return np.asarray(info["reward_contact"], dtype=np.float64) + self.survive
+
+
+class AntVel(GoalVelocity, AntTasks):
+    """``dataset=ant_vel``: target velocities in [0, 3], and the reference's +1 per step (the
+    paper's "positive reward bonus ... to prevent the ant from ending the episode")."""
+
+    name = "ant_vel"
+    survive = 1.05
+
+    def __init__(
+        self, horizon: int = 200, ctrl_cost: float = 0.005, velocity_range: Sequence[float] = (0, 3)
+    ) -> None:
+        super().__init__(horizon, ctrl_cost)
+        self.velocity_range = check_range("velocity_range", velocity_range)
+
+
+class AntDir(GoalDirection, AntTasks):
+    """``dataset=ant_dir``."""
+
+    name = "ant_dir"

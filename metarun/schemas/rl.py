@@ -42,6 +42,25 @@ class HalfCheetahDirConfig:
     ctrl_cost: float = 0.05
 
 
+@schema("dataset", "ant_vel")
+@dataclass
+class AntVelConfig:
+    BOUNDS: ClassVar = {"horizon": HORIZON, "velocity_range": SIGNED}
+    _target_: str = "metarun.data.AntVel"
+    horizon: int = 200
+    ctrl_cost: float = 0.005
+    velocity_range: List[float] = field(default_factory=lambda: [0.0, 3.0])
+
+
+@schema("dataset", "ant_dir")
+@dataclass
+class AntDirConfig:
+    BOUNDS: ClassVar = {"horizon": HORIZON}
+    _target_: str = "metarun.data.AntDir"
+    horizon: int = 200
+    ctrl_cost: float = 0.005
+
+
 @dataclass
 class TRPOConfig:
     """The outer update (metarun/algorithms/trpo.py); the MAML paper's and its code's values."""
