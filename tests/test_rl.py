@@ -251,6 +251,8 @@ def test_a_run_logs_returns_before_and_after_adaptation_and_resumes_exactly(run_
             and summary[f"test/return_step{k}_ci95"] > 0
         )
     assert summary["test/return"] == summary["test/return_step2"]
+    gain = summary["test/return_step1"] - summary["test/return_step0"]
+    assert summary["test/gain_step1"] == pytest.approx(gain) and "test/gain_step0" not in summary
     assert summary["best_val/return"] is not None
 
 

@@ -1,17 +1,15 @@
 """MAML for reinforcement learning (Finn et al. 2017, section 5.3): a Gaussian policy adapted
 to each task by policy-gradient steps, meta-trained by TRPO on the adapted policies' returns.
 
-A meta-iteration: each task rolls out ``task.shot`` trajectories with the meta policy; its
-inner step is REINFORCE on them (linear feature baseline fitted per task, GAE, advantages
-normalised per task), taken by MAML's one inner loop (:class:`~.inner_loop.InnerLoop`) on the
-policy's weights folded with a task axis (all tasks in one batched forward); the adapted
-policies roll out ``task.query`` trajectories; the outer update is a TRPO step
-(:class:`~.trpo.TRPO`) on their surrogate loss and KL, both recomputed through the inner step
-(second order unless ``first_order``). ``inner_steps=0`` trains one policy on all tasks jointly
-(``pretrained_rl``). Evaluation takes ``eval_inner_steps`` steps on fresh trajectories each and
-reports the average return after each of ``eval_report_steps`` (``return_step{k}``) and after
-the last (``return``, the validation objective). The log standard deviation is a weight of its
-own (state-independent, adapted with the rest), as in the reference code.
+Each task rolls out ``task.shot`` trajectories with the meta policy; its inner step is REINFORCE
+on them (per-task linear baseline, GAE, normalised advantages), by MAML's one inner loop
+(:class:`~.inner_loop.InnerLoop`) on the weights folded with a task axis (all tasks in one
+forward); the adapted policies roll out ``task.query`` trajectories; the outer update is a TRPO
+step (:class:`~.trpo.TRPO`) on their surrogate loss and KL, both through the inner step (second
+order unless ``first_order``). Evaluation reports ``return_step{k}`` after each of
+``eval_report_steps`` (fresh trajectories each step), ``gain_step{k}`` (its difference from
+step 0, task by task) and ``return`` after ``eval_inner_steps`` (the validation objective).
+The log standard deviation is a weight of its own (state-independent, adapted with the rest).
 """
 
 from __future__ import annotations
@@ -65,10 +63,8 @@ class MAMLRL(InnerLoop, MetaLearner):
     ) -> None:
         super().__init__(backbone, optimizer, scheduler, batch_norm)
         if not getattr(backbone, "can_fold_tasks", False):
-            raise MetarunError(
-                f"backbone {type(backbone).__name__} cannot be a policy (its weights do not fold "
-                "a task axis); use backbone=mlp"
-            )
+            name = type(backbone).__name__
+            raise MetarunError(f"backbone {name} cannot be a policy here; use backbone=mlp")
         self.inner_lr, self.later_inner_lr = inner_lr, later_inner_lr
         self.inner_steps, self.eval_inner_steps = inner_steps, eval_inner_steps
         self.eval_report_steps = tuple(sorted(set(eval_report_steps)))
@@ -142,13 +138,16 @@ class MAMLRL(InnerLoop, MetaLearner):
     def _advantages(self, trajectories) -> torch.Tensor:
         return pg.advantages(trajectories, self.gamma, self.gae_lambda)
 
+    def _generators(self, batch) -> list[torch.Generator]:
+        """Each task's action noise, from its seed."""
+        return [torch.Generator().manual_seed(int(s)) for s in batch.seeds]
+
     # -- meta-training -------------------------------------------------------------------------
     def _sample(self, batch):
         """Roll out, adapt (off the graph) and roll out again; returns the TRPO closure and the
         returns before and after adaptation."""
-        b = batch.num_tasks
-        generators = [torch.Generator().manual_seed(int(s)) for s in batch.seeds]
-        params = {k: p.detach() for k, p in self.folded(b).items()}
+        generators = self._generators(batch)
+        params = {k: p.detach() for k, p in self.folded(batch.num_tasks).items()}
         data = []
         support = self._support_loss(data)
         for k in range(self.inner_steps):
@@ -171,6 +170,9 @@ class MAMLRL(InnerLoop, MetaLearner):
         with torch.no_grad():
             old_mean, old_log_std = self.distribution(sampled_with, obs)
             old_logp = pg.gaussian_log_prob(actions, old_mean, old_log_std)
+        # the mean KL's Fisher diagonal in (mean, log_std): 1/var per step, 2 per task
+        fisher = (weight.unsqueeze(-1) * torch.exp(-2 * old_log_std), 2.0 / len(weight))
+        fisher = (fisher[0], torch.full_like(old_log_std, fisher[1]))
 
         def closure(differentiable: bool = True):
             grads = self.autograd_grads if differentiable else None
@@ -180,15 +182,7 @@ class MAMLRL(InnerLoop, MetaLearner):
             ratio = torch.exp(pg.gaussian_log_prob(actions, mean, log_std) - old_logp)
             loss = -pg.masked_mean(ratio * post_adv, mask).mean()
             kl = pg.masked_mean(pg.gaussian_kl(old_mean, old_log_std, mean, log_std), mask)
-            # the mean KL's Fisher diagonal in (mean, log_std): 1/var per step, 2 per task
-            fisher = (
-                (mean, log_std),
-                (
-                    weight.unsqueeze(-1) * torch.exp(-2 * old_log_std),
-                    torch.full_like(old_log_std, 2.0 / len(weight)),
-                ),
-            )
-            return loss, kl.mean(), fisher
+            return loss, kl.mean(), ((mean, log_std), fisher)
 
         return closure
 
@@ -226,9 +220,8 @@ class MAMLRL(InnerLoop, MetaLearner):
     # -- evaluation ----------------------------------------------------------------------------
     def evaluate(self, batch) -> dict[str, torch.Tensor]:
         """Per task: the average return after each adaptation step (fresh trajectories)."""
-        b = batch.num_tasks
-        generators = [torch.Generator().manual_seed(int(s)) for s in batch.seeds]
-        params = {k: p.detach() for k, p in self.folded(b).items()}
+        generators = self._generators(batch)
+        params = {k: p.detach() for k, p in self.folded(batch.num_tasks).items()}
         data = []
         support = self._support_loss(data)
         last = max((self.eval_inner_steps, *self.eval_report_steps))
@@ -236,8 +229,12 @@ class MAMLRL(InnerLoop, MetaLearner):
         for k in range(last + 1):
             count = batch.query if k == self.eval_inner_steps else batch.shot
             trajectories = self._rollout(batch, params, count, k, generators)
+            if k == 0:
+                before = trajectories.returns
             if k in self.eval_report_steps:
                 out[f"return_step{k}"] = trajectories.returns
+                if k:  # paired per task: its CI says whether adapting helped
+                    out[f"gain_step{k}"] = trajectories.returns - before
             if k == self.eval_inner_steps:
                 out["return"] = trajectories.returns
             if k < last:
