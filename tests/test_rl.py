@@ -332,3 +332,14 @@ def test_halfcheetah_rewards_follow_the_task_and_rollouts_reproduce():
     a = ln._rollout(batch, ln.folded(2), 2, 0, gens())
     b = ln._rollout(batch, ln.folded(2), 2, 0, gens())
     assert torch.equal(a.observations, b.observations) and torch.equal(a.rewards, b.rewards)
+
+
+def test_meta_rl_refuses_data_parallel_runs_in_one_line(compose_cfg):
+    from types import SimpleNamespace
+
+    from metarun.errors import MetarunError
+
+    cfg = compose_cfg(["algo=maml_rl", "dataset=navigation2d"])
+    MAMLRL.check_run(cfg, SimpleNamespace(active=False, size=1))
+    with pytest.raises(MetarunError, match="MAMLRL runs in one process \\(2 were launched\\)"):
+        MAMLRL.check_run(cfg, SimpleNamespace(active=True, size=2))
