@@ -52,7 +52,8 @@ def _taken(folder: Path, found: list[str]) -> str:
         status = json.loads((folder / "summary.json").read_text()).get("status", "")
     except (OSError, ValueError, AttributeError):
         pass
-    what = f"a {status} run" if status else f"a run ({', '.join(found)})"
+    article = "an" if status[:1] in tuple("aeiou") else "a"  # an interrupted run
+    what = f"{article} {status} run" if status else f"a run ({', '.join(found)})"
     return (
         f"{folder} already holds {what}; a new run never writes into it: choose a new "
         f"hydra.run.dir (hydra.sweep.dir for a sweep), or continue that run with resume=true "
