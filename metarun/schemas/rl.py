@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, List, Optional
 
+from omegaconf import MISSING
+
 from metarun.checks import POSITIVE, SIGNED, Range
 from metarun.schemas.algos import LearnerConfig
 from metarun.schemas.registry import schema
@@ -23,41 +25,41 @@ class Navigation2DConfig:
     action_scale: float = 0.1  # a move is clip(action, -1, 1) * this
 
 
+@dataclass
+class LocomotionConfig:
+    """What the MuJoCo tasks share (metarun/data/locomotion.py)."""
+
+    BOUNDS: ClassVar = {"horizon": HORIZON, "velocity_range": SIGNED}
+    _target_: str = MISSING
+    horizon: int = 200
+    ctrl_cost: float = 0.05  # times |action|^2 in the reward (the action clipped to [-1, 1])
+
+
 @schema("dataset", "halfcheetah_vel")
 @dataclass
-class HalfCheetahVelConfig:
-    BOUNDS: ClassVar = {"horizon": HORIZON, "velocity_range": SIGNED}
+class HalfCheetahVelConfig(LocomotionConfig):
     _target_: str = "metarun.data.HalfCheetahVel"
-    horizon: int = 200
-    ctrl_cost: float = 0.05  # times |action|^2 in the reward
     velocity_range: List[float] = field(default_factory=lambda: [0.0, 2.0])  # target velocities
 
 
 @schema("dataset", "halfcheetah_dir")
 @dataclass
-class HalfCheetahDirConfig:
-    BOUNDS: ClassVar = {"horizon": HORIZON}
+class HalfCheetahDirConfig(LocomotionConfig):
     _target_: str = "metarun.data.HalfCheetahDir"
-    horizon: int = 200
-    ctrl_cost: float = 0.05
 
 
 @schema("dataset", "ant_vel")
 @dataclass
-class AntVelConfig:
-    BOUNDS: ClassVar = {"horizon": HORIZON, "velocity_range": SIGNED}
+class AntVelConfig(LocomotionConfig):
     _target_: str = "metarun.data.AntVel"
-    horizon: int = 200
     ctrl_cost: float = 0.005
     velocity_range: List[float] = field(default_factory=lambda: [0.0, 3.0])
 
 
 @schema("dataset", "ant_dir")
 @dataclass
-class AntDirConfig:
-    BOUNDS: ClassVar = {"horizon": HORIZON}
+class AntDirConfig(LocomotionConfig):
     _target_: str = "metarun.data.AntDir"
-    horizon: int = 200
     ctrl_cost: float = 0.005
 
 
