@@ -24,15 +24,13 @@ from torch import nn
 from metarun.algorithms import policy_gradient as pg
 from metarun.algorithms.base import MetaLearner, OptimizerFactory, SchedulerFactory
 from metarun.algorithms.inner_loop import InnerLoop, Params
+from metarun.algorithms.rl_policy import FoldedGaussianPolicy
 from metarun.algorithms.trpo import TRPO
 from metarun.errors import MetarunError
 from metarun.series import Series
 
-#: Rollout ``r`` of a task resets its environments with ``seed + r * ROLLOUT_SEED_STRIDE``.
-ROLLOUT_SEED_STRIDE = 104729
 
-
-class MAMLRL(InnerLoop, MetaLearner):
+class MAMLRL(FoldedGaussianPolicy, InnerLoop, MetaLearner):
     """MAML-TRPO on a Gaussian MLP policy (``backbone`` gives the mean of each action). The
     options are :class:`~metarun.schemas.rl.MAMLRLConfig`'s, a comment each; ``later_inner_lr``
     is the step size of inner steps after the first (None: ``inner_lr``; the paper halves it)."""
@@ -99,62 +97,15 @@ class MAMLRL(InnerLoop, MetaLearner):
                 "conjugate gradient and the baseline's least squares need it); set fp32"
             )
 
-    # -- the policy ---------------------------------------------------------------------------
+    # -- meta-training -------------------------------------------------------------------------
     def _lr(self, name: str, step: int) -> float:
         return self.inner_lr if step == 0 or self.later_inner_lr is None else self.later_inner_lr
 
-    def folded(self, tasks: int) -> Params:
-        """The meta policy's weights with a task axis (a view per task, one graph)."""
-        own = {**dict(self.backbone.named_parameters()), "log_std": self.log_std}
-        return {k: p.expand(tasks, *p.shape) for k, p in own.items()}
-
-    def distribution(self, params: Params, obs: torch.Tensor):
-        """Each task's action means ``[B, N, act]`` and log std ``[B, 1, act]`` at ``obs``."""
-        weights = {k: v for k, v in params.items() if k != "log_std"}
-        return self.backbone.forward_tasks(weights, obs), params["log_std"].unsqueeze(1)
-
-    def _rollout(self, batch, params: Params, trajectories: int, index: int, generators):
-        envs = batch.source.envs(batch.tasks, trajectories)
-        seeds = [int(s) + index * ROLLOUT_SEED_STRIDE for s in batch.seeds]
-        policy = lambda obs: self.distribution(params, obs)  # noqa: E731
-        out = pg.rollout(envs, policy, batch.source.horizon, generators, seeds)
-        start, seconds, steps = self._timing
-        self._timing = (start, seconds + out.seconds, steps + out.steps)
-        return out
-
-    def _support_loss(self, data):
-        """``loss(params, step)``: REINFORCE on step ``step``'s trajectories, summed over tasks
-        (each task's copy of the weights gets its own task's gradient)."""
-
-        def loss(params: Params, step: int) -> torch.Tensor:
-            trajectories, adv = data[step]
-            obs, actions, mask = trajectories.flat()
-            mean, log_std = self.distribution(params, obs)
-            logp = pg.gaussian_log_prob(actions, mean, log_std)
-            return -pg.masked_mean(logp * adv, mask).sum()
-
-        return loss
-
-    def _advantages(self, trajectories) -> torch.Tensor:
-        return pg.advantages(trajectories, self.gamma, self.gae_lambda)
-
-    def _generators(self, batch) -> list[torch.Generator]:
-        """Each task's action noise, from its seed."""
-        return [torch.Generator().manual_seed(int(s)) for s in batch.seeds]
-
-    # -- meta-training -------------------------------------------------------------------------
     def _sample(self, batch):
-        """Roll out, adapt (off the graph) and roll out again; returns the TRPO closure and the
-        returns before and after adaptation."""
-        generators = self._generators(batch)
-        params = {k: p.detach() for k, p in self.folded(batch.num_tasks).items()}
-        data = []
-        support = self._support_loss(data)
-        for k in range(self.inner_steps):
-            trajectories = self._rollout(batch, params, batch.shot, k, generators)
-            data.append((trajectories, self._advantages(trajectories)))
-            params = self._detached_step(support, params, k)
-        post = self._rollout(batch, params, batch.query, self.inner_steps, generators)
+        """Roll out, adapt and roll out again; returns the TRPO closure and the returns before
+        and after adaptation."""
+        count = lambda k: batch.shot if k < self.inner_steps else batch.query  # noqa: E731
+        params, data, post = self._adapt(batch, self.inner_steps, count)
         closure = self.objective(data, post, self._advantages(post), params)
         before = data[0][0].returns.mean() if data else post.returns.mean()
         return closure, before, post.returns.mean()
@@ -171,8 +122,8 @@ class MAMLRL(InnerLoop, MetaLearner):
             old_mean, old_log_std = self.distribution(sampled_with, obs)
             old_logp = pg.gaussian_log_prob(actions, old_mean, old_log_std)
         # the mean KL's Fisher diagonal in (mean, log_std): 1/var per step, 2 per task
-        fisher = (weight.unsqueeze(-1) * torch.exp(-2 * old_log_std), 2.0 / len(weight))
-        fisher = (fisher[0], torch.full_like(old_log_std, fisher[1]))
+        fisher = (weight.unsqueeze(-1) * torch.exp(-2 * old_log_std), 2 * weight.sum(-1))
+        fisher = (fisher[0], fisher[1][:, None, None].expand_as(old_log_std))
 
         def closure(differentiable: bool = True):
             grads = self.autograd_grads if differentiable else None
@@ -220,26 +171,22 @@ class MAMLRL(InnerLoop, MetaLearner):
     # -- evaluation ----------------------------------------------------------------------------
     def evaluate(self, batch) -> dict[str, torch.Tensor]:
         """Per task: the average return after each adaptation step (fresh trajectories)."""
-        generators = self._generators(batch)
-        params = {k: p.detach() for k, p in self.folded(batch.num_tasks).items()}
-        data = []
-        support = self._support_loss(data)
-        last = max((self.eval_inner_steps, *self.eval_report_steps))
         out: dict[str, torch.Tensor] = {}
-        for k in range(last + 1):
-            count = batch.query if k == self.eval_inner_steps else batch.shot
-            trajectories = self._rollout(batch, params, count, k, generators)
+        unadapted: list[torch.Tensor] = []
+
+        def record(k: int, trajectories) -> None:
+            returns = trajectories.returns
             if k == 0:
-                before = trajectories.returns
+                unadapted.append(returns)
             if k in self.eval_report_steps:
-                out[f"return_step{k}"] = trajectories.returns
+                out[f"return_step{k}"] = returns
                 if k:  # paired per task: its CI says whether adapting helped
-                    out[f"gain_step{k}"] = trajectories.returns - before
+                    out[f"gain_step{k}"] = returns - unadapted[0]
             if k == self.eval_inner_steps:
-                out["return"] = trajectories.returns
-            if k < last:
-                data.append((trajectories, self._advantages(trajectories)))
-                params = self._detached_step(support, params, k)
+                out["return"] = returns
+
+        count = lambda k: batch.query if k == self.eval_inner_steps else batch.shot  # noqa
+        self._adapt(batch, max((self.eval_inner_steps, *self.eval_report_steps)), count, record)
         return out
 
     def extra_repr(self) -> str:
