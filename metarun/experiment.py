@@ -107,10 +107,19 @@ class Experiment:
         """Tasks per evaluation forward for ``split`` (``<split>.batch_size``, or auto)."""
         return _chunk(self.cfg, split, self.eval_shape, self.train_shape)
 
-    def train_batch(self, generator: torch.Generator) -> TaskBatch:
-        """The next meta-training batch drawn from ``generator``: in a data-parallel run, this
-        rank's ``meta_batch / N`` tasks of the batch one process would draw (every rank draws
-        the same random numbers and keeps its share)."""
+    def train_batch(self, generator: torch.Generator, step: int = 0) -> TaskBatch:
+        """The meta-training batch of step ``step`` drawn from ``generator``: in a data-parallel
+        run, this rank's ``meta_batch / N`` tasks of the batch one process would draw (every
+        rank draws the same random numbers and keeps its share). A learner that trains on
+        images (``image_batch``) gets step ``step``'s mini-batch of the training split's images
+        (:mod:`metarun.data.image_batches`), this rank's share of it."""
+        size = self.learner.image_batch
+        if size:
+            share = self.world.share(size)
+            seed = self.cfg.seed
+            return self.dataset.sample_images(
+                "train", size, step, seed, generator, self.device, part=share
+            )
         total, draw = self.cfg.task.meta_batch, protocol_options(self.cfg.train.protocol)
         batch = draw_share(
             self.dataset, self.world, total, self.train_shape, generator, self.device, **draw
@@ -193,7 +202,7 @@ def build_experiment(
 
     def build_learner() -> MetaLearner:
         backbone = build(cfg.backbone, input_shape=dataset.input_shape, out_features=out_features)
-        return build(cfg.algo, backbone=backbone)
+        return build(cfg.algo, backbone=backbone, **algo_cls.dataset_arguments(dataset))
 
     chunk = max(_chunk(cfg, s, eval_shape, train_shape) * cfg[s].views for s in EVAL_SPLITS)
     parameters = model_parameters(build_learner)

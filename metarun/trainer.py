@@ -91,7 +91,7 @@ class Trainer(Checkpointing):
 
     def train_step(self) -> None:
         exp = self.exp
-        batch = exp.train_batch(self.sampler)
+        batch = exp.train_batch(self.sampler, self.step)
         exp.optimizer.zero_grad(set_to_none=True)
         exp.learner.meta_step = self.step
         self.running_stats.snapshot()

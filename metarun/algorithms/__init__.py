@@ -2,7 +2,8 @@
 
 One module per algorithm (``algo=<name>`` picks ``configs/algo/<name>.yaml``, whose ``_target_``
 is the class): MAML and its variants FOMAML, ANIL, Meta-SGD and MAML++ (``maml.py`` is their
-shared core), ProtoNet, MANN (and its LSTM baseline, ``memory: none``), Reptile.
+shared core), ProtoNet, MANN (and its LSTM baseline, ``memory: none``), Reptile; supervised
+pre-training with test-time heads (``pretrain.py``); MAML-TRPO for meta-RL (``maml_rl.py``).
 """
 
 from metarun.algorithms.anil import ANIL
@@ -14,6 +15,7 @@ from metarun.algorithms.maml_rl import MAMLRL
 from metarun.algorithms.mamlpp import MAMLPlusPlus
 from metarun.algorithms.mann import MANN
 from metarun.algorithms.metasgd import MetaSGD
+from metarun.algorithms.pretrain import Pretrain
 from metarun.algorithms.pretrained_rl import PretrainedRL
 from metarun.algorithms.protonet import ProtoNet
 from metarun.algorithms.reptile import Reptile
@@ -23,6 +25,7 @@ __all__ = [
     "MAMLRL",
     "FOMAMLRL",
     "PretrainedRL",
+    "Pretrain",
     "TRPO",
     "MetaLearner",
     "MAML",

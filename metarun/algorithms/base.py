@@ -55,6 +55,11 @@ class MetaLearner(nn.Module, ABC):
     #: Whether a data-parallel run (torchrun, SLURM) can split this learner's meta-batch.
     data_parallel = True
 
+    #: Images per training step for a learner that trains on mini-batches of a split's images
+    #: (:class:`~metarun.data.batch.LabelledImages`, supervised pre-training) instead of
+    #: episodes; None: episodes (``task.*``).
+    image_batch: int | None = None
+
     #: The options whose step sizes a diverging run should lower (named in its error line).
     step_size_options: tuple[str, ...] = ("optimizer.lr",)
 
@@ -85,6 +90,12 @@ class MetaLearner(nn.Module, ABC):
     def output_size(cls, dataset: Any, way: int) -> int | None:
         """Size of the backbone's output layer this algorithm needs (``None``: no head)."""
         return dataset.output_size(way)
+
+    @classmethod
+    def dataset_arguments(cls, dataset: Any) -> dict:
+        """More constructor arguments this algorithm reads from the dataset (none by default;
+        pre-training: the training split's class count)."""
+        return {}
 
     @classmethod
     def no_head_for_classes(cls, dataset: Any) -> None:

@@ -42,13 +42,20 @@ class ImageBackbone(nn.Module):
             self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(x, self.head)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The features before the head (test-time heads classify these, ``metarun.heads``)."""
+        return self._run(x, None)
+
+    def _run(self, x: torch.Tensor, head: nn.Module | None) -> torch.Tensor:
         lead = x.shape[:-3]
         x = x.reshape(-1, *x.shape[-3:])
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         z = self.features(x)
-        if self.head is not None:
-            z = self.head(z)
+        if head is not None:
+            z = head(z)
         return z.reshape(*lead, -1)
 
     def explicit_layers(self) -> list[tuple[str, nn.Module]]:

@@ -63,6 +63,7 @@ class ResNet12(ImageBackbone):
             blocks.append(_Block(cin, cout, batch_norm, dropout))
             cin = cout
         self.features = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.feature_size = cin
         self.head = nn.Linear(cin, out_features) if out_features else None
         self.out_features = out_features or cin
         for m in self.modules():

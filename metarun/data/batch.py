@@ -1,4 +1,5 @@
-"""The one task-batch type every algorithm consumes."""
+"""The batch types algorithms consume: task batches (episodes), and labelled images for learners
+that train on mini-batches of images (``algo=pretrain``)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,17 @@ class TaskBatch(NamedTuple):
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "TaskBatch":
         return TaskBatch(*(t.to(device, non_blocking=non_blocking) for t in self))
+
+
+class LabelledImages(NamedTuple):
+    """A mini-batch of images of one label space: ``x [n, ch, H, W]``, ``y [n]`` int64 classes
+    of the whole split (``[0, num_classes(split))``), for supervised pre-training."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "LabelledImages":
+        return LabelledImages(*(t.to(device, non_blocking=non_blocking) for t in self))
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from metarun.data.batch import TaskBatch, TaskShape
+from metarun.data.image_batches import ImageBatches
 from metarun.data.warps import Warp, apply_warps, draw_warps
 from metarun.errors import MetarunError, warn
 
@@ -40,8 +41,9 @@ def check_protocol(dataset, protocol: str, what: str) -> None:
         )
 
 
-class EpisodicImages:
-    """Episodic sampler shared by every image dataset.
+class EpisodicImages(ImageBatches):
+    """Episodic sampler shared by every image dataset (and its mini-batches of images over a
+    split's whole label space for supervised pre-training, :mod:`~metarun.data.image_batches`).
 
     With ``rotations`` each class also appears rotated by 90, 180 and 270 degrees as three more
     classes (the MAML / ProtoNet Omniglot protocol), within its own split. With ``shift`` every

@@ -13,6 +13,7 @@ of the listed values.
 
 from metarun.schemas.algos import *  # noqa: F401,F403  (registers the algo schemas)
 from metarun.schemas.backbones import *  # noqa: F401,F403
+from metarun.schemas.baselines import *  # noqa: F401,F403
 from metarun.schemas.data import *  # noqa: F401,F403
 from metarun.schemas.registry import (  # noqa: F401
     SCHEMAS,
