@@ -118,12 +118,14 @@ def remove_partial_writes(folder: Path) -> list[Path]:
     return leftovers
 
 
-def load_weights(model: torch.nn.Module, source: str | Path) -> tuple[Path, int]:
+def load_weights(model: torch.nn.Module, source: str | Path) -> tuple[Path, int, str]:
     """Copy the model weights of another run's checkpoint into ``model`` (``train.init_from``).
 
     ``source`` is a checkpoint file or a run folder (its ``checkpoints/best.pt``). Only the
-    weights: this run's optimizer, schedule, step and random streams start afresh. Returns the
-    file read and the step it was written at."""
+    weights: this run's optimizer, schedule, step and random streams start afresh. A checkpoint
+    of the same algorithm gives every weight; one of another algorithm (pre-training, then
+    ProtoNet: P>M>F) gives its backbone (:func:`load_backbone`). Returns the file read, the step
+    it was written at and what was taken, in words."""
     path = Path(source).expanduser()
     if path.is_dir():
         path = path / "checkpoints" / "best.pt"
@@ -131,5 +133,58 @@ def load_weights(model: torch.nn.Module, source: str | Path) -> tuple[Path, int]
         checkpoint = load_checkpoint(path)
     except MetarunError as e:
         raise MetarunError(f"train.init_from={source}: {e}") from None
-    load_model_state(model, checkpoint, f"train.init_from={source}")
-    return path, int(checkpoint["step"])
+    if _algorithm(checkpoint) == type(model).__name__:
+        load_model_state(model, checkpoint, f"train.init_from={source}")
+        return path, int(checkpoint["step"]), "all weights"
+    return path, int(checkpoint["step"]), load_backbone(model, checkpoint, f"train.init_from={source}")
+
+
+def _algorithm(checkpoint: dict) -> str:
+    return str(checkpoint.get("config", {}).get("algo", {}).get("_target_", "?")).rsplit(".")[-1]
+
+
+#: The part of a backbone that belongs to the algorithm using it, not to its features: MAML's
+#: output layer, sized by the way; a backbone from another algorithm's run may lack it.
+OUTPUT_LAYER = "backbone.head."
+
+
+def load_backbone(model: torch.nn.Module, checkpoint: dict, source: str) -> str:
+    """Copy the backbone weights (``backbone.*``) of another algorithm's checkpoint into
+    ``model``; the feature weights must all be there with their shapes, an output layer
+    (:data:`OUTPUT_LAYER`) and the algorithm's own weights start fresh where the checkpoint has
+    none. Returns what was taken and what was not, in words."""
+    own, theirs = model.state_dict(), checkpoint["model"]
+    wanted = [k for k in own if k.startswith("backbone.")]
+    given = {k: v for k, v in theirs.items() if k.startswith("backbone.")}
+    fresh = [k for k in wanted if k not in given]
+    problems = [f"{k} missing" for k in fresh if not k.startswith(OUTPUT_LAYER)]
+    taken = [k for k in wanted if k in given]
+    problems += [
+        f"{k} is {tuple(given[k].shape)}, not {tuple(own[k].shape)}"
+        for k in taken
+        if given[k].shape != own[k].shape and not k.startswith(OUTPUT_LAYER)
+    ]
+    if problems or not taken:
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        why = "; ".join(problems[:3]) + more if problems else "it has no backbone weights"
+        raise MetarunError(
+            f"{source}: its backbone ({_algorithm(checkpoint)}, step {checkpoint['step']}) does "
+            f"not fit this model's ({why}); use a checkpoint of the same backbone and dataset"
+        )
+    resized = [k for k in taken if given[k].shape != own[k].shape]  # an output layer of another way
+    state = dict(own)
+    state.update({k: given[k] for k in taken if k not in resized})
+    model.load_state_dict(state)
+    unused = sorted({k.split(".")[0] for k in theirs if not k.startswith("backbone.")})
+    new = sorted({k.rsplit(".", 1)[0] for k in fresh + resized} | _own_parts(own))
+    note = f"the backbone of a {_algorithm(checkpoint)} checkpoint"
+    if new:
+        note += f"; new: {', '.join(new)}"
+    if unused:
+        note += f"; not used: {', '.join(unused)}"
+    return note
+
+
+def _own_parts(state: dict) -> set[str]:
+    """The learner's own weights outside its backbone (ProtoNet's scale, Meta-SGD's steps)."""
+    return {k.split(".")[0] for k in state if not k.startswith("backbone.")}

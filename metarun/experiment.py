@@ -99,7 +99,7 @@ class Experiment:
     metric: str  # the validation metric that picks the best checkpoint and the objective
     mode: str  # "min" or "max"
     resume_from: dict | None = None  # the last checkpoint, when continuing a run
-    initialised_from: tuple[Path, int] | None = None  # train.init_from: the file and its step
+    initialised_from: tuple[Path, int, str] | None = None  # train.init_from: file, step, what
     world: World = SINGLE  # the run's processes (data-parallel runs: this one's rank)
     precision: Precision = None  # train.precision: autocast and fp16's gradient scaler
 

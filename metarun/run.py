@@ -118,8 +118,8 @@ def _print_start(console: Console, exp) -> None:
         soft_wrap=True,
     )
     if exp.initialised_from is not None:
-        path, step = exp.initialised_from
-        console.print(f"weights from: {path} (step {step})", soft_wrap=True)
+        path, step, what = exp.initialised_from
+        console.print(f"weights from: {path} (step {step}): {what}", soft_wrap=True)
     world = exp.world
     if world.active:
         share = exp.cfg.task.meta_batch // world.size

@@ -79,7 +79,7 @@ def build_trained(path: Path, checkpoint: dict, cfg, **build) -> Experiment:
 
 
 def evaluate_checkpoint(argv: list[str]) -> dict[str, float]:
-    special = {"checkpoint": True, "runs": False, "split": False}
+    special = {"checkpoint": True, "runs": False, "split": False, "head": False}
     own, overrides = parse_args(argv, "metarun-eval", special)
     path = checkpoint_file(own["checkpoint"])
     if "runs" in own:  # Lake et al.'s official one-shot runs instead of sampled episodes
@@ -89,6 +89,14 @@ def evaluate_checkpoint(argv: list[str]) -> dict[str, float]:
         raise MetarunError(f"split={split}: metarun-eval scores split=test (default) or split=val")
     checkpoint = load_checkpoint(path)
     exp = build_trained(path, checkpoint, checkpoint_config(checkpoint, overrides), splits=(split,))
+    head = own.get("head")
+    if head is not None:  # a test-time head on the checkpoint's embeddings (metarun.heads)
+        from metarun.algorithms.pretrain import with_head
+
+        if exp.dataset.problem != "classification":
+            raise MetarunError(f"head={head} classifies; this checkpoint's dataset is not a "
+                               f"classification one ({exp.dataset.problem})")  # fmt: skip
+        exp.learner = with_head(exp.learner, head)
     scores = exp.evaluate(split)
     shape = exp.eval_shape
     console = tool_console()
@@ -100,6 +108,8 @@ def evaluate_checkpoint(argv: list[str]) -> dict[str, float]:
     if hasattr(exp.dataset, "describe"):  # a dataset that says it itself (RL tasks)
         episode = exp.dataset.describe(shape)
     what = f"{exp.cfg[split].episodes} {'validation' if split == 'val' else 'test'} episodes"
+    if head is not None:
+        what += f", head={head}"
     console.print(f"{path}: {what}, {episode}", soft_wrap=True)
     table = Table()
     table.add_column("metric")
@@ -130,5 +140,6 @@ def _lake_runs(path: Path, overrides: list[str], folder: Path) -> dict[str, floa
 
 
 def eval_main(argv: list[str] | None = None) -> None:
-    """``metarun-eval checkpoint=PATH [overrides]``: mean ± 95% CI on fixed test episodes."""
+    """``metarun-eval checkpoint=PATH [head=NAME] [overrides]``: mean ± 95% CI on fixed test
+    episodes (``head``: a test-time head on the checkpoint's embeddings, metarun/heads.py)."""
     run_tool(evaluate_checkpoint, argv, "metarun-eval")

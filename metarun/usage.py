@@ -13,11 +13,14 @@ PIPED_WIDTH = 200  # columns of a tool's tables when its output is a file or a C
 
 USAGE = {
     "metarun-eval": """\
-usage: metarun-eval checkpoint=PATH [split=val] [runs=DIR] [config overrides ...]
+usage: metarun-eval checkpoint=PATH [split=val] [head=NAME] [runs=DIR] [config overrides ...]
 
 Meta-tests a trained model on the fixed test episodes of its run: mean and 95% CI per metric.
   checkpoint=PATH   a best.pt / last.pt, or a run folder (its checkpoints/best.pt)
   split=val         the validation episodes (val.*) instead of the test ones
+  head=NAME         classify with a test-time head on the checkpoint's image embeddings:
+                    prototype, logistic (RFS), finetune (Baseline) or cosine (Baseline++);
+                    any image checkpoint (pretrain, ProtoNet, MAML without its output layer)
   runs=DIR          instead: Lake et al.'s 20 one-shot runs (all_runs.zip of the Omniglot
                     repository, unzipped): each run's error % and their mean
   overrides         keys of the checkpoint's config, e.g. task.shot=5 test.episodes=1000

@@ -9,14 +9,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from metarun.algorithms.base import MetaLearner
+from metarun.backbones.norm import TransductiveBatchNorm2d
 from metarun.data.batch import LabelledImages, TaskBatch
 from metarun.errors import MetarunError
-from metarun.heads import CosineClassifier, HeadOptions, head_logits
+from metarun.heads import HEADS, CosineClassifier, HeadOptions, head_logits
 
 
 def embed(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A backbone's embedding of ``x``: its features before any output layer."""
-    return backbone.embed(x) if hasattr(backbone, "embed") else backbone(x)
+    """A backbone's embedding of tasks ``x [B, M, ...]``: its features before any output layer.
+    A backbone whose batch norm uses batch statistics at test time (MAML's, transductive) embeds
+    each task by itself, so that no task's statistics mix with another's."""
+    run = backbone.embed if hasattr(backbone, "embed") else backbone
+    if any(isinstance(m, TransductiveBatchNorm2d) for m in backbone.modules()):
+        return torch.stack([run(task) for task in x])
+    return run(x)
 
 
 class Pretrain(MetaLearner):
@@ -123,8 +129,21 @@ class Pretrain(MetaLearner):
         return f"head={self.head}, batch_size={self.image_batch}"
 
 
-def with_head(backbone: nn.Module, head: str, **options) -> Pretrain:
-    """An evaluation-only learner that classifies with ``head`` on ``backbone``'s embeddings
-    (``metarun-eval head=...`` on any image checkpoint); ``options``: Pretrain's ``head_*``."""
-    learner = Pretrain(backbone, optimizer=None, head=head, **options)
-    return learner.to(next(backbone.parameters()).device)
+def with_head(learner: MetaLearner, head: str) -> Pretrain:
+    """``learner`` classifying with test-time head ``head`` on its backbone's embeddings
+    (``metarun-eval head=...``): a pre-trained learner switches head, any other image learner's
+    backbone (ProtoNet's, MAML's without its output layer) goes into an evaluation-only
+    :class:`Pretrain` with the default head options."""
+    if head not in HEADS:
+        raise MetarunError(f"head={head} is not a test-time head; use one of {', '.join(HEADS)}")
+    if isinstance(learner, Pretrain):
+        learner.head = head
+        return learner
+    backbone = learner.backbone
+    if not hasattr(backbone, "embed"):
+        raise MetarunError(
+            f"head={head} classifies image embeddings, and {type(learner).__name__}'s backbone "
+            f"({type(backbone).__name__}) embeds no images; use it on an image checkpoint"
+        )
+    device = next(backbone.parameters()).device
+    return Pretrain(backbone, optimizer=None, head=head, batch_norm=learner.batch_norm).to(device)
