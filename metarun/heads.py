@@ -101,8 +101,10 @@ def logistic_logits(support, support_y, query, way: int, c: float, iterations: i
     """RFS's classifier: L2-normalised features, L2-penalised multinomial logistic regression.
 
     The tasks' objectives are independent, so their sum is minimised jointly (one L-BFGS run
-    per chunk of tasks)."""
-    s, q = F.normalize(support, dim=-1), F.normalize(query, dim=-1)
+    per chunk of tasks), in float64 (but on MPS, which has none): converged to within 1e-6 of
+    each task's own optimum, so a task's result does not depend on the tasks beside it."""
+    dtype = torch.float32 if support.device.type == "mps" else torch.float64
+    s, q = F.normalize(support.to(dtype), dim=-1), F.normalize(query.to(dtype), dim=-1)
     b, _, d = s.shape
     weight = torch.zeros(b, d, way, device=s.device, dtype=s.dtype, requires_grad=True)
     bias = torch.zeros(b, 1, way, device=s.device, dtype=s.dtype, requires_grad=True)
@@ -125,7 +127,7 @@ def logistic_logits(support, support_y, query, way: int, c: float, iterations: i
 
     with torch.enable_grad():
         optimizer.step(objective)
-    return (q @ weight + bias).detach()
+    return (q @ weight + bias).detach().to(support.dtype)
 
 
 def finetuned_logits(support, support_y, query, way: int, options: HeadOptions, cosine: bool):

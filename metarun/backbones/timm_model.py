@@ -14,8 +14,11 @@ size (vision transformers), the dataset's image size. ``image_size`` resizes eve
 - neither: timm's random initialisation.
 
 The embedding size is read from the model (a forward pass of one blank input); an output layer
-(MAML) is a linear layer on it. The model keeps its own normalisation layers (batch norm with
-running statistics, layer norm): ``algo.batch_norm`` does not apply to it.
+(MAML) is a linear layer on it. ``batch_norm`` (by default the algorithm's): ``running`` keeps
+the model's batch norm as timm builds it; ``transductive`` makes every batch-norm layer
+normalise with the statistics of the current batch in training and evaluation alike (what MAML
+needs; pretrained running statistics are then dropped). Other normalisation layers (layer norm)
+are kept.
 """
 
 from __future__ import annotations
@@ -84,6 +87,7 @@ class TimmBackbone(ImageBackbone):
         pretrained: bool = False,
         image_size: int | None = None,
         options: dict[str, Any] | None = None,
+        batch_norm: str = "running",
     ) -> None:
         super().__init__()
         timm = import_timm()
@@ -102,6 +106,8 @@ class TimmBackbone(ImageBackbone):
         with torch.no_grad():  # the embedding size, from the model itself
             probe = self.features(torch.zeros(1, channels, *size))
         self.features.train()
+        if batch_norm == "transductive":  # after the probe: one image has no batch statistics
+            _batch_statistics(self.features)
         if probe.dim() != 2:
             raise MetarunError(
                 f"backbone.name={name}: timm returns features of shape {tuple(probe.shape[1:])} "
@@ -128,6 +134,14 @@ class TimmBackbone(ImageBackbone):
 
     def extra_repr(self) -> str:
         return f"timm {self.name}, {self.feature_size} features"
+
+
+def _batch_statistics(model: nn.Module) -> None:
+    """Every batch-norm layer of ``model`` normalises with the current batch's statistics."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.track_running_stats = False
+            m.running_mean = m.running_var = m.num_batches_tracked = None
 
 
 def _create(timm, name: str, kwargs: dict, size: tuple[int, int], weights: str | None):

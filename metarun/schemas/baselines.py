@@ -7,31 +7,18 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, Optional
 
 from metarun.checks import POSITIVE, Range
-from metarun.schemas.algos import LearnerConfig, OptimizerConfig
+from metarun.schemas.algos import LearnerConfig
+from metarun.schemas.backbones import BATCH_NORMS
 from metarun.schemas.registry import schema
 
 #: The test-time heads (metarun/heads.py): ``algo.head``, ``metarun-eval head=``.
 HEADS = ("prototype", "logistic", "finetune", "cosine")
 
 
-@dataclass
-class PretrainSGDConfig(OptimizerConfig):
-    """RFS's optimizer (Tian et al. 2020): SGD, momentum 0.9, weight decay 5e-4, step 0.05."""
-
-    _target_: str = "torch.optim.SGD"
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-
-
-def _cosine_to_zero() -> dict:
-    """The step size cosine-annealed to 0 over the run (RFS's ``--cosine``)."""
-    return {
-        "_target_": "torch.optim.lr_scheduler.CosineAnnealingLR",
-        "_partial_": True,
-        "T_max": "${train.steps}",
-        "eta_min": 0.0,
-    }
+def _adam() -> dict:
+    """Adam 1e-3 with only the keys every torch optimizer takes, so that a preset can turn it
+    into another one by naming its ``_target_`` and options (RFS's SGD with momentum)."""
+    return {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
 
 
 @schema("algo", "pretrain")
@@ -58,17 +45,19 @@ class PretrainConfig(LearnerConfig):
     head_batch_size: int = 4
     head_weight_decay: float = 1e-3
     logistic_c: float = 1.0  # logistic: inverse L2 strength (scikit-learn's C; RFS: 1)
-    optimizer: OptimizerConfig = field(default_factory=PretrainSGDConfig)
-    scheduler: Optional[Any] = field(default_factory=_cosine_to_zero)
+    # any torch optimizer (a preset names its _target_ and options: SGD with momentum for RFS)
+    optimizer: Any = field(default_factory=_adam)
 
 
 @schema("backbone", "timm")
 @dataclass
 class TimmConfig:
     BOUNDS: ClassVar = {"image_size": POSITIVE}
+    CHOICES: ClassVar = {"batch_norm": BATCH_NORMS}
     _target_: str = "metarun.backbones.TimmBackbone"
     name: str = "resnet18"  # any timm model (timm.list_models() lists them)
     weights: Optional[str] = None  # a local weights file of that model (offline)
     pretrained: bool = False  # timm's own pretrained weights from its hub (needs network)
     image_size: Optional[int] = None  # resize inputs to this (bilinear); null: as they come
     options: Dict[str, Any] = field(default_factory=dict)  # more timm.create_model arguments
+    batch_norm: str = "${algo.batch_norm}"  # running (timm's) | transductive (batch statistics)
