@@ -136,7 +136,11 @@ def load_weights(model: torch.nn.Module, source: str | Path) -> tuple[Path, int,
     if _algorithm(checkpoint) == type(model).__name__:
         load_model_state(model, checkpoint, f"train.init_from={source}")
         return path, int(checkpoint["step"]), "all weights"
-    return path, int(checkpoint["step"]), load_backbone(model, checkpoint, f"train.init_from={source}")
+    return (
+        path,
+        int(checkpoint["step"]),
+        load_backbone(model, checkpoint, f"train.init_from={source}"),
+    )
 
 
 def _algorithm(checkpoint: dict) -> str:

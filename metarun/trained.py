@@ -16,6 +16,7 @@ from metarun.checkpoint import load_checkpoint, load_model_state
 from metarun.errors import MetarunError
 from metarun.experiment import Experiment, build_experiment, check_config
 from metarun.schemas import MetarunConfig, schema_for
+from metarun.schemas.baselines import HEADS
 from metarun.usage import parse_args, run_tool, tool_console
 
 
@@ -84,18 +85,21 @@ def evaluate_checkpoint(argv: list[str]) -> dict[str, float]:
     path = checkpoint_file(own["checkpoint"])
     if "runs" in own:  # Lake et al.'s official one-shot runs instead of sampled episodes
         return _lake_runs(path, overrides, Path(own["runs"]).expanduser())
-    split = own.get("split", "test")
+    split, head = own.get("split", "test"), own.get("head")
     if split not in ("val", "test"):
         raise MetarunError(f"split={split}: metarun-eval scores split=test (default) or split=val")
+    if head is not None and head not in HEADS:
+        raise MetarunError(f"head={head} is not a test-time head; use one of {', '.join(HEADS)}")
     checkpoint = load_checkpoint(path)
     exp = build_trained(path, checkpoint, checkpoint_config(checkpoint, overrides), splits=(split,))
-    head = own.get("head")
     if head is not None:  # a test-time head on the checkpoint's embeddings (metarun.heads)
         from metarun.algorithms.pretrain import with_head
 
         if exp.dataset.problem != "classification":
-            raise MetarunError(f"head={head} classifies; this checkpoint's dataset is not a "
-                               f"classification one ({exp.dataset.problem})")  # fmt: skip
+            raise MetarunError(
+                f"head={head} classifies images; this checkpoint's dataset is a "
+                f"{exp.dataset.problem} one ({type(exp.dataset).__name__})"
+            )
         exp.learner = with_head(exp.learner, head)
     scores = exp.evaluate(split)
     shape = exp.eval_shape

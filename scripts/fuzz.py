@@ -41,7 +41,8 @@ sys.path.insert(0, str(ROOT))
 
 TINY = ["train.steps=1", "train.log_every=1", "val.every=1", "val.episodes=2",
         "test.episodes=2", "logger=none", "checkpoint.every=0"]  # fmt: skip
-ALGOS = ["maml", "fomaml", "anil", "metasgd", "mamlpp", "reptile", "protonet", "mann", "lstm"]
+ALGOS = ["maml", "fomaml", "anil", "metasgd", "mamlpp", "reptile", "protonet", "mann", "lstm",
+         "pretrain"]  # fmt: skip
 RL_ALGOS = ["maml_rl", "pretrained_rl"]  # on navigation2d only (MuJoCo tasks are slow to build)
 
 

@@ -35,8 +35,9 @@ GLYPHS = {"dataset.classes": [30, 10, 10]}  # small splits: rendering and sampli
 def random_job(rng: random.Random) -> tuple[dict, dict]:
     """(config groups to override, values to set) for one job."""
     algo = rng.choice(
-        ["maml", "fomaml", "anil", "metasgd", "mamlpp", "reptile", "protonet", "mann", "lstm"]
-    )
+        ["maml", "fomaml", "anil", "metasgd", "mamlpp", "reptile", "protonet", "mann", "lstm",
+         "pretrain"]
+    )  # fmt: skip
     maml_like = algo in ("maml", "fomaml", "anil", "metasgd", "mamlpp")
     # Regression suits the MAML family and Reptile; one job in ten tries a classifier anyway.
     regression = rng.random() < (0.4 if maml_like or algo == "reptile" else 0.1)
@@ -81,6 +82,11 @@ def random_job(rng: random.Random) -> tuple[dict, dict]:
         values["algo.inner_steps"] = rng.randint(1, 3)
         values["algo.eval_inner_steps"] = rng.randint(0, 5)
         values["algo.inner_optimizer"] = rng.choice(["adam", "sgd"])
+    if algo == "pretrain":
+        values["algo.batch_size"] = rng.randint(1, 16)
+        values["algo.head"] = rng.choice(["prototype", "logistic", "finetune", "cosine"])
+        values["algo.classifier"] = rng.choice(["linear", "cosine"])
+        values["algo.head_epochs"] = rng.randint(1, 5)
     if algo in ("mann", "lstm"):
         values["algo.controller_size"] = rng.choice([8, 16, 32])
         values["algo.memory_slots"] = rng.choice([4, 8, 16])

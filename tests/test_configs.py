@@ -17,6 +17,8 @@ from tests.conftest import GLYPHS_SMALL, OMNIGLOT_SMALL, options
 SHORT = ["dataset.horizon=3", "task.shot=2", "task.query=2"]
 NEEDS_IMAGES = {
     "algo=protonet": ["dataset=glyphs"],
+    "algo=pretrain": ["dataset=glyphs"],
+    "backbone=timm": ["dataset=glyphs", "algo=protonet", "backbone.name=resnet10t"],
     "algo=mann": ["dataset=glyphs"],
     "algo=lstm": ["dataset=glyphs"],
     "backbone=conv4": ["dataset=glyphs"],
@@ -39,14 +41,26 @@ def _build(cfg):
         input_shape=dataset.input_shape,
         out_features=algo_cls.output_size(dataset, cfg.task.way),
     )
-    learner = build(cfg.algo, backbone=backbone)
+    learner = build(cfg.algo, backbone=backbone, **algo_cls.dataset_arguments(dataset))
     optimizer, _ = learner.configure_optimizers()
     return dataset, learner, optimizer
 
 
 def _needs_data(override: str) -> list:
-    """Omniglot options run on the real archives (skipped without them)."""
+    """Omniglot options run on the real archives (skipped without them); timm models where
+    timm imports (make test-vision)."""
+    if override == "backbone=timm":
+        return [pytest.mark.timm, pytest.mark.skipif(not _imports("timm"), reason="timm: make "
+                                                     "test-vision runs it")]  # fmt: skip
     return [pytest.mark.omniglot] if "omniglot" in override else []
+
+
+def _imports(module: str) -> bool:
+    try:
+        __import__(module)
+    except Exception:  # torchvision beside another torch build fails with RuntimeError too
+        return False
+    return True
 
 
 @pytest.mark.parametrize(
@@ -69,12 +83,12 @@ def test_every_option_composes_and_instantiates(compose_cfg, fewshot_data, overr
     dataset, learner, optimizer = _build(cfg)
     assert isinstance(learner, MetaLearner)
     assert len(optimizer.param_groups[0]["params"]) == len(list(learner.parameters())) > 0
-    batch = dataset.sample(
-        "train",
-        2,
-        TaskShape(cfg.task.way, cfg.task.shot, cfg.task.query),
-        __import__("torch").Generator().manual_seed(0),
-    )
+    generator = __import__("torch").Generator().manual_seed(0)
+    if learner.image_batch:  # supervised pre-training: a mini-batch of the split's images
+        batch = dataset.sample_images("train", 4, 0, 0, generator)
+    else:
+        shape = TaskShape(cfg.task.way, cfg.task.shot, cfg.task.query)
+        batch = dataset.sample("train", 2, shape, generator)
     loss, metrics = learner.meta_loss(batch)
     assert loss.ndim == 0 and "loss" in metrics
 

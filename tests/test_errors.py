@@ -154,6 +154,15 @@ def _finished_run(tmp: Path, mp: pytest.MonkeyPatch) -> None:
         sys.argv = sys_argv
 
 
+def _finished_pretrain(tmp: Path, mp: pytest.MonkeyPatch) -> None:
+    args = [*GLYPHS, "algo=pretrain", *QUIET, "train.steps=4", "hydra.run.dir=" + str(tmp / "pre")]
+    sys_argv, sys.argv = sys.argv, ["metarun", *args]
+    try:
+        cli.main()
+    finally:
+        sys.argv = sys_argv
+
+
 def _garbage_checkpoint(tmp: Path, mp: pytest.MonkeyPatch) -> None:
     _finished_run(tmp, mp)
     (tmp / "done" / "checkpoints" / "last.pt").write_bytes(b"<html>not a checkpoint</html>")
@@ -329,6 +338,22 @@ CASES = [
          "a 8x8 image is too small for 4 downsampling blocks; raise dataset.image_size"),
     Case("incompatible algo and dataset", ["algo=protonet", "dataset=sinusoid"],
          "algo=protonet classifies; it cannot run on a regression dataset"),
+    Case("pre-training on a regression dataset", ["algo=pretrain", "dataset=sinusoid"],
+         "algo=pretrain classifies; it cannot run on a regression dataset \\(Sinusoid\\); use "
+         "algo=maml or a classification dataset"),
+    Case("unknown test-time head", [*GLYPHS, "algo=pretrain", "algo.head=knn"],
+         "algo.head='knn' is unknown; use one of prototype, logistic, finetune, cosine"),
+    Case("another algorithm's backbone that does not fit", [*GLYPHS, *QUIET, *RUN,
+         "algo=protonet", "backbone.hidden=32", "train.init_from={tmp}/pre"],
+         "train.init_from=.*/pre: its backbone \\(Pretrain, step 4\\) does not fit this "
+         "model's \\(backbone.features.0.weight is \\(64, 1, 3, 3\\), not \\(32, 1, 3, 3\\);"
+         ".*use a checkpoint of the same backbone",
+         _finished_pretrain, lambda tmp: _no_run_in(tmp / "run")),
+    Case("eval: unknown head", ["checkpoint={tmp}/pre", "head=knn"], "head=knn is not a "
+         "test-time head; use one of prototype, logistic, finetune, cosine", tool="metarun-eval"),
+    Case("eval: a head on a regression checkpoint", ["checkpoint={tmp}/done", "head=logistic"],
+         "head=logistic classifies images; this checkpoint's dataset is a regression one "
+         "\\(Sinusoid\\)", _finished_run, tool="metarun-eval"),
     Case("image algorithm on an RL task", ["algo=protonet", "dataset=navigation2d"],
          "algo=protonet classifies; it cannot run on a reinforcement dataset \\(Navigation2D\\); "
          "use algo=maml_rl"),

@@ -148,8 +148,8 @@ def test_cli_help_lists_groups_and_options(metarun_cli):
     proc = metarun_cli("--help")
     assert proc.returncode == 0
     assert proc.stdout.startswith("metarun: config-driven meta-learning experiments.")
-    algos = "anil, fomaml, fomaml_rl, lstm, maml, maml_rl, mamlpp, mann, metasgd, pretrained_rl"
-    assert f"algo: {algos}, protonet, reptile" in proc.stdout
+    algos = "anil, fomaml, fomaml_rl, lstm, maml, maml_rl, mamlpp, mann, metasgd, pretrain"
+    assert f"algo: {algos}, pretrained_rl, protonet, reptile" in proc.stdout
     for group in ("algo", "algo_dataset", "dataset", "backbone", "device", "logger", "experiment"):
         assert f"{group}: {', '.join(options(group))}\n" in proc.stdout
 

@@ -123,7 +123,9 @@ class Pretrain(MetaLearner):
 
     def predict(self, support_x, support_y, query_x) -> torch.Tensor:
         dummy = torch.zeros(1, query_x.shape[0], dtype=torch.long, device=query_x.device)
-        return self.query_logits(TaskBatch(support_x[None], support_y[None], query_x[None], dummy))[0]
+        return self.query_logits(TaskBatch(support_x[None], support_y[None], query_x[None], dummy))[
+            0
+        ]
 
     def extra_repr(self) -> str:
         return f"head={self.head}, batch_size={self.image_batch}"

@@ -54,7 +54,9 @@ def check_name(timm, name: str) -> None:
         return
     known = timm.list_models()
     close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
-    hint = f"close names: {', '.join(close)}" if close else "timm.list_models('*pattern*') lists them"
+    hint = (
+        f"close names: {', '.join(close)}" if close else "timm.list_models('*pattern*') lists them"
+    )
     raise MetarunError(f"backbone.name={name!r} is not a timm model; {hint}")
 
 

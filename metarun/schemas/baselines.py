@@ -59,5 +59,5 @@ class TimmConfig:
     weights: Optional[str] = None  # a local weights file of that model (offline)
     pretrained: bool = False  # timm's own pretrained weights from its hub (needs network)
     image_size: Optional[int] = None  # resize inputs to this (bilinear); null: as they come
-    options: Dict[str, Any] = field(default_factory=dict)  # more timm.create_model arguments
+    options: Optional[Dict[str, Any]] = None  # more timm.create_model arguments
     batch_norm: str = "${algo.batch_norm}"  # running (timm's) | transductive (batch statistics)
