@@ -344,7 +344,7 @@ CASES = [
     Case("unknown test-time head", [*GLYPHS, "algo=pretrain", "algo.head=knn"],
          "algo.head='knn' is unknown; use one of prototype, logistic, finetune, cosine"),
     Case("another algorithm's backbone that does not fit", [*GLYPHS, *QUIET, *RUN,
-         "algo=protonet", "backbone.hidden=32", "train.init_from={tmp}/pre"],
+         "algo=protonet", "task.train_way=5", "backbone.hidden=32", "train.init_from={tmp}/pre"],
          "train.init_from=.*/pre: its backbone \\(Pretrain, step 4\\) does not fit this "
          "model's \\(backbone.features.0.weight is \\(64, 1, 3, 3\\), not \\(32, 1, 3, 3\\);"
          ".*use a checkpoint of the same backbone",

@@ -138,6 +138,16 @@ class TimmBackbone(ImageBackbone):
         return f"timm {self.name}, {self.feature_size} features"
 
 
+def _first_problem(message: str) -> str:
+    """The first informative line of a state-dict loading error (a size mismatch, a missing or
+    unexpected key), shortened."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith(("size mismatch", "Missing key", "Unexpected key")):
+            return line[:200]
+    return lines[0][:200] if lines else "it does not load"
+
+
 def _batch_statistics(model: nn.Module) -> None:
     """Every batch-norm layer of ``model`` normalises with the current batch's statistics."""
     for m in model.modules():
@@ -159,7 +169,7 @@ def _create(timm, name: str, kwargs: dict, size: tuple[int, int], weights: str |
     except (RuntimeError, ValueError, KeyError) as e:
         if weights is None:
             raise
-        first = str(e).strip().splitlines()[0][:200]
+        first = _first_problem(str(e))
         raise MetarunError(
             f"backbone.weights={weights} does not fit timm model {name} ({first}); use a "
             "weights file of that model (e.g. saved from timm.create_model(name).state_dict())"
