@@ -105,7 +105,12 @@ def check_weights(model: torch.nn.Module, checkpoint: dict, source: str) -> None
 
 
 def load_model_state(model: torch.nn.Module, checkpoint: dict, source: str) -> None:
-    """Load ``checkpoint["model"]`` into ``model`` once :func:`check_weights` found it fits."""
+    """Load ``checkpoint["model"]`` into ``model`` once :func:`check_weights` found it fits
+    (weights the model declares ``training_only`` and lacks, left out)."""
+    drop, own = tuple(getattr(model, "training_only", ())), model.state_dict()
+    if drop:
+        kept = {k: v for k, v in checkpoint["model"].items() if k in own or not k.startswith(drop)}
+        checkpoint = {**checkpoint, "model": kept}
     check_weights(model, checkpoint, source)
     model.load_state_dict(checkpoint["model"])
 

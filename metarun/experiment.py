@@ -21,6 +21,7 @@ from metarun.checks import check_values
 from metarun.compiling import check as check_compile
 from metarun.data.batch import TaskBatch, TaskShape
 from metarun.data.episodes import check_protocol, protocol_options
+from metarun.data.image_batches import check_image_batches
 from metarun.device import resolve_device, use_threads
 from metarun.distributed.batch_norm import synchronise
 from metarun.distributed.sync import broadcast_state
@@ -208,6 +209,8 @@ def build_experiment(
     parameters = model_parameters(build_learner)
     check_memory(cfg, dataset.input_shape, train_shape, eval_shape, chunk, parameters, device)
     learner = build_learner().to(device)
+    if "train" in splits:
+        check_image_batches(learner, dataset)
     if world.active:
         if learner.batch_norm_across_tasks:
             synchronise(learner)  # its batch statistics span the whole meta-batch

@@ -41,10 +41,11 @@ ALGO = {
         "task.shot=4",
         "algo.controller_size=16",
     ],
+    "pretrain": ["algo=pretrain", "algo.batch_size=16"],
 }
 
 
-@pytest.mark.parametrize("algo", ["protonet", "maml", "mann"])
+@pytest.mark.parametrize("algo", ["protonet", "maml", "mann", "pretrain"])
 def test_eval_reproduces_the_runs_test_result_and_accepts_new_shots(run_inprocess, algo):
     run_dir, _ = run_inprocess([*GLYPH_RUN, *ALGO[algo], "task.train_way=null"])
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -87,7 +88,7 @@ def _write_folders(tmp_path, classes: int, shot: int) -> tuple:
     return support, query
 
 
-@pytest.mark.parametrize("algo", ["protonet", "maml"])
+@pytest.mark.parametrize("algo", ["protonet", "maml", "pretrain"])
 def test_predict_classifies_new_images_into_a_csv(run_inprocess, tmp_path, algo):
     run_dir, _ = run_inprocess([*GLYPH_RUN, *ALGO[algo], "task.train_way=null", "train.steps=60"])
     support, query = _write_folders(tmp_path, classes=5, shot=2)

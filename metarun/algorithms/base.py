@@ -60,6 +60,10 @@ class MetaLearner(nn.Module, ABC):
     #: episodes; None: episodes (``task.*``).
     image_batch: int | None = None
 
+    #: Prefixes of weights used only in training (a pre-training classifier): a learner built to
+    #: evaluate only, without them, loads a checkpoint that has them.
+    training_only: tuple[str, ...] = ()
+
     #: The options whose step sizes a diverging run should lower (named in its error line).
     step_size_options: tuple[str, ...] = ("optimizer.lr",)
 

@@ -40,6 +40,7 @@ class Pretrain(MetaLearner):
 
     uncompiled_reason = None  # train.compile: a forward and one backward
     batch_norm_across_tasks = True  # one forward normalises the whole mini-batch
+    training_only = ("classifier.",)  # what an evaluation-only learner leaves out
 
     def __init__(
         self,
@@ -78,18 +79,13 @@ class Pretrain(MetaLearner):
 
     @classmethod
     def output_size(cls, dataset, way: int) -> None:
-        cls.no_head_for_classes(dataset)  # the backbone embeds; the classifier is this learner's
-        if not hasattr(dataset, "sample_images"):
-            raise MetarunError(
-                f"algo=pretrain trains on mini-batches of a split's images, and "
-                f"{type(dataset).__name__} draws only episodes; give it sample_images "
-                "(metarun/data/image_batches.py) or use an image dataset"
-            )
-        return None
+        return cls.no_head_for_classes(dataset)  # the backbone embeds; the classifier is ours
 
     @classmethod
     def dataset_arguments(cls, dataset) -> dict:
-        return {"classes": dataset.num_classes("train")}
+        """The training split's class count: the classifier's size (none for the images a user
+        hands to metarun-predict: an evaluation-only learner)."""
+        return {"classes": dataset.num_classes("train")} if hasattr(dataset, "num_classes") else {}
 
     @classmethod
     def check_run(cls, cfg, world) -> None:

@@ -16,6 +16,18 @@ import torch
 
 from metarun.data.batch import LabelledImages
 from metarun.data.warps import apply_warps, draw_warps
+from metarun.errors import MetarunError
+
+
+def check_image_batches(learner, dataset) -> None:
+    """Refuse, in one line, to train a learner on images (``image_batch``) from a dataset that
+    draws only episodes."""
+    if learner.image_batch and not hasattr(dataset, "sample_images"):
+        raise MetarunError(
+            f"{type(learner).__name__} trains on mini-batches of a split's images, and "
+            f"{type(dataset).__name__} draws only episodes; give it sample_images "
+            "(metarun/data/image_batches.py) or use an image dataset"
+        )
 
 
 def epoch_order(images: int, epoch: int, seed: int) -> torch.Tensor:
