@@ -20,9 +20,16 @@ def embed(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
     A backbone whose batch norm uses batch statistics at test time (MAML's, transductive) embeds
     each task by itself, so that no task's statistics mix with another's."""
     run = backbone.embed if hasattr(backbone, "embed") else backbone
-    if any(isinstance(m, TransductiveBatchNorm2d) for m in backbone.modules()):
+    if any(_batch_statistics(m) for m in backbone.modules()):
         return torch.stack([run(task) for task in x])
     return run(x)
+
+
+def _batch_statistics(module: nn.Module) -> bool:
+    """Whether ``module`` normalises with the batch's statistics in evaluation too."""
+    if isinstance(module, TransductiveBatchNorm2d):
+        return True
+    return isinstance(module, nn.modules.batchnorm._BatchNorm) and not module.track_running_stats
 
 
 class Pretrain(MetaLearner):
