@@ -98,3 +98,14 @@ def test_bad_timm_names_and_weights_are_one_line(entry, tmp_path, monkeypatch):
     ]  # fmt: skip
     for case in cases:
         run_case(entry, tmp_path, monkeypatch, case, RECORDED)
+
+
+@pytest.mark.parametrize("image_size", [None, 48])
+def test_a_fixed_size_model_is_built_for_the_dataset_s_images(image_size):
+    from metarun.backbones import TimmBackbone
+
+    ours = TimmBackbone((1, 28, 28), None, name="vit_tiny_patch16_224", image_size=image_size)
+    size = image_size or 28
+    assert tuple(ours.features.patch_embed.img_size) == (size, size)
+    assert ours.features.patch_embed.proj.in_channels == 1
+    assert ours.eval()(torch.rand(2, 3, 1, 28, 28)).shape == (2, 3, ours.features.num_features)
