@@ -210,3 +210,13 @@ def test_pretrain_from_its_own_checkpoint_takes_every_weight(run_inprocess, caps
     capsys.readouterr()
     run_inprocess(["algo=pretrain", f"train.init_from={pre}", *GLYPHS], "again")
     assert "(step 20): all weights" in capsys.readouterr().out
+
+
+def test_a_resumed_pretraining_reads_the_same_images(run_inprocess):
+    # train.log_every=4 divides 8 and 16: stopping at 8 logs what the whole run logs
+    base = ["algo=pretrain", "algo.batch_size=8", "dataset.shift=2", "checkpoint.every=4",
+            *GLYPHS, "train.log_every=4", "val.every=8"]  # fmt: skip
+    full, _ = run_inprocess([*base, "train.steps=16"], name="full")
+    part, _ = run_inprocess([*base, "train.steps=8"], name="part")
+    run_inprocess([*base, "train.steps=16", "resume=true", f"resume_dir={part}"], name="more")
+    assert (part / "metrics.jsonl").read_text() == (full / "metrics.jsonl").read_text()

@@ -210,22 +210,27 @@ class EpisodicImages(ImageBatches):
         num_tasks = classes.shape[0]
         base, turns = classes // self.rotations, classes % self.rotations
         images = data[base.to(device)[..., None], picks.to(device)]  # [B, N, K+Q, ch, H, W]
-        if self.rotations > 1:
-            turns = turns.to(device)
-            for r in range(1, 4):
-                mask = turns == r
-                images[mask] = torch.rot90(images[mask], r, dims=(-2, -1))
-        if offsets is not None:
-            images = self._shifted(images, offsets)
-        x = images.float().div_(255.0)
-        if warps is not None:
-            x = apply_warps(x, *warps)
+        x = self._prepared(images, turns, offsets, warps)
         labels = torch.arange(n, device=device).view(1, n, 1)
         support_y = labels.expand(num_tasks, n, k).reshape(num_tasks, n * k)
         query_y = labels.expand(num_tasks, n, q).reshape(num_tasks, n * q)
         support_x = x[:, :, :k].reshape(num_tasks, n * k, *self.input_shape)
         query_x = x[:, :, k:].reshape(num_tasks, n * q, *self.input_shape)
         return TaskBatch(support_x, support_y, query_x, query_y)
+
+    def _prepared(self, images: torch.Tensor, turns: torch.Tensor, offsets, warps) -> torch.Tensor:
+        """uint8 images ``[..., ch, H, W]`` as floats in [0, 1]: each rotated by its class's
+        ``turns`` (quarter turns), then shifted (``offsets``) and warped (``warps``) where
+        training draws them (None: not)."""
+        if self.rotations > 1:
+            turns = turns.to(images.device)
+            for r in range(1, 4):
+                mask = turns == r
+                images[mask] = torch.rot90(images[mask], r, dims=(-2, -1))
+        if offsets is not None:
+            images = self._shifted(images, offsets)
+        x = images.float().div_(255.0)
+        return x if warps is None else apply_warps(x, *warps)
 
     def _shifted(self, images: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """Each image of ``[..., ch, H, W]`` moved by its own offset ``[M, 2]`` (in

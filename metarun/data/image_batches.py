@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from metarun.data.batch import LabelledImages
-from metarun.data.warps import apply_warps, draw_warps
+from metarun.data.warps import draw_warps
 from metarun.errors import MetarunError
 
 
@@ -82,14 +82,4 @@ class ImageBatches:
         base, turns = classes // self.rotations, classes % self.rotations
         data = self._data(split, device)
         images = data[base.to(device), samples.to(device)]  # [n, ch, H, W]
-        if self.rotations > 1:
-            turns = turns.to(device)
-            for r in range(1, 4):
-                mask = turns == r
-                images[mask] = torch.rot90(images[mask], r, dims=(-2, -1))
-        if offsets is not None:
-            images = self._shifted(images, offsets)
-        x = images.float().div_(255.0)
-        if warps is not None:
-            x = apply_warps(x, *warps)
-        return LabelledImages(x, classes.to(device))
+        return LabelledImages(self._prepared(images, turns, offsets, warps), classes.to(device))
