@@ -79,7 +79,8 @@ def head_logits(
     options: HeadOptions = HeadOptions(),
 ) -> torch.Tensor:
     """Query logits ``[B, Q, way]`` of head ``name`` fitted on each task's support set."""
-    support, query = support.detach().float(), query.detach().float()
+    dtype = torch.promote_types(support.dtype, torch.float32)  # fp16 / bf16 embeddings: fp32
+    support, query = support.detach().to(dtype), query.detach().to(dtype)
     with torch.autocast(support.device.type, enabled=False):
         if name == "prototype":
             return prototype_logits(support, support_y, query, way)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from metarun.compose import compose_config
-from metarun.data.batch import TaskBatch
+from metarun.data.batch import LabelledImages, TaskBatch
 from metarun.distributed import SINGLE, World, init_world
 from metarun.evaluate import evaluate
 from metarun.experiment import build_experiment
@@ -56,6 +56,7 @@ CASES = {
     "protonet": ["algo=protonet", *GLYPHS],
     "mann": ["algo=mann", *GLYPHS, "backbone=conv4", "task.shot=2", "task.query=0"],
     "reptile": ["algo=reptile", *GLYPHS, "algo.inner_steps=2", "algo.eval_inner_steps=2"],
+    "pretrain": ["algo=pretrain", *GLYPHS, "algo.batch_size=8", "algo.head=prototype"],
 }
 
 
@@ -71,6 +72,10 @@ class InDtype:
     def sample(self, *args, part: slice = slice(None), **kwargs) -> TaskBatch:
         batch = self.inner.sample(*args, part=part, **kwargs)
         return TaskBatch(*(t.to(self.dtype) if t.is_floating_point() else t for t in batch))
+
+    def sample_images(self, *args, part: slice = slice(None), **kwargs) -> LabelledImages:
+        batch = self.inner.sample_images(*args, part=part, **kwargs)
+        return LabelledImages(batch.x.to(self.dtype), batch.y)
 
 
 def train_case(name: str, dtype: torch.dtype, run_dir: Path, world: World = SINGLE) -> dict:
