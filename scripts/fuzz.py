@@ -149,8 +149,10 @@ def draw(rng: random.Random, data: dict, compose, done: Path, n: int, work: Path
         overrides += ["backbone=conv4", "backbone.hidden=4", "backbone.blocks=2"]
     if algo in ("mann", "lstm"):
         overrides += ["task.query=0", "algo.controller_size=8", "algo.memory_slots=4"]
-    if algo not in ("protonet", "mann", "lstm"):
+    if algo not in ("protonet", "mann", "lstm", "pretrain"):
         overrides += ["algo.eval_inner_steps=1"]
+    if algo == "pretrain":  # a few images per step, a short test-time fit
+        overrides += ["algo.batch_size=8", "algo.head_epochs=2"]
     candidates = [f for f in fields(compose(overrides)) if not f[0].startswith("logger.")]
     for key, hint in rng.sample(candidates, rng.randint(1, 3)):
         overrides.append(f"{key}={value_for(hint, rng)}")
