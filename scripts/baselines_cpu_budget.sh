@@ -2,7 +2,7 @@
 # The transfer baselines next to ProtoNet and MAML under scripts/omniglot_cpu_budget.sh's 2-core
 # CPU budgets, on the real Omniglot "minimal" background sets (small1+small2, split 164/15/63 by
 # character, rotations as extra classes) and on glyphs. Trains, into OUT (default
-# outputs/baselines), one run per folder (a folder that has a summary.json is kept):
+# outputs/baselines), one run per folder (a folder with a finished run is kept):
 #   protonet_*, maml_*   the budget runs of scripts/omniglot_cpu_budget.sh (ProtoNet 20-way for
 #                        1,000 episodes; MAML meta-batch 4, 5 queries, 600 iterations)
 #   pretrain_*           algo=pretrain (Omniglot: experiment=pretrain_omniglot_5w1s): RFS's
@@ -33,10 +33,11 @@ pretrain_glyphs=(algo=pretrain dataset=glyphs "${budget[@]}"
   +algo.optimizer.momentum=0.9 +algo.optimizer.weight_decay=5e-4
   "+algo.scheduler={_target_:torch.optim.lr_scheduler.CosineAnnealingLR,_partial_:true,T_max:2000}")
 
-run() {  # run FOLDER overrides...: one run, unless FOLDER already has its summary
+run() {  # run FOLDER overrides...: one run, unless FOLDER already holds a finished one
   local dir=$out/$1
   shift
-  if [ -f "$dir/summary.json" ]; then echo "kept $dir"; return; fi
+  if grep -qs '"status": "finished"' "$dir/summary.json"; then echo "kept $dir"; return; fi
+  if [ -e "$dir" ]; then echo "$dir holds an unfinished run: remove it to run it again"; return; fi
   metarun hydra.run.dir="$dir" "$@" "${common[@]}" | grep -E "test/acc|error" || true
 }
 
