@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metarun.schemas.baselines import HEADS  # noqa: F401  (their names, for the config)
+from metarun.schemas.baselines import HEADS, PretrainConfig
 
 
 def cosine_scale(classes: int, scale: float | None) -> float:
@@ -42,15 +42,16 @@ def cosine_scale(classes: int, scale: float | None) -> float:
 
 @dataclass(frozen=True)
 class HeadOptions:
-    """How a head fits (defaults: Chen et al.'s fine-tuning, RFS's logistic regression)."""
+    """How a head fits; the defaults are ``algo=pretrain``'s (its schema: Chen et al.'s
+    fine-tuning, RFS's logistic regression)."""
 
-    epochs: int = 100
-    lr: float = 0.01
-    batch_size: int = 4
-    weight_decay: float = 1e-3
-    logistic_c: float = 1.0
+    epochs: int = PretrainConfig.head_epochs
+    lr: float = PretrainConfig.head_lr
+    batch_size: int = PretrainConfig.head_batch_size
+    weight_decay: float = PretrainConfig.head_weight_decay
+    logistic_c: float = PretrainConfig.logistic_c
     logistic_iterations: int = 1000
-    scale: float | None = None  # cosine: None is Chen et al.'s rule (cosine_scale)
+    scale: float | None = PretrainConfig.scale  # cosine: None is Chen et al.'s rule
 
 
 class CosineClassifier(nn.Module):
