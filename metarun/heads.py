@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metarun.errors import MetarunError
 from metarun.schemas.baselines import HEADS, PretrainConfig
 
 
@@ -93,10 +94,27 @@ def head_logits(
     raise ValueError(f"unknown head {name!r}; one of {', '.join(HEADS)}")
 
 
-def prototype_logits(support, support_y, query, way: int) -> torch.Tensor:
+def check_head(name: str) -> None:
+    """Refuse, in one line, a head that is not one of :data:`HEADS` (``metarun-eval head=``)."""
+    if name not in HEADS:
+        raise MetarunError(f"head={name} is not a test-time head; use one of {', '.join(HEADS)}")
+
+
+def class_sums(support, support_y, way: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each class's sum of support embeddings ``[B, N, D]`` and its count ``[B, N, 1]``."""
     onehot = F.one_hot(support_y, way).to(support.dtype)  # [B, S, N]
-    means = onehot.transpose(1, 2) @ support / onehot.sum(1).unsqueeze(-1)  # [B, N, D]
-    return -(query.unsqueeze(2) - means.unsqueeze(1)).pow(2).sum(-1)
+    return onehot.transpose(1, 2) @ support, onehot.sum(1).unsqueeze(-1)
+
+
+def squared_distance_logits(query: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """Minus the squared Euclidean distance of each query ``[B, Q, D]`` to each centre
+    ``[B, N, D]``: ``[B, Q, N]``."""
+    return -(query.unsqueeze(2) - centres.unsqueeze(1)).pow(2).sum(-1)
+
+
+def prototype_logits(support, support_y, query, way: int) -> torch.Tensor:
+    sums, counts = class_sums(support, support_y, way)
+    return squared_distance_logits(query, sums / counts)
 
 
 def logistic_logits(support, support_y, query, way: int, c: float, iterations: int):

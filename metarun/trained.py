@@ -15,8 +15,8 @@ from rich.table import Table
 from metarun.checkpoint import load_checkpoint, load_model_state
 from metarun.errors import MetarunError
 from metarun.experiment import Experiment, build_experiment, check_config
+from metarun.heads import check_head
 from metarun.schemas import MetarunConfig, schema_for
-from metarun.schemas.baselines import HEADS
 from metarun.usage import parse_args, run_tool, tool_console
 
 
@@ -88,8 +88,8 @@ def evaluate_checkpoint(argv: list[str]) -> dict[str, float]:
     split, head = own.get("split", "test"), own.get("head")
     if split not in ("val", "test"):
         raise MetarunError(f"split={split}: metarun-eval scores split=test (default) or split=val")
-    if head is not None and head not in HEADS:
-        raise MetarunError(f"head={head} is not a test-time head; use one of {', '.join(HEADS)}")
+    if head is not None:  # before the checkpoint is read
+        check_head(head)
     checkpoint = load_checkpoint(path)
     exp = build_trained(path, checkpoint, checkpoint_config(checkpoint, overrides), splits=(split,))
     if head is not None:  # a test-time head on the checkpoint's embeddings (metarun.heads)

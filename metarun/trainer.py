@@ -207,10 +207,8 @@ class Trainer(Checkpointing):
         scores = exp.evaluate("test")
         self.logger.log(scores, self.step)
         per_s = (lambda n: round(n / train_time, 3)) if steps else (lambda n: None)
-        images = exp.learner.image_batch  # a learner trained on images, not tasks
-        rate = (
-            ("train/images_per_s", images) if images else ("train/tasks_per_s", cfg.task.meta_batch)
-        )
+        images = exp.learner.image_batch  # a learner trained on images counts those, not tasks
+        rate, per_step = ("images", images) if images else ("tasks", cfg.task.meta_batch)
         self.logger.summary(
             {
                 **scores,
@@ -219,7 +217,7 @@ class Trainer(Checkpointing):
                 "train/steps": self.step,
                 "train/time_s": round(train_time, 3),
                 "train/steps_per_s": per_s(steps),
-                rate[0]: per_s(steps * rate[1]),
+                f"train/{rate}_per_s": per_s(steps * per_step),
                 "device": str(exp.device),
                 "world_size": self.world.size,
                 "seed": cfg.seed,

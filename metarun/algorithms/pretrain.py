@@ -12,7 +12,7 @@ from metarun.algorithms.base import MetaLearner
 from metarun.backbones.norm import TransductiveBatchNorm2d
 from metarun.data.batch import LabelledImages, TaskBatch
 from metarun.errors import MetarunError
-from metarun.heads import HEADS, CosineClassifier, HeadOptions, head_logits
+from metarun.heads import CosineClassifier, HeadOptions, check_head, head_logits
 
 
 def embed(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -126,9 +126,8 @@ class Pretrain(MetaLearner):
 
     def predict(self, support_x, support_y, query_x) -> torch.Tensor:
         dummy = torch.zeros(1, query_x.shape[0], dtype=torch.long, device=query_x.device)
-        return self.query_logits(TaskBatch(support_x[None], support_y[None], query_x[None], dummy))[
-            0
-        ]
+        task = TaskBatch(support_x[None], support_y[None], query_x[None], dummy)
+        return self.query_logits(task)[0]
 
     def extra_repr(self) -> str:
         return f"head={self.head}, batch_size={self.image_batch}"
@@ -139,8 +138,7 @@ def with_head(learner: MetaLearner, head: str) -> Pretrain:
     (``metarun-eval head=...``): a pre-trained learner switches head, any other image learner's
     backbone (ProtoNet's, MAML's without its output layer) goes into an evaluation-only
     :class:`Pretrain` with the default head options."""
-    if head not in HEADS:
-        raise MetarunError(f"head={head} is not a test-time head; use one of {', '.join(HEADS)}")
+    check_head(head)
     if isinstance(learner, Pretrain):
         learner.head = head
         return learner

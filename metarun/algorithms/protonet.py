@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from metarun.algorithms.base import MetaLearner
 from metarun.data.batch import TaskBatch
+from metarun.heads import class_sums, squared_distance_logits
 
 
 class ProtoNet(MetaLearner):
@@ -51,7 +52,7 @@ class ProtoNet(MetaLearner):
         if self.distance == "cosine":
             scores = F.normalize(query, dim=-1) @ F.normalize(prototypes, dim=-1).transpose(1, 2)
         else:
-            scores = -(query.unsqueeze(2) - prototypes.unsqueeze(1)).pow(2).sum(-1)
+            scores = squared_distance_logits(query, prototypes)
         return scores if self.scale is None else scores * self.scale  # [B, NQ, N]
 
     def _logits(self, batch: TaskBatch, refine: int = 0) -> torch.Tensor:
@@ -59,8 +60,7 @@ class ProtoNet(MetaLearner):
         z = self.backbone(torch.cat([batch.support_x, batch.query_x], dim=1))  # [B, NK+NQ, D]
         support, query = z[:, :nk], z[:, nk:]
         way = int(batch.support_y.max()) + 1
-        onehot = F.one_hot(batch.support_y, way).to(z.dtype)  # [B, NK, N]
-        sums, counts = onehot.transpose(1, 2) @ support, onehot.sum(1).unsqueeze(-1)  # [B, N, D]
+        sums, counts = class_sums(support, batch.support_y, way)  # [B, N, D], [B, N, 1]
         logits = self._scores(query, sums / counts)
         for _ in range(refine):  # soft k-means with the queries (transductive)
             weights = logits.softmax(-1).transpose(1, 2)  # [B, N, NQ]

@@ -120,10 +120,6 @@ class TimmBackbone(ImageBackbone):
         self.out_features = out_features or self.feature_size
         self.name = name
 
-    @property
-    def can_fold_tasks(self) -> bool:
-        return False
-
     def _run(self, x: torch.Tensor, head: nn.Module | None) -> torch.Tensor:
         if self.image_size and tuple(x.shape[-2:]) != (self.image_size,) * 2:
             lead = x.shape[:-3]

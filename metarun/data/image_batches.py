@@ -12,6 +12,8 @@ generator, as for episodes.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from metarun.data.batch import LabelledImages
@@ -30,8 +32,10 @@ def check_image_batches(learner, dataset) -> None:
         )
 
 
+@functools.lru_cache(maxsize=2)  # the epoch being read (and the next, at its boundary)
 def epoch_order(images: int, epoch: int, seed: int) -> torch.Tensor:
-    """The order in which epoch ``epoch`` of a run seeded ``seed`` reads ``images`` images."""
+    """The order in which epoch ``epoch`` of a run seeded ``seed`` reads ``images`` images
+    (drawn once per epoch, not at every step; read only)."""
     generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)
     return torch.randperm(images, generator=generator)
 
@@ -77,8 +81,8 @@ class ImageBatches:
         if self.warp.active and split == "train":
             theta, field = draw_warps(self.warp, size, generator)
             warps = (theta[part], None if field is None else field[part])
-        classes = index[part] // per_class
-        samples = index[part] % per_class
+        index = index[part]
+        classes, samples = index // per_class, index % per_class
         base, turns = classes // self.rotations, classes % self.rotations
         data = self._data(split, device)
         images = data[base.to(device), samples.to(device)]  # [n, ch, H, W]
